@@ -1,0 +1,32 @@
+# streamrec: `make demo` runs the pipeline on the embedded defaults, `make test` runs the tests.
+# Both set everything up first (virtualenv with pinned packages, Delta jars from Maven Central).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test shell clean
+
+setup: $(STAMP) .cache/jars/.fetched
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+.cache/jars/.fetched: $(STAMP)
+	$(PY) scripts/fetch_jars.py
+	touch $@
+
+demo: setup
+	$(PY) scripts/demo.py
+
+test: setup
+	$(PY) -m pytest
+
+shell: setup
+	./pyspark.sh
+
+clean:
+	rm -rf data/stream data/lake data/checkpoints data/historical_purchases.parquet .cache/lib.zip

@@ -1,0 +1,57 @@
+"""The streaming job: activity files -> enriched_events, session_features, live_sessions, quarantine.
+
+Usage: ./spark-submit.sh jobs/stream.py [--config PATH] [--set k=v] [--available-now] [--run-for SECONDS]
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+
+import _bootstrap  # noqa: F401
+
+from pyspark.errors import StreamingQueryException
+
+from lib.cli import base_parser, config_from_args, setup_logging
+from lib.spark import get_spark
+from lib.stream import start_stream, stop_listening
+
+log = logging.getLogger("stream")
+
+
+def main(argv=None) -> int:
+    parser = base_parser(__doc__.split("\n")[0])
+    parser.add_argument("--available-now", action="store_true", help="process everything present, then exit")
+    parser.add_argument("--run-for", type=float, help="stop cleanly after this many seconds")
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    cfg = config_from_args(args)
+
+    spark = get_spark("streamrec-stream")
+    query = start_stream(spark, cfg, available_now=args.available_now)
+    stop_requested = []
+
+    def request_stop(signum, _frame):
+        log.info("received %s, stopping the stream", signal.Signals(signum).name)
+        stop_requested.append(signum)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    log.info("reading %s, writing tables under %s", cfg.paths.events_dir, cfg.paths.lake)
+    deadline = time.monotonic() + args.run_for if args.run_for is not None else None
+    try:
+        # Short waits keep the main thread responsive to signals.
+        while not query.awaitTermination(1):
+            if stop_requested or (deadline is not None and time.monotonic() >= deadline):
+                query.stop()
+    except StreamingQueryException as exc:
+        log.error("stream failed: %s", exc)
+        return 1
+    finally:
+        stop_listening(spark)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

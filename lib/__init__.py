@@ -1,0 +1,1 @@
+"""streamrec: a real-time recommendation engine on Spark Structured Streaming and Delta Lake."""

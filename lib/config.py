@@ -1,0 +1,195 @@
+"""Typed, validated pipeline configuration loaded from a TOML file (``conf/pipeline.toml``).
+
+Usage::
+
+    cfg = load_config("conf/pipeline.toml", overrides=["stream.max_files_per_trigger=4"])
+    cfg.sessions.gap_seconds  # 1800.0
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "conf" / "pipeline.toml"
+
+_DURATION_RE = re.compile(
+    r"^\s*(\d+(?:\.\d+)?)\s*"
+    r"(ms|millis|milliseconds?|s|secs?|seconds?|m|mins?|minutes?|h|hours?|d|days?)\s*$",
+    re.IGNORECASE,
+)
+_UNIT_SECONDS = {"ms": 0.001, "mil": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says which key and how to fix it."""
+
+
+def parse_duration(text: str, key: str) -> float:
+    """Parse ``"30 minutes"``, ``"1 second"``, ``"500 ms"`` into seconds."""
+    match = _DURATION_RE.match(str(text))
+    if not match:
+        raise ConfigError(
+            f"{key} = {text!r} is not a duration; write e.g. \"30 minutes\", \"10 seconds\" or \"500 ms\""
+        )
+    amount, unit = float(match.group(1)), match.group(2).lower()
+    factor = _UNIT_SECONDS["mil"] if unit.startswith("mil") or unit == "ms" else _UNIT_SECONDS[unit[0]]
+    return amount * factor
+
+
+def _resolve_path(value: str) -> str:
+    """Relative paths are relative to the current directory; URIs (hdfs://, s3a://, file:/) stay as-is."""
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:/", value):
+        return value
+    return os.path.abspath(value)
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    events_dir: str = "data/stream/incoming"
+    purchases: str = "data/historical_purchases.parquet"
+    lake: str = "data/lake"
+    checkpoints: str = "data/checkpoints"
+
+    def table(self, name: str) -> str:
+        """Location of the Delta table ``name`` under the lake."""
+        return f"{self.lake.rstrip('/')}/{name}"
+
+    def checkpoint(self, name: str) -> str:
+        return f"{self.checkpoints.rstrip('/')}/{name}"
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    max_files_per_trigger: int = 1
+    trigger_interval: str = "1 second"
+    max_line_chars: int = 4096
+
+    @property
+    def trigger_interval_seconds(self) -> float:
+        return parse_duration(self.trigger_interval, "stream.trigger_interval")
+
+
+@dataclass(frozen=True)
+class SessionsConfig:
+    gap: str = "30 minutes"
+    watermark: str = "10 minutes"
+
+    @property
+    def gap_seconds(self) -> float:
+        return parse_duration(self.gap, "sessions.gap")
+
+    @property
+    def watermark_seconds(self) -> float:
+        return parse_duration(self.watermark, "sessions.watermark")
+
+
+@dataclass(frozen=True)
+class RecommendConfig:
+    top_k: int = 10
+    exclude_seen: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
+    recommend: RecommendConfig = field(default_factory=RecommendConfig)
+
+    def validate(self) -> "Config":
+        if self.stream.max_files_per_trigger < 1:
+            raise ConfigError("stream.max_files_per_trigger must be >= 1")
+        if self.stream.trigger_interval_seconds < 0:
+            raise ConfigError("stream.trigger_interval must not be negative")
+        if self.stream.max_line_chars < 64:
+            raise ConfigError("stream.max_line_chars must be >= 64")
+        if self.sessions.gap_seconds <= 0:
+            raise ConfigError("sessions.gap must be positive, e.g. \"30 minutes\"")
+        if self.sessions.watermark_seconds < 0:
+            raise ConfigError("sessions.watermark must not be negative")
+        if self.recommend.top_k < 1:
+            raise ConfigError("recommend.top_k must be >= 1")
+        return self
+
+
+_SECTION_CLASSES = {
+    "paths": PathsConfig,
+    "stream": StreamConfig,
+    "sessions": SessionsConfig,
+    "recommend": RecommendConfig,
+}
+
+
+def _coerce(section: str, key: str, value, expected):
+    label = f"{section}.{key}"
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{label} = {value!r} must be true or false")
+    if expected is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{label} = {value!r} must be a whole number")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{label} = {value!r} must be a whole number") from None
+    if expected is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{label} = {value!r} must be a string")
+        return str(value)
+    return value
+
+
+def _parse_override(text: str) -> tuple[str, str, str]:
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override {text!r} must look like section.key=value, e.g. stream.max_files_per_trigger=4")
+    dotted, value = text.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    return section, key, value.strip().strip('"')
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Load, override and validate the configuration.
+
+    :param path: TOML file; ``conf/pipeline.toml`` of the project when None.
+    :param overrides: ``section.key=value`` strings applied after the file.
+    """
+    path = Path(path) if path else DEFAULT_CONFIG_PATH
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass --config PATH to an existing TOML file")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    for section, key, value in (_parse_override(o) for o in overrides or []):
+        raw.setdefault(section, {})[key] = value
+
+    unknown_sections = set(raw) - set(_SECTION_CLASSES)
+    if unknown_sections:
+        raise ConfigError(
+            f"unknown config section(s) {sorted(unknown_sections)} in {path}; known: {sorted(_SECTION_CLASSES)}"
+        )
+    sections = {}
+    for name, cls in _SECTION_CLASSES.items():
+        values = raw.get(name, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{name}] in {path} must be a table of keys")
+        known = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ConfigError(f"unknown key(s) {sorted(unknown)} in [{name}] of {path}; known: {sorted(known)}")
+        types = {f.name: {"int": int, "str": str, "bool": bool}[f.type] for f in dataclasses.fields(cls)}
+        kwargs = {k: _coerce(name, k, v, types[k]) for k, v in values.items()}
+        if name == "paths":
+            kwargs = {k: _resolve_path(v) for k, v in {**dataclasses.asdict(cls()), **kwargs}.items()}
+        sections[name] = cls(**kwargs)
+    config = Config(**sections)
+    # Touch every duration so a typo fails here, not hours into a run.
+    config.stream.trigger_interval_seconds, config.sessions.gap_seconds, config.sessions.watermark_seconds
+    return config.validate()

@@ -1,0 +1,220 @@
+"""Parse raw activity lines into typed events, and say why a line or a file is rejected.
+
+Input is one row per line of a CSV file (``RAW_LINES_SCHEMA``). Columns are matched by header
+name, so every line is interpreted with the header of its own file. Every check produces a
+reason ``"<code>: <detail>"``; a row is valid when it has none. Nothing here raises on bad
+input: Spark 4's ANSI mode is respected by using ``try_*`` functions throughout.
+
+Reason codes: ``missing_columns``, ``duplicate_columns`` (file rejected whole),
+``invalid_utf8``, ``line_too_long``, ``field_count``, ``missing_<field>``, ``bad_<field>``,
+``non_positive_<field>``, ``unknown_event_type``.
+"""
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from lib.schemas import (
+    EVENT_TS,
+    EVENT_TYPE,
+    EVENT_TYPES,
+    INGESTED_AT,
+    ITEM_ID,
+    REQUIRED_EVENT_COLUMNS,
+    SOURCE_FILE,
+    TIMESTAMP,
+    USER_ID,
+)
+
+# A header with more columns than this rejects its file.
+MAX_FIELDS = 256
+# One CSV field: RFC 4180 quoted (a quote inside is doubled) or unquoted up to the next comma.
+_CSV_FIELD = r'(?:^|,)("(?:[^"]|"")*"|[^,]*)'
+TIMESTAMP_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?$"
+TIMESTAMP_FORMAT = "yyyy-MM-dd HH:mm:ss[.SSSSSS]"
+_INTEGER_PATTERN = r"^[+-]?[0-9]+$"
+_BOM = "\ufeff"
+
+
+def _unquote(field: Column) -> Column:
+    return F.when(
+        field.startswith('"') & field.endswith('"') & (F.length(field) >= 2),
+        F.regexp_replace(F.substring(field, 2, F.length(field) - 2), '""', '"'),
+    ).otherwise(field)
+
+
+def csv_fields(line: Column) -> Column:
+    """The fields of a CSV line as ``array<string>``, quotes removed.
+
+    Lines without a quote take the fast path (a plain split); others are tokenized with an
+    RFC 4180 regular expression. An empty line has one empty field.
+    """
+    return F.when(F.instr(line, '"') == 0, F.split(line, ",", -1)).otherwise(
+        F.transform(F.regexp_extract_all(line, F.lit(_CSV_FIELD), 1), _unquote)
+    )
+
+
+def file_headers(lines: DataFrame) -> DataFrame:
+    """One row per file: its header (first line), the position of every required column,
+    the header's width, the count of non-blank data lines, and ``file_reason`` when the
+    header rejects the file. The first line of a file is the lowest ``line_id`` of the block
+    starting at offset 0.
+    """
+    first_line = F.min(F.when(F.col("file_block_start") == 0, F.struct("line_id", "value")))
+    per_file = lines.groupBy(SOURCE_FILE).agg(
+        first_line.alias("_first"),
+        (F.count(F.when(F.trim("value") != "", 1)) - 1).alias("file_data_lines"),
+    )
+    header_text = F.regexp_replace(F.col("_first.value"), f"^{_BOM}", "")
+    header_fields = F.transform(csv_fields(header_text), lambda h: F.lower(F.trim(h)))
+    with_fields = per_file.select(
+        SOURCE_FILE,
+        F.col("_first.line_id").alias("header_line_id"),
+        F.col("_first.value").alias("header"),
+        header_fields.alias("header_fields"),
+        "file_data_lines",
+    )
+    return with_fields.select(
+        SOURCE_FILE,
+        "header_line_id",
+        "header",
+        F.size("header_fields").alias("header_width"),
+        *[
+            F.array_position("header_fields", name).cast("int").alias(f"pos_{name}")
+            for name in REQUIRED_EVENT_COLUMNS
+        ],
+        _header_reason(F.col("header_fields")).alias("file_reason"),
+        "file_data_lines",
+    )
+
+
+def _header_reason(header_fields: Column) -> Column:
+    required = F.array(*[F.lit(c) for c in REQUIRED_EVENT_COLUMNS])
+    missing = F.filter(required, lambda c: ~F.array_contains(header_fields, c))
+    duplicated = F.filter(required, lambda c: F.size(F.filter(header_fields, lambda h: h == c)) > 1)
+    return (
+        F.when(
+            F.size(header_fields) > MAX_FIELDS,
+            F.format_string("too_many_columns: %d, at most %d", F.size(header_fields), F.lit(MAX_FIELDS)),
+        )
+        .when(F.size(missing) > 0, F.concat(F.lit("missing_columns: "), F.array_join(missing, ", ")))
+        .when(F.size(duplicated) > 0, F.concat(F.lit("duplicate_columns: "), F.array_join(duplicated, ", ")))
+    )
+
+
+def _id_reason(raw: Column, name: str) -> Column:
+    text = F.trim(raw)
+    value = text.try_cast("int")
+    return (
+        F.when(raw.isNull() | (text == ""), F.lit(f"missing_{name}"))
+        .when(~text.rlike(_INTEGER_PATTERN) | value.isNull(), F.concat(F.lit(f"bad_{name}: "), raw))
+        .when(value <= 0, F.concat(F.lit(f"non_positive_{name}: "), text))
+    )
+
+
+def _event_type_reason(raw: Column) -> Column:
+    normalized = F.lower(F.trim(raw))
+    return (
+        F.when(raw.isNull() | (normalized == ""), F.lit(f"missing_{EVENT_TYPE}"))
+        .when(~normalized.isin(*EVENT_TYPES), F.concat(F.lit("unknown_event_type: "), raw))
+    )
+
+
+def parse_timestamp(raw: Column) -> Column:
+    """``YYYY-MM-DD HH:MM:SS[.ffffff]`` (or with a ``T``) in UTC to a timestamp; null if invalid."""
+    text = F.trim(raw)
+    return F.when(
+        text.rlike(TIMESTAMP_PATTERN),
+        F.try_to_timestamp(F.regexp_replace(text, "T", " "), F.lit(TIMESTAMP_FORMAT)),
+    )
+
+
+def _timestamp_reason(raw: Column) -> Column:
+    return F.when(raw.isNull() | (F.trim(raw) == ""), F.lit(f"missing_{TIMESTAMP}")).when(
+        parse_timestamp(raw).isNull(), F.concat(F.lit("bad_timestamp: "), raw)
+    )
+
+
+def parse_activity_lines(lines: DataFrame, max_line_chars: int = 4096) -> DataFrame:
+    """Parse raw lines into events with a rejection ``reason`` (null when the row is valid).
+
+    Returns one row per data line of an accepted file and one row per rejected file (its header
+    line, with ``rejected_lines`` = its number of data lines); header lines of accepted files
+    and blank lines are dropped. Columns: the raw line columns, ``user_id, item_id,
+    event_type, event_ts, reason, rejected_lines``.
+    """
+    headers = file_headers(lines)
+    joined = lines.join(F.broadcast(headers), SOURCE_FILE, "left")
+    is_header = (F.col("file_block_start") == 0) & (F.col("line_id") == F.col("header_line_id"))
+    rejected_file = F.col("file_reason").isNotNull()
+    # Header lines of accepted files are not data; the data lines of a rejected file are
+    # represented by its header's single quarantine row.
+    kept = joined.where(
+        F.when(rejected_file, is_header).otherwise(~is_header & (F.trim("value") != ""))
+    )
+    too_long = F.length("value") > max_line_chars
+    tokenized = kept.withColumn(
+        "_fields", F.when(~rejected_file & ~too_long, csv_fields(F.col("value")))
+    )
+    raw = {name: F.try_element_at(F.col("_fields"), F.col(f"pos_{name}")) for name in REQUIRED_EVENT_COLUMNS}
+    extracted = tokenized.select(
+        "*",
+        *[expr.alias(f"_raw_{name}") for name, expr in raw.items()],
+    )
+
+    def raw_field(name: str) -> Column:
+        return F.col(f"_raw_{name}")
+
+    line_reason = (
+        F.when(~F.is_valid_utf8("value"), F.lit("invalid_utf8"))
+        .when(
+            too_long,
+            F.format_string("line_too_long: %d characters, at most %d", F.length("value"), F.lit(max_line_chars)),
+        )
+        .when(
+            F.size("_fields") != F.col("header_width"),
+            F.format_string("field_count: expected %d fields, got %d", F.col("header_width"), F.size("_fields")),
+        )
+    )
+    field_reasons = F.array_compact(
+        F.array(
+            _id_reason(raw_field(USER_ID), USER_ID),
+            _id_reason(raw_field(ITEM_ID), ITEM_ID),
+            _event_type_reason(raw_field(EVENT_TYPE)),
+            _timestamp_reason(raw_field(TIMESTAMP)),
+        )
+    )
+    return extracted.select(
+        "value",
+        SOURCE_FILE,
+        "file_block_start",
+        "line_id",
+        F.trim(raw_field(USER_ID)).try_cast("int").alias(USER_ID),
+        F.trim(raw_field(ITEM_ID)).try_cast("int").alias(ITEM_ID),
+        F.lower(F.trim(raw_field(EVENT_TYPE))).alias(EVENT_TYPE),
+        parse_timestamp(raw_field(TIMESTAMP)).alias(EVENT_TS),
+        F.coalesce(
+            F.col("file_reason"),
+            line_reason,
+            F.when(F.size(field_reasons) > 0, F.array_join(field_reasons, "; ")),
+        ).alias("reason"),
+        F.when(rejected_file, F.col("file_data_lines")).alias("rejected_lines"),
+    )
+
+
+def valid_events(parsed: DataFrame) -> DataFrame:
+    """Rows of ``parse_activity_lines`` that passed every check, typed."""
+    return parsed.where(F.col("reason").isNull()).select(
+        USER_ID, ITEM_ID, EVENT_TYPE, EVENT_TS, SOURCE_FILE, "file_block_start", "line_id"
+    )
+
+
+def quarantine_rows(parsed: DataFrame, ingested_at: Column) -> DataFrame:
+    """Rows of ``parse_activity_lines`` that were rejected, in the quarantine table's shape."""
+    return parsed.where(F.col("reason").isNotNull()).select(
+        SOURCE_FILE,
+        F.make_valid_utf8("value").alias("raw"),
+        "reason",
+        ingested_at.alias(INGESTED_AT),
+        "rejected_lines",
+    )

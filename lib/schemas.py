@@ -1,0 +1,177 @@
+"""Column names, event types and the schemas of every input and table, defined once."""
+from __future__ import annotations
+
+from pyspark.sql.types import (
+    ArrayType,
+    BooleanType,
+    DateType,
+    DoubleType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+# Input columns (CSV header names) and the columns the engine adds.
+USER_ID = "user_id"
+ITEM_ID = "item_id"
+EVENT_TYPE = "event_type"
+TIMESTAMP = "timestamp"
+EVENT_TS = "event_ts"
+SOURCE_FILE = "source_file"
+INGESTED_AT = "ingested_at"
+AVG_PURCHASE_AMOUNT = "avg_purchase_amount"
+PAST_PURCHASES = "past_purchases"
+PURCHASE_AMOUNT = "purchase_amount"
+PURCHASE_DATE = "purchase_date"
+
+REQUIRED_EVENT_COLUMNS = (USER_ID, ITEM_ID, EVENT_TYPE, TIMESTAMP)
+
+VIEW, CLICK, ADD_TO_CART = "view", "click", "add_to_cart"
+EVENT_TYPES = (VIEW, CLICK, ADD_TO_CART)
+
+# Session columns.
+SESSION_ID = "session_id"
+SESSION_START = "session_start"
+SESSION_END = "session_end"
+NUM_EVENTS = "num_events"
+NUM_VIEWS = "num_views"
+NUM_CLICKS = "num_clicks"
+NUM_ADD_TO_CART = "num_add_to_cart"
+SESSION_LENGTH_S = "session_length_s"
+AVG_TIME_GAP_S = "avg_time_gap_s"
+LAST_EVENT = "last_event"
+LAST_EVENT_KEY = "last_event_key"
+IS_OPEN = "is_open"
+UPDATED_AT = "updated_at"
+
+# Table names (folders under paths.lake).
+ENRICHED_EVENTS = "enriched_events"
+SESSION_FEATURES = "session_features"
+LIVE_SESSIONS = "live_sessions"
+QUARANTINE = "quarantine"
+STREAM_METRICS = "stream_metrics"
+TABLES = (ENRICHED_EVENTS, SESSION_FEATURES, LIVE_SESSIONS, QUARANTINE, STREAM_METRICS)
+
+PURCHASES_SCHEMA = StructType(
+    [
+        StructField(USER_ID, IntegerType()),
+        StructField(ITEM_ID, IntegerType()),
+        StructField(PURCHASE_AMOUNT, DoubleType()),
+        StructField(PURCHASE_DATE, DateType()),
+    ]
+)
+
+# Raw lines as the stream hands them to a micro-batch, plus a per-batch line id that follows
+# file order inside a file block.
+RAW_LINES_SCHEMA = StructType(
+    [
+        StructField("value", StringType()),
+        StructField(SOURCE_FILE, StringType()),
+        StructField("file_block_start", LongType()),
+        StructField("line_id", LongType()),
+    ]
+)
+
+# Orders events that share a timestamp: file, then position in the file.
+LAST_EVENT_KEY_TYPE = StructType(
+    [
+        StructField(EVENT_TS, TimestampType()),
+        StructField(SOURCE_FILE, StringType()),
+        StructField("file_block_start", LongType()),
+        StructField("line_id", LongType()),
+    ]
+)
+
+VALID_EVENTS_SCHEMA = StructType(
+    [
+        StructField(USER_ID, IntegerType()),
+        StructField(ITEM_ID, IntegerType()),
+        StructField(EVENT_TYPE, StringType()),
+        StructField(EVENT_TS, TimestampType()),
+        StructField(SOURCE_FILE, StringType()),
+        StructField("file_block_start", LongType()),
+        StructField("line_id", LongType()),
+    ]
+)
+
+ENRICHED_EVENTS_SCHEMA = StructType(
+    [
+        StructField(USER_ID, IntegerType()),
+        StructField(ITEM_ID, IntegerType()),
+        StructField(EVENT_TYPE, StringType()),
+        StructField(EVENT_TS, TimestampType()),
+        StructField(AVG_PURCHASE_AMOUNT, DoubleType()),
+        StructField(PAST_PURCHASES, LongType()),
+        StructField(SOURCE_FILE, StringType()),
+        StructField(INGESTED_AT, TimestampType()),
+    ]
+)
+
+_SESSION_AGG_FIELDS = [
+    StructField(USER_ID, IntegerType()),
+    StructField(SESSION_START, TimestampType()),
+    StructField(SESSION_END, TimestampType()),
+    StructField(NUM_EVENTS, LongType()),
+    StructField(NUM_VIEWS, LongType()),
+    StructField(NUM_CLICKS, LongType()),
+    StructField(NUM_ADD_TO_CART, LongType()),
+    StructField(LAST_EVENT, StringType()),
+]
+
+# Open sessions carried from batch to batch (the stream's session state).
+SESSION_STATE_SCHEMA = StructType(_SESSION_AGG_FIELDS + [StructField(LAST_EVENT_KEY, LAST_EVENT_KEY_TYPE)])
+
+SESSION_FEATURES_SCHEMA = StructType(
+    [
+        StructField(SESSION_ID, StringType()),
+        StructField(USER_ID, IntegerType()),
+        StructField(SESSION_START, TimestampType()),
+        StructField(SESSION_END, TimestampType()),
+        StructField(NUM_EVENTS, LongType()),
+        StructField(NUM_VIEWS, LongType()),
+        StructField(NUM_CLICKS, LongType()),
+        StructField(NUM_ADD_TO_CART, LongType()),
+        StructField(SESSION_LENGTH_S, DoubleType()),
+        StructField(AVG_TIME_GAP_S, DoubleType()),
+        StructField(LAST_EVENT, StringType()),
+        StructField(AVG_PURCHASE_AMOUNT, DoubleType()),
+        StructField(PAST_PURCHASES, LongType()),
+    ]
+)
+
+LIVE_SESSIONS_SCHEMA = StructType(
+    SESSION_FEATURES_SCHEMA.fields
+    + [StructField(IS_OPEN, BooleanType()), StructField(UPDATED_AT, TimestampType())]
+)
+
+QUARANTINE_SCHEMA = StructType(
+    [
+        StructField(SOURCE_FILE, StringType()),
+        StructField("raw", StringType()),
+        StructField("reason", StringType()),
+        StructField(INGESTED_AT, TimestampType()),
+        # Data lines of a file rejected whole (one quarantine row stands for the file); null otherwise.
+        StructField("rejected_lines", LongType()),
+    ]
+)
+
+STREAM_METRICS_SCHEMA = StructType(
+    [
+        StructField("batch_id", LongType()),
+        StructField("started_at", TimestampType()),
+        StructField("input_lines", LongType()),
+        StructField("valid_rows", LongType()),
+        StructField("quarantined_rows", LongType()),
+        StructField("late_rows_dropped", LongType()),
+        StructField("sessions_closed", LongType()),
+        StructField("open_sessions", LongType()),
+        StructField("watermark", TimestampType()),
+        StructField("duration_s", DoubleType()),
+        StructField("rows_per_s", DoubleType()),
+    ]
+)
+
+TOP_ITEMS_TYPE = ArrayType(IntegerType())

@@ -1,0 +1,81 @@
+"""One SparkSession factory for spark-submit, tests and the interactive shell.
+
+Under ``spark-submit`` (``./spark-submit.sh``) the conf file, the Delta jars and the master
+come from the command line and this only attaches to the session. Anywhere else (pytest, the
+shell, a plain ``python``) it starts a local session configured exactly like spark-submit.sh
+would: ``conf/spark-defaults.conf``, the Delta jars from ``.cache/jars`` and ``local[2]``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from importlib import metadata
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SPARK_DEFAULTS = PROJECT_ROOT / "conf" / "spark-defaults.conf"
+LOG4J_CONF = PROJECT_ROOT / "conf" / "log4j2.properties"
+JARS_DIR = Path(os.environ.get("STREAMREC_JARS_DIR", PROJECT_ROOT / ".cache" / "jars"))
+
+
+def delta_maven_coordinates() -> list[str]:
+    """Maven coordinates of the Delta jars matching the installed pyspark and delta-spark."""
+    spark_minor = ".".join(metadata.version("pyspark").split(".")[:2])
+    delta = metadata.version("delta-spark")
+    return [f"io.delta:delta-spark_{spark_minor}_2.13:{delta}", f"io.delta:delta-storage:{delta}"]
+
+
+def delta_jar_paths() -> list[Path]:
+    """Local paths of the Delta jars; raises with the fix when setup has not fetched them."""
+    paths = [JARS_DIR / f"{c.split(':')[1]}-{c.split(':')[2]}.jar" for c in delta_maven_coordinates()]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"Delta jars not found: {', '.join(map(str, missing))}. "
+            "Run `make setup` (or `python scripts/fetch_jars.py`) once to fetch them from Maven Central."
+        )
+    return paths
+
+
+def read_spark_defaults(path: Path = SPARK_DEFAULTS) -> dict[str, str]:
+    """Parse a spark-defaults.conf file (``key whitespace value`` lines, ``#`` comments)."""
+    conf = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.partition(" ")
+        conf[key] = value.strip()
+    return conf
+
+
+def launched_by_spark_submit() -> bool:
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def get_spark(app_name: str = "streamrec", conf: dict[str, str] | None = None) -> SparkSession:
+    """Return the active SparkSession or build one configured for streamrec.
+
+    :param conf: extra settings; they win over ``conf/spark-defaults.conf``.
+    """
+    builder = SparkSession.builder.appName(app_name)
+    if not launched_by_spark_submit():
+        # The web UI binds to SPARK_LOCAL_IP; keep it (and the driver) on loopback locally.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        settings = {
+            **read_spark_defaults(),
+            "spark.master": os.environ.get("STREAMREC_MASTER", "local[2]"),
+            "spark.jars": ",".join(str(p) for p in delta_jar_paths()),
+            "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{LOG4J_CONF}",
+        }
+        for key, value in settings.items():
+            builder = builder.config(key, value)
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    log.debug("Spark %s session %s on %s", spark.version, app_name, spark.sparkContext.master)
+    return spark

@@ -1,0 +1,378 @@
+"""The streaming application: one query over the watched folder whose micro-batches
+(``foreachBatch``) write all four contract tables plus ``stream_metrics``.
+
+Session state (the open sessions) is a Delta table next to the query's checkpoint, rewritten
+at the end of every batch. Together with transaction identifiers on every write this gives
+exactly-once results across crashes: a replayed batch reads the state as it was before the
+batch (the state is always the last write, so if it committed, every other write did too and
+is skipped), recomputes the same outputs and commits only what is missing.
+
+Watermark: ``max event time admitted so far - sessions.watermark``, as of the start of the
+batch. Events older than it are late: still written to ``enriched_events``, but dropped from
+session state and counted. A session closes when the watermark after the batch has passed
+``session_end + sessions.gap``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
+
+from lib.config import Config
+from lib.enrich import with_purchase_history
+from lib.parsing import parse_activity_lines, quarantine_rows, valid_events
+from lib.schemas import (
+    ENRICHED_EVENTS,
+    ENRICHED_EVENTS_SCHEMA,
+    EVENT_TS,
+    INGESTED_AT,
+    IS_OPEN,
+    LIVE_SESSIONS,
+    LIVE_SESSIONS_SCHEMA,
+    QUARANTINE,
+    QUARANTINE_SCHEMA,
+    SESSION_END,
+    SESSION_FEATURES,
+    SESSION_FEATURES_SCHEMA,
+    SESSION_START,
+    SESSION_STATE_SCHEMA,
+    STREAM_METRICS,
+    STREAM_METRICS_SCHEMA,
+    UPDATED_AT,
+    USER_ID,
+)
+from lib.sessions import event_fragments, is_closed, latest_session_per_user, merge_sessions, with_session_metrics
+from lib.sinks import append_once, ensure_delta_table, overwrite_once, upsert_once
+from lib.sources import activity_lines_stream, ensure_dir, read_purchases
+
+log = logging.getLogger(__name__)
+
+QUERY_NAME = "streamrec_activity"
+STREAM_CHECKPOINT = "stream"
+SESSION_STATE_DIR = "session_state"
+
+_TABLE_SCHEMAS = {
+    ENRICHED_EVENTS: ENRICHED_EVENTS_SCHEMA,
+    SESSION_FEATURES: SESSION_FEATURES_SCHEMA,
+    LIVE_SESSIONS: LIVE_SESSIONS_SCHEMA,
+    QUARANTINE: QUARANTINE_SCHEMA,
+    STREAM_METRICS: STREAM_METRICS_SCHEMA,
+}
+
+
+@dataclass
+class BatchReport:
+    """What one micro-batch did; logged by the progress listener and kept in stream_metrics."""
+
+    batch_id: int
+    input_lines: int = 0
+    valid_rows: int = 0
+    quarantined_rows: int = 0
+    late_rows_dropped: int = 0
+    sessions_closed: int = 0
+    open_sessions: int = 0
+    watermark_micros: int | None = None
+    duration_s: float = 0.0
+    stage_s: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str):
+        """Time a stage of the batch (wall clock, including the Spark jobs it runs)."""
+        began = time.monotonic()
+        try:
+            yield
+        finally:
+            self.stage_s[name] = self.stage_s.get(name, 0.0) + time.monotonic() - began
+
+    @property
+    def stages_text(self) -> str:
+        return " ".join(f"{k}={v:.2f}" for k, v in self.stage_s.items())
+
+    @property
+    def watermark_text(self) -> str:
+        return format_micros(self.watermark_micros)
+
+
+@dataclass
+class StreamStats:
+    """Reports of recent batches, shared between foreachBatch and the progress listener."""
+
+    reports: dict[int, BatchReport] = field(default_factory=dict)
+    late_rows_dropped_total: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, report: BatchReport) -> None:
+        with self.lock:
+            self.reports[report.batch_id] = report
+            self.late_rows_dropped_total += report.late_rows_dropped
+            for old in [b for b in self.reports if b < report.batch_id - 100]:
+                del self.reports[old]
+
+    def get(self, batch_id: int) -> BatchReport | None:
+        with self.lock:
+            return self.reports.get(batch_id)
+
+
+def ensure_tables(spark: SparkSession, cfg: Config) -> None:
+    """Create every output table (empty) so that readers and MERGE targets exist from the start."""
+    for name, schema in _TABLE_SCHEMAS.items():
+        ensure_delta_table(spark, cfg.paths.table(name), schema)
+
+
+def format_micros(micros: int | None) -> str:
+    """A UTC timestamp in microseconds since the epoch, as text (``-`` for none)."""
+    if micros is None:
+        return "-"
+    return datetime.fromtimestamp(micros / 1_000_000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _micros_literal(micros: int | None):
+    # Timestamps cross the Python boundary as epoch microseconds, never as naive datetimes,
+    # so the driver's local time zone cannot shift them.
+    return F.timestamp_micros(F.lit(micros).cast("long"))
+
+
+class SessionBatchWriter:
+    """The ``foreachBatch`` function of the stream: ``writer(batch_df, batch_id)``.
+
+    A plain callable, so tests can feed it static DataFrames.
+    """
+
+    def __init__(
+        self, spark: SparkSession, cfg: Config, stats: StreamStats | None = None, app_id: str | None = None
+    ):
+        self.spark = spark
+        self.cfg = cfg
+        self.stats = stats or StreamStats()
+        self._app_id = app_id
+
+    @property
+    def checkpoint(self) -> str:
+        return self.cfg.paths.checkpoint(STREAM_CHECKPOINT)
+
+    def app_id(self) -> str:
+        """The streaming query's id, persisted in its checkpoint: stable across restarts."""
+        if self._app_id is None:
+            metadata = self.spark.read.text(f"{self.checkpoint}/metadata").first()[0]
+            self._app_id = f"streamrec-{json.loads(metadata)['id']}"
+        return self._app_id
+
+    def state_path(self) -> str:
+        return self.cfg.paths.checkpoint(f"{SESSION_STATE_DIR}/{self.app_id()}")
+
+    def _read_state(self) -> DataFrame:
+        path = self.state_path()
+        ensure_delta_table(self.spark, path, SESSION_STATE_SCHEMA)
+        return self.spark.read.format("delta").load(path)
+
+    def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
+        started = time.monotonic()
+        started_at = int(time.time() * 1_000_000)
+        report = BatchReport(batch_id)
+        cached: list[DataFrame] = []
+        try:
+            self._process(batch_df, batch_id, started_at, report, cached)
+        finally:
+            for df in cached:
+                df.unpersist()
+        report.duration_s = time.monotonic() - started
+        self.stats.record(report)
+
+    def _process(self, batch_df, batch_id, started_at, report: BatchReport, cached: list[DataFrame]) -> None:
+        spark, cfg = self.spark, self.cfg
+        gap_s = cfg.sessions.gap_seconds
+        delay_micros = int(round(cfg.sessions.watermark_seconds * 1_000_000))
+        app_id, table = self.app_id(), cfg.paths.table
+        ingested_at = _micros_literal(started_at)
+
+        def keep(df: DataFrame) -> DataFrame:
+            cached.append(df.persist())
+            return df
+
+        with report.stage("parse"):
+            lines = batch_df.withColumn("line_id", F.monotonically_increasing_id())
+            parsed = keep(parse_activity_lines(lines, cfg.stream.max_line_chars))
+            state = keep(self._read_state())
+            previous_max_end = state.agg(F.max(F.unix_micros(SESSION_END))).first()[0]
+            watermark_before = None if previous_max_end is None else previous_max_end - delay_micros
+            late = (
+                F.unix_micros(EVENT_TS) < F.lit(watermark_before) if watermark_before is not None else F.lit(False)
+            )
+            valid = F.col("reason").isNull()
+            counts = parsed.agg(
+                F.count(F.lit(1)).alias("rows"),
+                F.count(F.when(valid, 1)).alias("valid"),
+                F.count(F.when(valid & late, 1)).alias("late"),
+                F.max(F.when(valid & ~late, F.unix_micros(EVENT_TS))).alias("max_on_time"),
+            ).first()
+            report.input_lines = counts["rows"]
+            report.valid_rows = counts["valid"]
+            report.quarantined_rows = counts["rows"] - counts["valid"]
+            report.late_rows_dropped = counts["late"]
+            events = valid_events(parsed)
+            purchases = keep(read_purchases(spark, cfg.paths.purchases))
+
+        with report.stage("enriched"):
+            if report.valid_rows:
+                enriched = with_purchase_history(events, purchases, as_of=EVENT_TS).withColumn(INGESTED_AT, ingested_at)
+                append_once(enriched.select(*ENRICHED_EVENTS_SCHEMA.fieldNames()), table(ENRICHED_EVENTS), app_id, batch_id)
+        with report.stage("quarantine"):
+            if report.quarantined_rows:
+                append_once(quarantine_rows(parsed, ingested_at), table(QUARANTINE), app_id, batch_id)
+
+        with report.stage("sessionize"):
+            max_end = max((t for t in (previous_max_end, counts["max_on_time"]) if t is not None), default=None)
+            report.watermark_micros = None if max_end is None else max_end - delay_micros
+            fragments = event_fragments(events.where(~late)).unionByName(state)
+            sessions = keep(
+                merge_sessions(fragments, gap_s).withColumn("_closed", is_closed(report.watermark_micros, gap_s))
+            )
+            outcome = sessions.agg(
+                F.count(F.when(F.col("_closed"), 1)).alias("closed"), F.count(F.when(~F.col("_closed"), 1)).alias("open")
+            ).first()
+            report.sessions_closed, report.open_sessions = outcome["closed"], outcome["open"]
+
+        with report.stage("session_features"):
+            if report.sessions_closed:
+                closed = (
+                    sessions.where("_closed")
+                    .transform(with_session_metrics)
+                    .transform(lambda df: with_purchase_history(df, purchases, as_of=SESSION_START))
+                )
+                append_once(closed.select(*SESSION_FEATURES_SCHEMA.fieldNames()), table(SESSION_FEATURES), app_id, batch_id)
+
+        with report.stage("live_sessions"):
+            if report.valid_rows or report.sessions_closed:
+                touched_users = events.select(USER_ID).unionByName(sessions.where("_closed").select(USER_ID)).distinct()
+                live = (
+                    latest_session_per_user(sessions.join(touched_users, USER_ID, "left_semi"))
+                    .withColumn(IS_OPEN, ~F.col("_closed"))
+                    .transform(with_session_metrics)
+                    .transform(lambda df: with_purchase_history(df, purchases, as_of=SESSION_START))
+                    .withColumn(UPDATED_AT, ingested_at)
+                    .select(*LIVE_SESSIONS_SCHEMA.fieldNames())
+                )
+                upsert_once(spark, live, table(LIVE_SESSIONS), [USER_ID], app_id, batch_id)
+
+        with report.stage("state"):
+            still_open = sessions.where(~F.col("_closed")).select(*SESSION_STATE_SCHEMA.fieldNames())
+            report.duration_s = time.time() - started_at / 1_000_000
+            append_once(_metrics_row(spark, report, started_at), table(STREAM_METRICS), app_id, batch_id)
+            # Last: once the state has committed, the batch is complete in every table.
+            overwrite_once(still_open, self.state_path(), app_id, batch_id)
+
+
+def _metrics_row(spark: SparkSession, report: BatchReport, started_at: int) -> DataFrame:
+    rows_per_s = report.input_lines / report.duration_s if report.duration_s > 0 else None
+    return spark.range(1).select(
+        F.lit(report.batch_id).cast("long").alias("batch_id"),
+        _micros_literal(started_at).alias("started_at"),
+        F.lit(report.input_lines).cast("long").alias("input_lines"),
+        F.lit(report.valid_rows).cast("long").alias("valid_rows"),
+        F.lit(report.quarantined_rows).cast("long").alias("quarantined_rows"),
+        F.lit(report.late_rows_dropped).cast("long").alias("late_rows_dropped"),
+        F.lit(report.sessions_closed).cast("long").alias("sessions_closed"),
+        F.lit(report.open_sessions).cast("long").alias("open_sessions"),
+        _micros_literal(report.watermark_micros).alias("watermark"),
+        F.lit(report.duration_s).cast("double").alias("duration_s"),
+        F.lit(rows_per_s).cast("double").alias("rows_per_s"),
+    )
+
+
+class ProgressLogger(StreamingQueryListener):
+    """Logs one line per micro-batch: id, input rows, rows/s, duration, watermark, late drops."""
+
+    def __init__(self, stats: StreamStats):
+        self.stats = stats
+
+    def onQueryStarted(self, event) -> None:
+        log.info("stream %s started (id %s)", event.name, event.id)
+
+    def onQueryProgress(self, event) -> None:
+        progress = event.progress
+        report = self.stats.get(progress.batchId)
+        duration_ms = progress.durationMs.get("triggerExecution", 0)
+        if report is None:
+            log.info("batch %d: %d rows in %.2f s", progress.batchId, progress.numInputRows, duration_ms / 1000)
+            return
+        log.info(
+            "batch %d: %d rows in %.2f s (%.0f rows/s) valid=%d quarantined=%d late_dropped=%d "
+            "(total %d) sessions_closed=%d open_sessions=%d watermark=%s [%s]",
+            progress.batchId,
+            progress.numInputRows,
+            duration_ms / 1000,
+            progress.numInputRows / (duration_ms / 1000) if duration_ms else 0.0,
+            report.valid_rows,
+            report.quarantined_rows,
+            report.late_rows_dropped,
+            self.stats.late_rows_dropped_total,
+            report.sessions_closed,
+            report.open_sessions,
+            report.watermark_text,
+            report.stages_text,
+        )
+
+    def onQueryIdle(self, event) -> None:
+        pass
+
+    def onQueryTerminated(self, event) -> None:
+        if event.exception:
+            log.error("stream %s failed: %s", event.id, event.exception)
+        else:
+            log.info("stream %s stopped", event.id)
+
+
+def start_stream(
+    spark: SparkSession, cfg: Config, available_now: bool = False, stats: StreamStats | None = None
+) -> StreamingQuery:
+    """Create the tables, then start the activity stream; returns the running query.
+
+    Progress is logged by a listener that stays registered until ``stop_listening`` (or the
+    end of the application).
+    """
+    ensure_tables(spark, cfg)
+    ensure_dir(spark, cfg.paths.events_dir)
+    stats = stats or StreamStats()
+    listener = ProgressLogger(stats)
+    spark.streams.addListener(listener)
+    _listeners[id(spark)] = listener
+    writer = (
+        activity_lines_stream(spark, cfg)
+        .writeStream.queryName(QUERY_NAME)
+        .foreachBatch(SessionBatchWriter(spark, cfg, stats))
+        .option("checkpointLocation", cfg.paths.checkpoint(STREAM_CHECKPOINT))
+    )
+    if available_now:
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=f"{cfg.stream.trigger_interval_seconds} seconds")
+    return writer.start()
+
+
+_listeners: dict[int, ProgressLogger] = {}
+
+
+def stop_listening(spark: SparkSession) -> None:
+    """Unregister the progress listener (before the Python side goes away)."""
+    listener = _listeners.pop(id(spark), None)
+    if listener is not None:
+        spark.streams.removeListener(listener)
+
+
+def run_available_now(spark: SparkSession, cfg: Config) -> StreamStats:
+    """Process every file present in one availableNow run; raises if the query fails."""
+    stats = StreamStats()
+    query = start_stream(spark, cfg, available_now=True, stats=stats)
+    try:
+        query.awaitTermination()
+    finally:
+        stop_listening(spark)
+    return stats

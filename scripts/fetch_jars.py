@@ -1,0 +1,45 @@
+"""Fetch the Delta jars matching the installed pyspark/delta-spark from Maven Central.
+
+Run once by ``make setup``; later runs find them in ``.cache/jars`` and do nothing, so no test
+or job ever downloads at run time. Checksums are verified against Maven Central's ``.sha1``.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from lib.spark import JARS_DIR, delta_maven_coordinates  # noqa: E402
+
+MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
+
+
+def fetch(coordinate: str, target_dir: Path) -> Path:
+    group, artifact, version = coordinate.split(":")
+    target = target_dir / f"{artifact}-{version}.jar"
+    if target.is_file():
+        return target
+    url = f"{MAVEN_CENTRAL}/{group.replace('.', '/')}/{artifact}/{version}/{artifact}-{version}.jar"
+    with urllib.request.urlopen(url, timeout=120) as response:
+        payload = response.read()
+    with urllib.request.urlopen(url + ".sha1", timeout=60) as response:
+        expected_sha1 = response.read().decode().split()[0].strip()
+    if hashlib.sha1(payload).hexdigest() != expected_sha1:
+        raise SystemExit(f"checksum mismatch for {url}; try again")
+    tmp = target.with_suffix(".part")
+    tmp.write_bytes(payload)
+    tmp.rename(target)
+    return target
+
+
+def main() -> None:
+    JARS_DIR.mkdir(parents=True, exist_ok=True)
+    for coordinate in delta_maven_coordinates():
+        path = fetch(coordinate, JARS_DIR)
+        print(f"{coordinate} -> {path}")
+
+
+if __name__ == "__main__":
+    main()

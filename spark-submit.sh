@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Run a streamrec job through the real spark-submit, with the project's Spark conf, logging,
+# Delta jars and lib/ (as --py-files) in place.
+#
+#   ./spark-submit.sh [spark-submit options] jobs/<job>.py [job options]
+#   ./spark-submit.sh --master spark://host:7077 jobs/stream.py --available-now
+#
+# The driver, and its web UI, bind to SPARK_LOCAL_IP (127.0.0.1 unless you set it); on a
+# multi-host cluster set SPARK_LOCAL_IP to an address the executors can reach.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VENV="${STREAMREC_VENV:-$ROOT/.venv}"
+
+usage() {
+  echo "usage: $0 [spark-submit options] jobs/<job>.py [job options]" >&2
+  exit 2
+}
+if [[ ! -x "$VENV/bin/spark-submit" ]]; then
+  echo "spark-submit not found in $VENV: run 'make setup' first" >&2
+  exit 2
+fi
+
+submit_opts=()
+while [[ $# -gt 0 && "$1" != *.py ]]; do
+  submit_opts+=("$1")
+  shift
+done
+[[ $# -gt 0 ]] || usage
+job="$1"
+shift
+
+jars="$(cd "$ROOT" && "$VENV/bin/python" -c 'from lib.spark import delta_jar_paths; print(",".join(map(str, delta_jar_paths())))')"
+mkdir -p "$ROOT/.cache"
+libzip="$ROOT/.cache/lib.zip"
+rm -f "$libzip"
+(cd "$ROOT" && "$VENV/bin/python" - "$libzip" <<'PY'
+import sys, zipfile, pathlib
+with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED) as zf:
+    for path in sorted(pathlib.Path("lib").rglob("*.py")):
+        zf.write(path)
+PY
+)
+
+export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
+export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$VENV/bin/python}"
+export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$VENV/bin/python}"
+log4j="-Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties"
+
+exec "$VENV/bin/spark-submit" \
+  --properties-file "$ROOT/conf/spark-defaults.conf" \
+  --jars "$jars" \
+  --py-files "$libzip" \
+  --driver-java-options "$log4j" \
+  --conf "spark.executor.extraJavaOptions=$log4j" \
+  "${submit_opts[@]+"${submit_opts[@]}"}" \
+  "$job" "$@"

@@ -1,0 +1,44 @@
+"""Helpers for driving the real stream over generated files."""
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lib.generator import ActivityProfile, ActivityWriter, Catalogue, generate_purchases, simulate_events
+
+
+def write_purchases(folder: str, rows, name: str = "part-00000.parquet") -> None:
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {
+            "user_id": pa.array([r[0] for r in rows], pa.int32()),
+            "item_id": pa.array([r[1] for r in rows], pa.int32()),
+            "purchase_amount": pa.array([r[2] for r in rows], pa.float64()),
+            "purchase_date": pa.array([r[3] for r in rows], pa.date32()),
+        }
+    )
+    pq.write_table(table, str(Path(folder) / name))
+
+
+def generated_purchases(users: int, items: int, count: int, seed: int = 7):
+    return generate_purchases(Catalogue(num_users=users, num_items=items, seed=seed), count)
+
+
+def activity_writer(cfg, users=30, items=60, seed=7, bad_share=0.0, start=datetime(2024, 1, 1), **profile) -> ActivityWriter:
+    catalogue = Catalogue(num_users=users, num_items=items, seed=seed)
+    events = simulate_events(catalogue, ActivityProfile(start=start, **profile))
+    return ActivityWriter(Path(cfg.paths.events_dir), events, bad_share=bad_share, seed=seed)
+
+
+def write_lines(cfg, name: str, lines: list[str]) -> None:
+    folder = Path(cfg.paths.events_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f".{name}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (folder / f".{name}").rename(folder / name)
+
+
+def read(spark, cfg, table: str):
+    return spark.read.format("delta").load(cfg.paths.table(table))

@@ -1,0 +1,56 @@
+"""The typed config: defaults, overrides, durations, and errors that say how to fix them."""
+import os
+
+import pytest
+
+from lib.config import ConfigError, load_config, parse_duration
+
+
+def test_defaults_match_the_contract():
+    cfg = load_config()
+    assert cfg.paths.events_dir == os.path.abspath("data/stream/incoming")
+    assert cfg.paths.lake == os.path.abspath("data/lake")
+    assert cfg.stream.max_files_per_trigger == 1
+    assert cfg.stream.trigger_interval_seconds == 1.0
+    assert cfg.sessions.gap_seconds == 1800.0
+    assert cfg.sessions.watermark_seconds == 600.0
+    assert (cfg.recommend.top_k, cfg.recommend.exclude_seen) == (10, True)
+
+
+def test_overrides_and_uris():
+    cfg = load_config(None, ["stream.max_files_per_trigger=4", "paths.lake=hdfs://nn:8020/lake", "recommend.exclude_seen=false"])
+    assert cfg.stream.max_files_per_trigger == 4
+    assert cfg.paths.lake == "hdfs://nn:8020/lake"
+    assert cfg.paths.table("enriched_events") == "hdfs://nn:8020/lake/enriched_events"
+    assert cfg.recommend.exclude_seen is False
+
+
+@pytest.mark.parametrize(
+    "text, seconds", [("30 minutes", 1800), ("1 second", 1), ("500 ms", 0.5), ("2h", 7200), ("1.5 min", 90), ("1 day", 86400)]
+)
+def test_durations(text, seconds):
+    assert parse_duration(text, "k") == seconds
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["sessions.gap=30 minuets"], "sessions.gap"),
+        (["stream.max_files_per_trigger=0"], "max_files_per_trigger must be >= 1"),
+        (["stream.max_files_per_trigger=many"], "whole number"),
+        (["stream.nope=1"], "unknown key"),
+        (["nosection"], "section.key=value"),
+    ],
+)
+def test_invalid_config_is_refused_with_a_reason(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_unknown_section_in_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[stream]\nmax_files_per_trigger = 2\n[oops]\nx = 1\n")
+    with pytest.raises(ConfigError, match="unknown config section"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
