@@ -202,8 +202,10 @@ class ActivityWriter:
         self.manifest: list[ManifestRow] = []
 
     def write_file(self, num_events: int) -> Path:
-        name = f"{self.prefix}-{self.next_index:06d}.csv"
-        self.next_index += 1
+        # Re-read the folder: another writer may have added files; an existing file is never replaced.
+        index = max(self.next_index, next_file_index(self.folder, self.prefix))
+        name = f"{self.prefix}-{index:06d}.csv"
+        self.next_index = index + 1
         lines = [HEADER]
         for event in itertools.islice(self.events, num_events):
             if self.bad_share and self.rng.random() < self.bad_share:
@@ -231,9 +233,16 @@ def next_file_index(folder: Path, prefix: str) -> int:
 
 
 def write_atomically(folder: Path, name: str, lines: list[str]) -> Path:
-    """Write under a hidden name, then rename into place, so readers never see a partial file."""
+    """Write under a hidden name, then rename into place, so readers never see a partial file.
+
+    Refuses to replace an existing file: the stream reads each file name once, so new content
+    under an old name would be silently ignored.
+    """
+    final = folder / name
+    if final.exists():
+        raise FileExistsError(f"{final} exists; activity files are never overwritten")
     hidden = folder / f".{name}.tmp"
     hidden.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    final = folder / name
-    os.replace(hidden, final)
+    os.link(hidden, final)  # fails instead of replacing if the name appeared meanwhile
+    hidden.unlink()
     return final

@@ -1,11 +1,10 @@
 """The streaming application: one query over the watched folder whose micro-batches
 (``foreachBatch``) write all four contract tables plus ``stream_metrics``.
 
-Session state (the open sessions) is a Delta table next to the query's checkpoint, rewritten
-at the end of every batch. Together with transaction identifiers on every write this gives
-exactly-once results across crashes: a replayed batch reads the state as it was before the
-batch (the state is always the last write, so if it committed, every other write did too and
-is skipped), recomputes the same outputs and commits only what is missing.
+Session state (the open sessions) is kept per batch next to the query's checkpoint
+(``lib.state``): batch ``b`` always reads the state of batch ``b - 1``. A batch replayed after
+a crash therefore recomputes exactly the same outputs, and the sinks (``lib.sinks``) commit
+only the tables the crashed attempt had not committed yet: exactly once, across crashes.
 
 Watermark: ``max event time admitted so far - sessions.watermark``, as of the start of the
 batch. Events older than it are late: still written to ``enriched_events``, but dropped from
@@ -50,7 +49,8 @@ from lib.schemas import (
     USER_ID,
 )
 from lib.sessions import event_fragments, is_closed, latest_session_per_user, merge_sessions, with_session_metrics
-from lib.sinks import append_once, ensure_delta_table, overwrite_once, upsert_once
+from lib.sinks import BatchSink, ensure_delta_table
+from lib.state import SessionStateStore
 from lib.sources import activity_lines_stream, ensure_dir, read_purchases
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,10 @@ _TABLE_SCHEMAS = {
     QUARANTINE: QUARANTINE_SCHEMA,
     STREAM_METRICS: STREAM_METRICS_SCHEMA,
 }
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the fault-injection hook to simulate a crash inside a micro-batch."""
 
 
 @dataclass
@@ -147,12 +151,20 @@ class SessionBatchWriter:
     """
 
     def __init__(
-        self, spark: SparkSession, cfg: Config, stats: StreamStats | None = None, app_id: str | None = None
+        self,
+        spark: SparkSession,
+        cfg: Config,
+        stats: StreamStats | None = None,
+        app_id: str | None = None,
+        fail_after: str | None = None,
     ):
+        """:param fail_after: fault injection for crash tests (off by default): raise
+        ``InjectedFault`` right after the named write ("enriched", "live_sessions", ...)."""
         self.spark = spark
         self.cfg = cfg
         self.stats = stats or StreamStats()
         self._app_id = app_id
+        self.fail_after = fail_after
 
     @property
     def checkpoint(self) -> str:
@@ -165,13 +177,8 @@ class SessionBatchWriter:
             self._app_id = f"streamrec-{json.loads(metadata)['id']}"
         return self._app_id
 
-    def state_path(self) -> str:
-        return self.cfg.paths.checkpoint(f"{SESSION_STATE_DIR}/{self.app_id()}")
-
-    def _read_state(self) -> DataFrame:
-        path = self.state_path()
-        ensure_delta_table(self.spark, path, SESSION_STATE_SCHEMA)
-        return self.spark.read.format("delta").load(path)
+    def state_store(self) -> SessionStateStore:
+        return SessionStateStore(self.spark, self.cfg.paths.checkpoint(f"{SESSION_STATE_DIR}/{self.app_id()}"))
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
@@ -190,8 +197,9 @@ class SessionBatchWriter:
         spark, cfg = self.spark, self.cfg
         gap_s = cfg.sessions.gap_seconds
         delay_micros = int(round(cfg.sessions.watermark_seconds * 1_000_000))
-        app_id, table = self.app_id(), cfg.paths.table
+        sink, table = BatchSink(spark, self.app_id()), cfg.paths.table
         ingested_at = _micros_literal(started_at)
+        state_store = self.state_store()
 
         def keep(df: DataFrame) -> DataFrame:
             cached.append(df.persist())
@@ -200,7 +208,7 @@ class SessionBatchWriter:
         with report.stage("parse"):
             lines = batch_df.withColumn("line_id", F.monotonically_increasing_id())
             parsed = keep(parse_activity_lines(lines, cfg.stream.max_line_chars))
-            state = keep(self._read_state())
+            state = keep(state_store.read_before(batch_id))
             previous_max_end = state.agg(F.max(F.unix_micros(SESSION_END))).first()[0]
             watermark_before = None if previous_max_end is None else previous_max_end - delay_micros
             late = (
@@ -220,14 +228,6 @@ class SessionBatchWriter:
             events = valid_events(parsed)
             purchases = keep(read_purchases(spark, cfg.paths.purchases))
 
-        with report.stage("enriched"):
-            if report.valid_rows:
-                enriched = with_purchase_history(events, purchases, as_of=EVENT_TS).withColumn(INGESTED_AT, ingested_at)
-                append_once(enriched.select(*ENRICHED_EVENTS_SCHEMA.fieldNames()), table(ENRICHED_EVENTS), app_id, batch_id)
-        with report.stage("quarantine"):
-            if report.quarantined_rows:
-                append_once(quarantine_rows(parsed, ingested_at), table(QUARANTINE), app_id, batch_id)
-
         with report.stage("sessionize"):
             max_end = max((t for t in (previous_max_end, counts["max_on_time"]) if t is not None), default=None)
             report.watermark_micros = None if max_end is None else max_end - delay_micros
@@ -240,16 +240,25 @@ class SessionBatchWriter:
             ).first()
             report.sessions_closed, report.open_sessions = outcome["closed"], outcome["open"]
 
-        with report.stage("session_features"):
+        def write_enriched():
+            if report.valid_rows:
+                enriched = with_purchase_history(events, purchases, as_of=EVENT_TS).withColumn(INGESTED_AT, ingested_at)
+                sink.append(enriched.select(*ENRICHED_EVENTS_SCHEMA.fieldNames()), table(ENRICHED_EVENTS), batch_id)
+
+        def write_quarantine():
+            if report.quarantined_rows:
+                sink.append(quarantine_rows(parsed, ingested_at), table(QUARANTINE), batch_id)
+
+        def write_session_features():
             if report.sessions_closed:
                 closed = (
                     sessions.where("_closed")
                     .transform(with_session_metrics)
                     .transform(lambda df: with_purchase_history(df, purchases, as_of=SESSION_START))
                 )
-                append_once(closed.select(*SESSION_FEATURES_SCHEMA.fieldNames()), table(SESSION_FEATURES), app_id, batch_id)
+                sink.append(closed.select(*SESSION_FEATURES_SCHEMA.fieldNames()), table(SESSION_FEATURES), batch_id)
 
-        with report.stage("live_sessions"):
+        def write_live_sessions():
             if report.valid_rows or report.sessions_closed:
                 touched_users = events.select(USER_ID).unionByName(sessions.where("_closed").select(USER_ID)).distinct()
                 live = (
@@ -260,14 +269,27 @@ class SessionBatchWriter:
                     .withColumn(UPDATED_AT, ingested_at)
                     .select(*LIVE_SESSIONS_SCHEMA.fieldNames())
                 )
-                upsert_once(spark, live, table(LIVE_SESSIONS), [USER_ID], app_id, batch_id)
+                sink.upsert(live, table(LIVE_SESSIONS), [USER_ID], batch_id)
 
-        with report.stage("state"):
-            still_open = sessions.where(~F.col("_closed")).select(*SESSION_STATE_SCHEMA.fieldNames())
+        def write_state():
+            state_store.write(sessions.where(~F.col("_closed")).select(*SESSION_STATE_SCHEMA.fieldNames()), batch_id)
+
+        # Each write is exactly-once on its own (sinks skip what a crashed attempt committed;
+        # the state is per batch), so their order does not matter for correctness.
+        for name, write in (
+            ("enriched", write_enriched),
+            ("quarantine", write_quarantine),
+            ("session_features", write_session_features),
+            ("live_sessions", write_live_sessions),
+            ("state", write_state),
+        ):
+            with report.stage(name):
+                write()
+            if name == self.fail_after:
+                raise InjectedFault(f"fault injected after the {name} write of batch {batch_id}")
+        with report.stage("metrics"):
             report.duration_s = time.time() - started_at / 1_000_000
-            append_once(_metrics_row(spark, report, started_at), table(STREAM_METRICS), app_id, batch_id)
-            # Last: once the state has committed, the batch is complete in every table.
-            overwrite_once(still_open, self.state_path(), app_id, batch_id)
+            sink.append(_metrics_row(spark, report, started_at), table(STREAM_METRICS), batch_id)
 
 
 def _metrics_row(spark: SparkSession, report: BatchReport, started_at: int) -> DataFrame:
@@ -292,6 +314,7 @@ class ProgressLogger(StreamingQueryListener):
 
     def __init__(self, stats: StreamStats):
         self.stats = stats
+        self.terminated = threading.Event()
 
     def onQueryStarted(self, event) -> None:
         log.info("stream %s started (id %s)", event.name, event.id)
@@ -328,6 +351,7 @@ class ProgressLogger(StreamingQueryListener):
             log.error("stream %s failed: %s", event.id, event.exception)
         else:
             log.info("stream %s stopped", event.id)
+        self.terminated.set()
 
 
 def start_stream(
@@ -360,10 +384,11 @@ def start_stream(
 _listeners: dict[int, ProgressLogger] = {}
 
 
-def stop_listening(spark: SparkSession) -> None:
-    """Unregister the progress listener (before the Python side goes away)."""
+def stop_listening(spark: SparkSession, drain_timeout_s: float = 10.0) -> None:
+    """Unregister the progress listener once it has logged the query's last events."""
     listener = _listeners.pop(id(spark), None)
     if listener is not None:
+        listener.terminated.wait(drain_timeout_s)
         spark.streams.removeListener(listener)
 
 

@@ -1,6 +1,8 @@
 """Helpers for driving the real stream over generated files."""
 from __future__ import annotations
 
+import os
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -34,10 +36,16 @@ def activity_writer(cfg, users=30, items=60, seed=7, bad_share=0.0, start=dateti
 
 
 def write_lines(cfg, name: str, lines: list[str]) -> None:
+    """Land a file atomically; its modification time orders it after every file already there
+    (the file source takes files in modification-time order)."""
     folder = Path(cfg.paths.events_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f".{name}").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (folder / f".{name}").rename(folder / name)
+    hidden = folder / f".{name}"
+    hidden.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    latest = max((p.stat().st_mtime for p in folder.iterdir() if not p.name.startswith(".")), default=0.0)
+    stamp = max(latest + 1.0, time.time())
+    os.utime(hidden, (stamp, stamp))
+    hidden.rename(folder / name)
 
 
 def read(spark, cfg, table: str):

@@ -1,0 +1,30 @@
+"""Late events: written to enriched_events, dropped from sessions, counted."""
+from __future__ import annotations
+
+from lib.stream import run_available_now
+from tests.conftest import make_config
+from tests.integration.conftest import read, write_lines
+
+HEADER = "user_id,item_id,event_type,timestamp"
+
+
+def test_late_event_is_enriched_but_not_sessionized_and_is_counted(spark, tmp_path):
+    cfg = make_config(tmp_path)
+    write_lines(cfg, "f1.csv", [HEADER, "1,1,view,2024-01-01 10:00:00", "1,2,click,2024-01-01 10:05:00", "2,1,view,2024-01-01 10:00:00"])
+    # Watermark after this file: 12:00 - 10 min = 11:50; closes both 10:0x sessions.
+    write_lines(cfg, "f2.csv", [HEADER, "2,3,view,2024-01-01 12:00:00"])
+    # 10:20 is older than the watermark (late); 11:55 is not.
+    write_lines(cfg, "f3.csv", [HEADER, "1,4,add_to_cart,2024-01-01 10:20:00", "3,5,view,2024-01-01 11:55:00"])
+    stats = run_available_now(spark, cfg)
+
+    assert read(spark, cfg, "enriched_events").count() == 6
+    assert stats.late_rows_dropped_total == 1
+    metrics = {r.batch_id: r for r in read(spark, cfg, "stream_metrics").collect()}
+    assert [metrics[b].late_rows_dropped for b in sorted(metrics)] == [0, 0, 1]
+
+    sessions = {(r.user_id, r.num_events, r.last_event) for r in read(spark, cfg, "session_features").collect()}
+    assert sessions == {(1, 2, "click"), (2, 1, "view")}
+    live = {r.user_id: r for r in read(spark, cfg, "live_sessions").collect()}
+    assert (live[1].is_open, live[1].num_events, live[1].last_event) == (False, 2, "click")
+    assert (live[2].is_open, live[2].num_events) == (True, 1)
+    assert (live[3].is_open, live[3].num_events) == (True, 1)

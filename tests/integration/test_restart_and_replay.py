@@ -1,0 +1,97 @@
+"""Restarts from the checkpoints, purchases that arrive later, rejected files, and a batch
+replayed after a crash between two of its writes."""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from datetime import date
+
+import pytest
+from pyspark.sql import functions as F
+
+from lib.stream import InjectedFault, SessionBatchWriter, ensure_tables, run_available_now
+from tests.conftest import make_config
+from tests.integration.conftest import activity_writer, read, write_lines, write_purchases
+
+TABLES = ["enriched_events", "session_features", "live_sessions", "quarantine", "stream_metrics"]
+
+
+def table_versions(spark, cfg):
+    return {t: spark.sql(f"DESCRIBE HISTORY delta.`{cfg.paths.table(t)}`").agg(F.max("version")).first()[0] for t in TABLES}
+
+
+def enriched_keys(spark, cfg):
+    rows = read(spark, cfg, "enriched_events").collect()
+    return Counter((r.user_id, r.item_id, r.event_type, r.event_ts.strftime("%Y-%m-%d %H:%M:%S"), os.path.basename(r.source_file)) for r in rows)
+
+
+def manifest_keys(manifest):
+    return Counter((r.user_id, r.item_id, r.event_type, r.event_ts, r.file) for r in manifest if r.expected_reason is None)
+
+
+def test_restarts_add_nothing_and_pick_up_new_files_and_purchases(spark, tmp_path):
+    cfg = make_config(tmp_path)
+    write_purchases(cfg.paths.purchases, [(1, 1, 10.0, date(2023, 6, 1))])
+    writer = activity_writer(cfg, users=8, items=20)
+    writer.write_file(150)
+    run_available_now(spark, cfg)
+    assert enriched_keys(spark, cfg) == manifest_keys(writer.manifest)
+    versions_after_first = table_versions(spark, cfg)
+
+    # A restart with nothing new commits nothing.
+    run_available_now(spark, cfg)
+    assert table_versions(spark, cfg) == versions_after_first
+
+    # Purchases added while the stream is down are used by the next run; a file missing a
+    # column is quarantined whole; the good file after it is processed; odd encodings too.
+    write_purchases(cfg.paths.purchases, [(u, 2, 100.0, date(2023, 12, 31)) for u in range(1, 9)], name="part-00001.parquet")
+    write_lines(cfg, "no_event_type.csv", ["user_id,item_id,timestamp", "1,2,2024-01-01 00:00:00"])
+    writer.write_file(150)
+    crlf = "user_id,item_id,event_type,timestamp\r\n1,5,view,2024-01-02 00:00:00\r\n"
+    (tmp_path / "incoming" / "crlf.csv").write_bytes(crlf.encode())
+    (tmp_path / "incoming" / "latin1.csv").write_bytes("user_id,item_id,event_type,timestamp,note\n2,6,view,2024-01-02 00:00:00,caf\xe9\n".encode("latin-1"))
+    (tmp_path / "incoming" / "empty.csv").write_bytes(b"")
+    run_available_now(spark, cfg)
+
+    expected = manifest_keys(writer.manifest)
+    expected[(1, 5, "view", "2024-01-02 00:00:00", "crlf.csv")] += 1
+    assert enriched_keys(spark, cfg) == expected
+
+    quarantine = {os.path.basename(r.source_file): r for r in read(spark, cfg, "quarantine").collect()}
+    assert set(quarantine) == {"no_event_type.csv", "latin1.csv"}
+    assert quarantine["no_event_type.csv"].reason == "missing_columns: event_type"
+    assert quarantine["no_event_type.csv"].raw == "user_id,item_id,timestamp"
+    assert quarantine["no_event_type.csv"].rejected_lines == 1
+    assert quarantine["latin1.csv"].reason == "invalid_utf8"
+
+    second_file = writer.manifest[-1].file
+    late = read(spark, cfg, "enriched_events").where(F.col("source_file").endswith(second_file)).collect()
+    assert late and all(r.past_purchases >= 1 and r.avg_purchase_amount is not None for r in late)
+    first = read(spark, cfg, "enriched_events").where(F.col("source_file").endswith("activity-000001.csv")).collect()
+    assert all(r.past_purchases == (1 if r.user_id == 1 else 0) for r in first)
+
+
+@pytest.mark.parametrize("crash_after", ["enriched", "live_sessions"])
+def test_batch_replayed_after_a_crash_commits_each_write_once(spark, tmp_path, crash_after):
+    cfg = make_config(tmp_path)
+    write_purchases(cfg.paths.purchases, [(1, 1, 10.0, date(2023, 6, 1))])
+    writer = activity_writer(cfg, users=6, items=20, bad_share=0.05)
+    writer.write_file(200)
+    ensure_tables(spark, cfg)
+    batch = spark.read.text(cfg.paths.events_dir).select(
+        "value", F.col("_metadata.file_path").alias("source_file"), F.col("_metadata.file_block_start").alias("file_block_start")
+    )
+    with pytest.raises(InjectedFault):
+        SessionBatchWriter(spark, cfg, app_id="replay-test", fail_after=crash_after)(batch, 0)
+    before_replay = table_versions(spark, cfg)
+    SessionBatchWriter(spark, cfg, app_id="replay-test")(batch, 0)
+    after_replay = table_versions(spark, cfg)
+    SessionBatchWriter(spark, cfg, app_id="replay-test")(batch, 0)
+
+    assert table_versions(spark, cfg) == after_replay  # a second replay changes nothing at all
+    assert after_replay["enriched_events"] == before_replay["enriched_events"]  # committed before the crash
+    assert after_replay["live_sessions"] == before_replay["live_sessions"] + (0 if crash_after == "live_sessions" else 1)
+    assert enriched_keys(spark, cfg) == manifest_keys(writer.manifest)
+    assert read(spark, cfg, "quarantine").count() == sum(1 for r in writer.manifest if r.expected_reason)
+    live = read(spark, cfg, "live_sessions")
+    assert live.count() == live.select("user_id").distinct().count() == len({r.user_id for r in writer.manifest if r.user_id})
