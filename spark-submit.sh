@@ -46,11 +46,30 @@ export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$VENV/bin/python}"
 export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$VENV/bin/python}"
 log4j="-Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties"
 
-exec "$VENV/bin/spark-submit" \
+# spark-submit runs in its own process group, and SIGINT/SIGTERM are forwarded to the Python
+# driver only: the job then stops between micro-batches and exits, and the JVM with it. (Sent
+# to the JVM, they would shut Spark down under the running batch.)
+setsid "$VENV/bin/spark-submit" \
   --properties-file "$ROOT/conf/spark-defaults.conf" \
   --jars "$jars" \
   --py-files "$libzip" \
   --driver-java-options "$log4j" \
   --conf "spark.executor.extraJavaOptions=$log4j" \
   "${submit_opts[@]+"${submit_opts[@]}"}" \
-  "$job" "$@"
+  "$job" "$@" &
+submit_pid=$!
+forward() {
+  local drivers
+  drivers="$(pgrep -P "$submit_pid" || true)"
+  if [[ -n "$drivers" ]]; then
+    kill -TERM $drivers 2>/dev/null || true
+  else
+    kill -TERM "$submit_pid" 2>/dev/null || true
+  fi
+}
+trap forward INT TERM
+status=0
+while kill -0 "$submit_pid" 2>/dev/null; do
+  wait "$submit_pid" && status=0 || status=$?
+done
+exit "$status"

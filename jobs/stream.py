@@ -15,7 +15,7 @@ from pyspark.errors import StreamingQueryException
 
 from lib.cli import base_parser, config_from_args, setup_logging
 from lib.spark import get_spark
-from lib.stream import start_stream, stop_listening
+from lib.stream import start_stream
 
 log = logging.getLogger("stream")
 
@@ -29,11 +29,11 @@ def main(argv=None) -> int:
     cfg = config_from_args(args)
 
     spark = get_spark("streamrec-stream")
-    query = start_stream(spark, cfg, available_now=args.available_now)
+    stream = start_stream(spark, cfg, available_now=args.available_now)
     stop_requested = []
 
     def request_stop(signum, _frame):
-        log.info("received %s, stopping the stream", signal.Signals(signum).name)
+        log.info("received %s, stopping after the current micro-batch", signal.Signals(signum).name)
         stop_requested.append(signum)
 
     signal.signal(signal.SIGTERM, request_stop)
@@ -42,14 +42,15 @@ def main(argv=None) -> int:
     deadline = time.monotonic() + args.run_for if args.run_for is not None else None
     try:
         # Short waits keep the main thread responsive to signals.
-        while not query.awaitTermination(1):
+        while not stream.wait(1):
             if stop_requested or (deadline is not None and time.monotonic() >= deadline):
-                query.stop()
+                log.info("stopping after the current micro-batch")
+                stream.request_stop()
     except StreamingQueryException as exc:
         log.error("stream failed: %s", exc)
         return 1
     finally:
-        stop_listening(spark)
+        stream.close()
     return 0
 
 

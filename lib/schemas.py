@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pyspark.sql.types import (
-    ArrayType,
     BooleanType,
     DateType,
     DoubleType,
@@ -173,5 +172,3 @@ STREAM_METRICS_SCHEMA = StructType(
         StructField("rows_per_s", DoubleType()),
     ]
 )
-
-TOP_ITEMS_TYPE = ArrayType(IntegerType())

@@ -23,12 +23,9 @@ _COMMIT_USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 _RECENT_COMMITS = 10
 
 
-def ensure_delta_table(spark: SparkSession, path: str, schema: StructType, comment: str = "") -> None:
+def ensure_delta_table(spark: SparkSession, path: str, schema: StructType) -> None:
     """Create an empty Delta table with ``schema`` at ``path`` unless one exists."""
-    builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
-    if comment:
-        builder = builder.comment(comment)
-    builder.execute()
+    DeltaTable.createIfNotExists(spark).location(path).addColumns(schema).execute()
 
 
 class BatchSink:

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.errors import StreamingQueryException
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
 from lib.config import Config
@@ -70,6 +71,10 @@ _TABLE_SCHEMAS = {
 
 class InjectedFault(RuntimeError):
     """Raised by the fault-injection hook to simulate a crash inside a micro-batch."""
+
+
+class StopRequested(RuntimeError):
+    """Ends the query before a micro-batch writes anything, after a stop was requested."""
 
 
 @dataclass
@@ -165,6 +170,7 @@ class SessionBatchWriter:
         self.stats = stats or StreamStats()
         self._app_id = app_id
         self.fail_after = fail_after
+        self.stop_requested = threading.Event()
 
     @property
     def checkpoint(self) -> str:
@@ -181,6 +187,9 @@ class SessionBatchWriter:
         return SessionStateStore(self.spark, self.cfg.paths.checkpoint(f"{SESSION_STATE_DIR}/{self.app_id()}"))
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
+        if self.stop_requested.is_set():
+            # Nothing written: the batch is planned again, whole, on the next start.
+            raise StopRequested(f"stop requested; batch {batch_id} left for the next run")
         started = time.monotonic()
         started_at = int(time.time() * 1_000_000)
         report = BatchReport(batch_id)
@@ -206,7 +215,8 @@ class SessionBatchWriter:
             return df
 
         with report.stage("parse"):
-            lines = batch_df.withColumn("line_id", F.monotonically_increasing_id())
+            # Cached so the files are read once: parsing looks at them twice (headers, lines).
+            lines = keep(batch_df.withColumn("line_id", F.monotonically_increasing_id()))
             parsed = keep(parse_activity_lines(lines, cfg.stream.max_line_chars))
             state = keep(state_store.read_before(batch_id))
             previous_max_end = state.agg(F.max(F.unix_micros(SESSION_END))).first()[0]
@@ -347,57 +357,85 @@ class ProgressLogger(StreamingQueryListener):
         pass
 
     def onQueryTerminated(self, event) -> None:
-        if event.exception:
+        if event.exception and "StopRequested" in event.exception:
+            log.info("stream %s stopped on request", event.id)
+        elif event.exception:
             log.error("stream %s failed: %s", event.id, event.exception)
         else:
             log.info("stream %s stopped", event.id)
         self.terminated.set()
 
 
+@dataclass
+class StreamHandle:
+    """A running activity stream: the query, its batch writer and its progress listener."""
+
+    spark: SparkSession
+    query: StreamingQuery
+    writer: SessionBatchWriter
+    listener: ProgressLogger
+
+    def request_stop(self, timeout_s: float = 300.0) -> None:
+        """Stop between micro-batches: no batch is interrupted halfway.
+
+        The running batch (if any) finishes; the next one ends the query before writing.
+        Interrupting would be safe too (a batch is replayed exactly once on restart), but this
+        keeps a planned stop quiet. After ``timeout_s`` the query is stopped regardless.
+        """
+        self.writer.stop_requested.set()
+        deadline = time.monotonic() + timeout_s
+        while self.query.isActive and self.query.status.get("isTriggerActive") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if self.query.isActive:
+            self.query.stop()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait for the query to end; True if it ended. Raises if it failed (not on a requested stop)."""
+        try:
+            if timeout_s is None:
+                self.query.awaitTermination()
+                return True
+            return bool(self.query.awaitTermination(timeout_s))
+        except StreamingQueryException as exc:
+            if self.writer.stop_requested.is_set() and "StopRequested" in str(exc):
+                return True
+            raise
+
+    def close(self, drain_timeout_s: float = 10.0) -> None:
+        """Unregister the progress listener once it has logged the query's last events."""
+        self.listener.terminated.wait(drain_timeout_s)
+        self.spark.streams.removeListener(self.listener)
+
+
 def start_stream(
     spark: SparkSession, cfg: Config, available_now: bool = False, stats: StreamStats | None = None
-) -> StreamingQuery:
-    """Create the tables, then start the activity stream; returns the running query.
-
-    Progress is logged by a listener that stays registered until ``stop_listening`` (or the
-    end of the application).
-    """
+) -> StreamHandle:
+    """Create the tables, then start the activity stream."""
     ensure_tables(spark, cfg)
     ensure_dir(spark, cfg.paths.events_dir)
     stats = stats or StreamStats()
     listener = ProgressLogger(stats)
     spark.streams.addListener(listener)
-    _listeners[id(spark)] = listener
+    batch_writer = SessionBatchWriter(spark, cfg, stats)
     writer = (
         activity_lines_stream(spark, cfg)
         .writeStream.queryName(QUERY_NAME)
-        .foreachBatch(SessionBatchWriter(spark, cfg, stats))
+        .foreachBatch(batch_writer)
         .option("checkpointLocation", cfg.paths.checkpoint(STREAM_CHECKPOINT))
     )
     if available_now:
         writer = writer.trigger(availableNow=True)
     else:
         writer = writer.trigger(processingTime=f"{cfg.stream.trigger_interval_seconds} seconds")
-    return writer.start()
-
-
-_listeners: dict[int, ProgressLogger] = {}
-
-
-def stop_listening(spark: SparkSession, drain_timeout_s: float = 10.0) -> None:
-    """Unregister the progress listener once it has logged the query's last events."""
-    listener = _listeners.pop(id(spark), None)
-    if listener is not None:
-        listener.terminated.wait(drain_timeout_s)
-        spark.streams.removeListener(listener)
+    return StreamHandle(spark, writer.start(), batch_writer, listener)
 
 
 def run_available_now(spark: SparkSession, cfg: Config) -> StreamStats:
     """Process every file present in one availableNow run; raises if the query fails."""
     stats = StreamStats()
-    query = start_stream(spark, cfg, available_now=True, stats=stats)
+    handle = start_stream(spark, cfg, available_now=True, stats=stats)
     try:
-        query.awaitTermination()
+        handle.wait()
     finally:
-        stop_listening(spark)
+        handle.close()
     return stats

@@ -29,8 +29,8 @@ def banner(text: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of live generation")
-    parser.add_argument("--events-per-file", type=int, default=500)
-    parser.add_argument("--files-per-second", type=float, default=0.5)
+    parser.add_argument("--events-per-file", type=int, default=1000)
+    parser.add_argument("--files-per-second", type=float, default=0.2)
     args = parser.parse_args()
     cfg = load_config()
     data_dir = ROOT / "data"
@@ -48,7 +48,7 @@ def main() -> int:
 
     banner(f"stream + generator side by side for {args.duration:.0f} s")
     stream = subprocess.Popen(
-        [SUBMIT, "jobs/stream.py", "--run-for", str(args.duration + 20)], cwd=ROOT
+        [SUBMIT, "jobs/stream.py", "--run-for", str(args.duration + 30)], cwd=ROOT
     )
     time.sleep(15)  # let Spark start before files arrive, so the first batches are live
     generator = subprocess.run(
