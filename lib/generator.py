@@ -104,11 +104,13 @@ def simulate_events(catalogue: Catalogue, profile: ActivityProfile) -> Iterator[
     tastes = catalogue.build()
     rng = random.Random(catalogue.seed + 2)
     counter = itertools.count()
-    users = [
-        (profile.start + timedelta(seconds=rng.uniform(0, 3600)), next(counter), user)
-        for user in range(1, catalogue.num_users + 1)
-    ]
-    heapq.heapify(users)
+    # (event time, tiebreak, user, item, event type): every event is scheduled in the heap, so
+    # events leave in event-time order; only the held-back share arrives out of order.
+    upcoming = []
+    for user in range(1, catalogue.num_users + 1):
+        start = profile.start + timedelta(seconds=rng.uniform(0, 3600))
+        upcoming.append((start, next(counter), user, tastes.item_for(user, rng), VIEW))
+    heapq.heapify(upcoming)
     held_back: list[tuple[datetime, int, tuple]] = []
     continue_session = 1.0 - 1.0 / max(1.0, profile.mean_items_per_session)
 
@@ -116,30 +118,25 @@ def simulate_events(catalogue: Catalogue, profile: ActivityProfile) -> Iterator[
         return timedelta(seconds=min(profile.max_event_gap_s, rng.expovariate(1.0 / profile.mean_event_gap_s)))
 
     while True:
-        now, _, user = heapq.heappop(users)
+        now, _, user, item, event_type = heapq.heappop(upcoming)
         while held_back and held_back[0][0] <= now:
             yield heapq.heappop(held_back)[2]
-        item = tastes.item_for(user, rng)
-        funnel = [VIEW]
-        if rng.random() < profile.click_rate:
-            funnel.append(CLICK)
-            if rng.random() < profile.cart_rate:
-                funnel.append(ADD_TO_CART)
-        t = now
-        for step, event_type in enumerate(funnel):
-            if step:
-                t += gap()
-            event = (user, item, event_type, t.replace(microsecond=0))
-            if rng.random() < profile.out_of_order_share:
-                arrival = t + timedelta(seconds=rng.uniform(1.0, profile.max_out_of_order_s))
-                heapq.heappush(held_back, (arrival, next(counter), event))
-            else:
-                yield event
-        if rng.random() < continue_session:
-            t += gap()
+        event = (user, item, event_type, now.replace(microsecond=0))
+        if rng.random() < profile.out_of_order_share:
+            arrival = now + timedelta(seconds=rng.uniform(1.0, profile.max_out_of_order_s))
+            heapq.heappush(held_back, (arrival, next(counter), event))
         else:
-            t += timedelta(seconds=rng.uniform(profile.min_pause_s, profile.max_pause_s))
-        heapq.heappush(users, (t, next(counter), user))
+            yield event
+        if event_type == VIEW and rng.random() < profile.click_rate:
+            following = (now + gap(), item, CLICK)
+        elif event_type == CLICK and rng.random() < profile.cart_rate:
+            following = (now + gap(), item, ADD_TO_CART)
+        elif rng.random() < continue_session:
+            following = (now + gap(), tastes.item_for(user, rng), VIEW)
+        else:
+            pause = timedelta(seconds=rng.uniform(profile.min_pause_s, profile.max_pause_s))
+            following = (now + pause, tastes.item_for(user, rng), VIEW)
+        heapq.heappush(upcoming, (following[0], next(counter), user, following[1], following[2]))
 
 
 # Each malformed kind and the reason code the engine must give it.

@@ -65,24 +65,17 @@ PURCHASES_SCHEMA = StructType(
 
 # Raw lines as the stream hands them to a micro-batch, plus a per-batch line id that follows
 # file order inside a file block.
-RAW_LINES_SCHEMA = StructType(
-    [
-        StructField("value", StringType()),
-        StructField(SOURCE_FILE, StringType()),
-        StructField("file_block_start", LongType()),
-        StructField("line_id", LongType()),
-    ]
-)
+# Where a line sits: its file, the file block it was read from, and its id in the batch.
+LINE_POSITION_FIELDS = [
+    StructField(SOURCE_FILE, StringType()),
+    StructField("file_block_start", LongType()),
+    StructField("line_id", LongType()),
+]
+
+RAW_LINES_SCHEMA = StructType([StructField("value", StringType())] + LINE_POSITION_FIELDS)
 
 # Orders events that share a timestamp: file, then position in the file.
-LAST_EVENT_KEY_TYPE = StructType(
-    [
-        StructField(EVENT_TS, TimestampType()),
-        StructField(SOURCE_FILE, StringType()),
-        StructField("file_block_start", LongType()),
-        StructField("line_id", LongType()),
-    ]
-)
+LAST_EVENT_KEY_TYPE = StructType([StructField(EVENT_TS, TimestampType())] + LINE_POSITION_FIELDS)
 
 VALID_EVENTS_SCHEMA = StructType(
     [
@@ -90,10 +83,8 @@ VALID_EVENTS_SCHEMA = StructType(
         StructField(ITEM_ID, IntegerType()),
         StructField(EVENT_TYPE, StringType()),
         StructField(EVENT_TS, TimestampType()),
-        StructField(SOURCE_FILE, StringType()),
-        StructField("file_block_start", LongType()),
-        StructField("line_id", LongType()),
     ]
+    + LINE_POSITION_FIELDS
 )
 
 ENRICHED_EVENTS_SCHEMA = StructType(
