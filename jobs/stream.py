@@ -15,6 +15,7 @@ from pyspark.errors import StreamingQueryException
 
 from lib.cli import base_parser, config_from_args, setup_logging
 from lib.spark import get_spark
+from lib.checkpoint import CheckpointError
 from lib.stream import start_stream
 
 log = logging.getLogger("stream")
@@ -29,7 +30,11 @@ def main(argv=None) -> int:
     cfg = config_from_args(args)
 
     spark = get_spark("streamrec-stream")
-    stream = start_stream(spark, cfg, available_now=args.available_now)
+    try:
+        stream = start_stream(spark, cfg, available_now=args.available_now)
+    except CheckpointError as exc:
+        log.error("not starting: %s", exc)
+        return 3
     stop_requested = []
 
     def request_stop(signum, _frame):

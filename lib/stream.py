@@ -27,6 +27,7 @@ from pyspark.errors import StreamingQueryException
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
 from lib.config import Config
+from lib.checkpoint import CheckpointLock, acquire_lock, check_compatible_config
 from lib.enrich import with_purchase_history
 from lib.parsing import parse_activity_lines, quarantine_rows, valid_events
 from lib.schemas import (
@@ -374,6 +375,7 @@ class StreamHandle:
     query: StreamingQuery
     writer: SessionBatchWriter
     listener: ProgressLogger
+    lock: CheckpointLock
 
     def request_stop(self, timeout_s: float = 300.0) -> None:
         """Stop between micro-batches: no batch is interrupted halfway.
@@ -402,7 +404,10 @@ class StreamHandle:
             raise
 
     def close(self, drain_timeout_s: float = 10.0) -> None:
-        """Unregister the progress listener once it has logged the query's last events."""
+        """Release the checkpoint and unregister the listener once it logged the last events."""
+        if self.query.isActive:
+            self.query.stop()
+        self.lock.release()
         self.listener.terminated.wait(drain_timeout_s)
         self.spark.streams.removeListener(self.listener)
 
@@ -410,24 +415,35 @@ class StreamHandle:
 def start_stream(
     spark: SparkSession, cfg: Config, available_now: bool = False, stats: StreamStats | None = None
 ) -> StreamHandle:
-    """Create the tables, then start the activity stream."""
-    ensure_tables(spark, cfg)
-    ensure_dir(spark, cfg.paths.events_dir)
-    stats = stats or StreamStats()
-    listener = ProgressLogger(stats)
-    spark.streams.addListener(listener)
-    batch_writer = SessionBatchWriter(spark, cfg, stats)
-    writer = (
-        activity_lines_stream(spark, cfg)
-        .writeStream.queryName(QUERY_NAME)
-        .foreachBatch(batch_writer)
-        .option("checkpointLocation", cfg.paths.checkpoint(STREAM_CHECKPOINT))
-    )
-    if available_now:
-        writer = writer.trigger(availableNow=True)
-    else:
-        writer = writer.trigger(processingTime=f"{cfg.stream.trigger_interval_seconds} seconds")
-    return StreamHandle(spark, writer.start(), batch_writer, listener)
+    """Take the checkpoint, create the tables, then start the activity stream.
+
+    Raises ``CheckpointError`` when another instance runs on the same checkpoint or the
+    config is incompatible with it.
+    """
+    checkpoint = cfg.paths.checkpoint(STREAM_CHECKPOINT)
+    lock = acquire_lock(spark, checkpoint)
+    try:
+        check_compatible_config(spark, checkpoint, cfg)
+        ensure_tables(spark, cfg)
+        ensure_dir(spark, cfg.paths.events_dir)
+        stats = stats or StreamStats()
+        batch_writer = SessionBatchWriter(spark, cfg, stats)
+        writer = (
+            activity_lines_stream(spark, cfg)
+            .writeStream.queryName(QUERY_NAME)
+            .foreachBatch(batch_writer)
+            .option("checkpointLocation", checkpoint)
+        )
+        if available_now:
+            writer = writer.trigger(availableNow=True)
+        else:
+            writer = writer.trigger(processingTime=f"{cfg.stream.trigger_interval_seconds} seconds")
+        listener = ProgressLogger(stats)
+        spark.streams.addListener(listener)
+        return StreamHandle(spark, writer.start(), batch_writer, listener, lock)
+    except BaseException:
+        lock.release()
+        raise
 
 
 def run_available_now(spark: SparkSession, cfg: Config) -> StreamStats:

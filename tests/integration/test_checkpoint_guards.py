@@ -1,0 +1,50 @@
+"""One stream per checkpoint, and no resume with a session gap the stored state cannot follow."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+
+import pytest
+
+from lib.checkpoint import LOCK_FILE, CheckpointError, acquire_lock, check_compatible_config
+from lib.stream import STREAM_CHECKPOINT, start_stream
+from tests.conftest import make_config
+
+
+def write_lock(folder, pid: int) -> None:
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, LOCK_FILE), "w") as out:
+        json.dump({"host": socket.gethostname(), "pid": pid, "started_at": "earlier"}, out)
+
+
+def test_second_instance_is_refused_and_writes_nothing(spark, tmp_path):
+    cfg = make_config(tmp_path)
+    checkpoint = cfg.paths.checkpoint(STREAM_CHECKPOINT)
+    other = subprocess.Popen(["sleep", "120"])
+    try:
+        write_lock(checkpoint, other.pid)
+        with pytest.raises(CheckpointError, match=rf"another stream is running .*pid {other.pid}"):
+            start_stream(spark, cfg, available_now=True)
+        assert not os.path.exists(cfg.paths.lake)
+        assert spark.streams.active == []
+    finally:
+        other.kill()
+        other.wait()
+    # Its holder is gone now: the lock is stale and is taken over.
+    lock = acquire_lock(spark, checkpoint)
+    with pytest.raises(CheckpointError):
+        acquire_lock(spark, checkpoint)  # held by this live process
+    lock.release()
+    acquire_lock(spark, checkpoint).release()
+
+
+def test_session_gap_change_is_refused_other_changes_are_not(spark, tmp_path):
+    checkpoint = str(tmp_path / "checkpoint")
+    check_compatible_config(spark, checkpoint, make_config(tmp_path))
+    check_compatible_config(
+        spark, checkpoint, make_config(tmp_path, "stream.max_files_per_trigger=8", 'stream.trigger_interval=5 seconds', "sessions.watermark=1 minute")
+    )
+    with pytest.raises(CheckpointError, match=r"sessions.gap is '20 minutes' .* gap of 1800 s.*start over"):
+        check_compatible_config(spark, checkpoint, make_config(tmp_path, "sessions.gap=20 minutes"))
