@@ -63,8 +63,6 @@ PURCHASES_SCHEMA = StructType(
     ]
 )
 
-# Raw lines as the stream hands them to a micro-batch, plus a per-batch line id that follows
-# file order inside a file block.
 # Where a line sits: its file, the file block it was read from, and its id in the batch.
 LINE_POSITION_FIELDS = [
     StructField(SOURCE_FILE, StringType()),
@@ -72,27 +70,24 @@ LINE_POSITION_FIELDS = [
     StructField("line_id", LongType()),
 ]
 
+# Raw lines as a micro-batch hands them over; line_id follows file order inside a file block.
 RAW_LINES_SCHEMA = StructType([StructField("value", StringType())] + LINE_POSITION_FIELDS)
 
 # Orders events that share a timestamp: file, then position in the file.
 LAST_EVENT_KEY_TYPE = StructType([StructField(EVENT_TS, TimestampType())] + LINE_POSITION_FIELDS)
 
-VALID_EVENTS_SCHEMA = StructType(
-    [
-        StructField(USER_ID, IntegerType()),
-        StructField(ITEM_ID, IntegerType()),
-        StructField(EVENT_TYPE, StringType()),
-        StructField(EVENT_TS, TimestampType()),
-    ]
-    + LINE_POSITION_FIELDS
-)
+_EVENT_FIELDS = [
+    StructField(USER_ID, IntegerType()),
+    StructField(ITEM_ID, IntegerType()),
+    StructField(EVENT_TYPE, StringType()),
+    StructField(EVENT_TS, TimestampType()),
+]
+
+VALID_EVENTS_SCHEMA = StructType(_EVENT_FIELDS + LINE_POSITION_FIELDS)
 
 ENRICHED_EVENTS_SCHEMA = StructType(
-    [
-        StructField(USER_ID, IntegerType()),
-        StructField(ITEM_ID, IntegerType()),
-        StructField(EVENT_TYPE, StringType()),
-        StructField(EVENT_TS, TimestampType()),
+    _EVENT_FIELDS
+    + [
         StructField(AVG_PURCHASE_AMOUNT, DoubleType()),
         StructField(PAST_PURCHASES, LongType()),
         StructField(SOURCE_FILE, StringType()),
