@@ -2,6 +2,8 @@
 independent pandas reference computed from the generator's ground truth."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 from collections import Counter
@@ -16,6 +18,7 @@ from lib.schemas import (
     SESSION_FEATURES_SCHEMA,
 )
 from lib.stream import run_available_now
+from lib.verify import multiset_diff, read_manifest, verify
 from tests.conftest import make_config
 from tests.integration import reference
 from tests.integration.conftest import activity_writer, generated_purchases, read, write_purchases
@@ -136,3 +139,18 @@ def test_stream_metrics_account_for_every_line(spark, pipeline):
     assert metrics.input_lines.sum() == len(manifest)
     assert metrics.quarantined_rows.sum() == sum(1 for r in manifest if r.expected_reason)
     assert metrics.watermark.notna().all()
+
+
+def test_verifier_agrees_and_catches_a_planted_duplicate_and_loss(spark, pipeline, tmp_path):
+    cfg, manifest, _, _ = pipeline
+    path = tmp_path / "manifest.jsonl"
+    path.write_text("\n".join(json.dumps(dataclasses.asdict(r)) for r in manifest) + "\n")
+    checks = verify(spark, cfg, read_manifest(spark, str(path)))
+    assert [(c.table, c.ok) for c in checks] == [("enriched_events", True), ("quarantine", True), ("session_features", True)]
+    assert checks[0].expected == checks[0].actual == sum(1 for r in manifest if r.expected_reason is None)
+
+    expected = read(spark, cfg, "enriched_events").select("user_id", "item_id", "event_type", "event_ts")
+    planted = expected.unionByName(expected.limit(1))
+    assert multiset_diff("t", expected, planted).duplicated == 1
+    lost = expected.exceptAll(expected.limit(1))
+    assert multiset_diff("t", expected, lost).missing == 1

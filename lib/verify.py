@@ -1,0 +1,103 @@
+"""Verifier: compares the generator's ground truth (``--manifest``) with the tables, as
+multisets of keys: missing, duplicated and unexpected rows per table, and closed sessions
+against a batch recomputation from the manifest."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import IntegerType, StringType, StructField, StructType
+
+from lib.config import Config
+from lib.parsing import parse_timestamp
+from lib.sessions import is_closed, sessionize
+
+MANIFEST_SCHEMA = StructType(
+    [
+        StructField("file", StringType()),
+        StructField("line", IntegerType()),
+        StructField("raw", StringType()),
+        StructField("expected_reason", StringType()),
+        StructField("user_id", IntegerType()),
+        StructField("item_id", IntegerType()),
+        StructField("event_type", StringType()),
+        StructField("event_ts", StringType()),
+    ]
+)
+SESSION_KEYS = ["user_id", "session_start", "session_end", "num_events", "num_views", "num_clicks", "num_add_to_cart", "last_event"]
+
+
+@dataclass(frozen=True)
+class TableCheck:
+    table: str
+    expected: int
+    actual: int
+    missing: int
+    duplicated: int
+    unexpected: int
+
+    @property
+    def ok(self) -> bool:
+        return self.missing == self.duplicated == self.unexpected == 0
+
+
+def multiset_diff(table: str, expected: DataFrame, actual: DataFrame) -> TableCheck:
+    """Compare two DataFrames with the same columns as multisets of rows."""
+    keys = expected.columns
+    e = expected.groupBy(*keys).agg(F.count(F.lit(1)).alias("_e"))
+    a = actual.select(*keys).groupBy(*keys).agg(F.count(F.lit(1)).alias("_a"))
+    joined = e.join(a, [e[k].eqNullSafe(a[k]) for k in keys], "full_outer").select(
+        F.coalesce("_e", F.lit(0)).alias("e"), F.coalesce("_a", F.lit(0)).alias("a")
+    )
+    row = joined.agg(
+        F.sum("e").alias("expected"),
+        F.sum("a").alias("actual"),
+        F.sum(F.when(F.col("a") < F.col("e"), F.col("e") - F.col("a")).otherwise(0)).alias("missing"),
+        F.sum(F.when((F.col("e") > 0) & (F.col("a") > F.col("e")), F.col("a") - F.col("e")).otherwise(0)).alias("duplicated"),
+        F.sum(F.when(F.col("e") == 0, F.col("a")).otherwise(0)).alias("unexpected"),
+    ).first()
+    return TableCheck(table, *[int(row[c] or 0) for c in ("expected", "actual", "missing", "duplicated", "unexpected")])
+
+
+def read_manifest(spark: SparkSession, path: str) -> DataFrame:
+    return spark.read.schema(MANIFEST_SCHEMA).json(path)
+
+
+def _basename(column: str):
+    return F.regexp_extract(F.col(column), r"([^/]+)$", 1)
+
+
+def verify(spark: SparkSession, cfg: Config, manifest: DataFrame) -> list[TableCheck]:
+    """Check enriched_events, quarantine and session_features against the manifest."""
+    table = lambda name: spark.read.format("delta").load(cfg.paths.table(name))  # noqa: E731
+    valid = manifest.where(F.col("expected_reason").isNull())
+    enriched = multiset_diff(
+        "enriched_events",
+        valid.select("user_id", "item_id", "event_type", "event_ts", F.col("file").alias("source_file")),
+        table("enriched_events").select(
+            "user_id", "item_id", "event_type",
+            F.date_format("event_ts", "yyyy-MM-dd HH:mm:ss").alias("event_ts"), _basename("source_file").alias("source_file"),
+        ),
+    )
+    quarantine = multiset_diff(
+        "quarantine",
+        manifest.where(F.col("expected_reason").isNotNull()).select(
+            F.col("file").alias("source_file"), "raw", F.col("expected_reason").alias("code")
+        ),
+        table("quarantine").select(
+            _basename("source_file").alias("source_file"), "raw", F.split(F.split("reason", ";")[0], ":")[0].alias("code")
+        ),
+    )
+    events = valid.select(
+        "user_id", "item_id", "event_type", parse_timestamp(F.col("event_ts")).alias("event_ts"),
+        F.col("file").alias("source_file"), F.lit(0).cast("long").alias("file_block_start"), F.col("line").cast("long").alias("line_id"),
+    )
+    # Closed as of the final watermark; assumes no event was dropped as late (the stream reports those).
+    final_watermark = events.agg(F.max(F.unix_micros("event_ts"))).first()[0]
+    watermark = None if final_watermark is None else final_watermark - int(cfg.sessions.watermark_seconds * 1_000_000)
+    expected_sessions = sessionize(events, cfg.sessions.gap_seconds).where(is_closed(watermark, cfg.sessions.gap_seconds))
+    sessions = multiset_diff(
+        "session_features", expected_sessions.select(*SESSION_KEYS), table("session_features").select(*SESSION_KEYS)
+    )
+    return [enriched, quarantine, sessions]
