@@ -7,6 +7,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lib.config import Config
+from lib.fs import HadoopFS
 from lib.schemas import PURCHASES_SCHEMA, SOURCE_FILE
 
 log = logging.getLogger(__name__)
@@ -14,14 +15,12 @@ log = logging.getLogger(__name__)
 
 def path_exists(spark: SparkSession, path: str) -> bool:
     """Whether ``path`` exists, on whatever file system its URI names."""
-    jvm_path = spark._jvm.org.apache.hadoop.fs.Path(path)
-    return jvm_path.getFileSystem(spark._jsc.hadoopConfiguration()).exists(jvm_path)
+    return HadoopFS(spark).exists(path)
 
 
 def ensure_dir(spark: SparkSession, path: str) -> None:
     """Create the folder ``path`` (and parents) on its file system if it is missing."""
-    jvm_path = spark._jvm.org.apache.hadoop.fs.Path(path)
-    jvm_path.getFileSystem(spark._jsc.hadoopConfiguration()).mkdirs(jvm_path)
+    HadoopFS(spark).mkdirs(path)
 
 
 def activity_lines_stream(spark: SparkSession, cfg: Config) -> DataFrame:

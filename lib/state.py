@@ -12,6 +12,7 @@ import re
 
 from pyspark.sql import DataFrame, SparkSession
 
+from lib.fs import HadoopFS
 from lib.schemas import SESSION_STATE_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -27,23 +28,19 @@ class SessionStateStore:
     def __init__(self, spark: SparkSession, root: str):
         self.spark = spark
         self.root = root.rstrip("/")
-        jvm = spark._jvm
-        self._path = jvm.org.apache.hadoop.fs.Path
-        self._fs = self._path(self.root).getFileSystem(spark._jsc.hadoopConfiguration())
+        self._fs = HadoopFS(spark)
 
     def _dir(self, batch_id: int) -> str:
         return f"{self.root}/batch={batch_id}"
 
     def _complete(self, batch_id: int) -> bool:
-        return self._fs.exists(self._path(f"{self._dir(batch_id)}/_SUCCESS"))
+        return self._fs.exists(f"{self._dir(batch_id)}/_SUCCESS")
 
     def batches(self) -> list[int]:
         """Batch ids with a complete state folder, ascending."""
-        if not self._fs.exists(self._path(self.root)):
-            return []
         ids = []
-        for status in self._fs.listStatus(self._path(self.root)):
-            match = _BATCH_DIR.match(status.getPath().getName())
+        for name in self._fs.list_names(self.root):
+            match = _BATCH_DIR.match(name)
             if match and self._complete(int(match.group(1))):
                 ids.append(int(match.group(1)))
         return sorted(ids)
@@ -65,4 +62,4 @@ class SessionStateStore:
         sessions.coalesce(1).write.mode("overwrite").parquet(self._dir(batch_id))
         for old in self.batches():
             if old < batch_id - 1:
-                self._fs.delete(self._path(self._dir(old)), True)
+                self._fs.delete(self._dir(old), recursive=True)
