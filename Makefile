@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test shell clean
+.PHONY: setup demo test chaos movielens shell clean
 
 setup: $(STAMP) .cache/jars/.fetched
 
@@ -23,7 +23,13 @@ demo: setup
 	$(PY) scripts/demo.py
 
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
+
+chaos: setup
+	$(PY) bench/chaos.py $(ARGS)
+
+movielens: setup
+	$(PY) bench/movielens.py $(ARGS)
 
 shell: setup
 	./pyspark.sh

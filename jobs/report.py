@@ -1,5 +1,6 @@
-"""Print what the pipeline produced: rows per table, recent sessions, the live sessions of the
-most active user, quarantine reasons, stream throughput, and where the tables are.
+"""Print what the pipeline produced: rows per table, recent sessions, the live session, profile
+and recommendations of the most active user, quarantine reasons, stream throughput, and where
+the tables are.
 
 Usage: ./spark-submit.sh jobs/report.py [--config PATH] [--user ID]
 """
@@ -35,6 +36,12 @@ def main(argv=None) -> int:
     user = args.user if args.user is not None else report.most_active_user(spark, cfg)
     if user is not None:
         show(f"live session of user {user} (live_sessions)", report.live_sessions_of(spark, cfg, user))
+        show(f"profile of user {user} (user_profiles)", report.profile_of(spark, cfg, user))
+        show(f"recommendations for user {user} (recommendations)", report.recommendations_of(spark, cfg, user))
+        show(
+            f"live recommendations for user {user} (live_recommendations)",
+            report.recommendations_of(spark, cfg, user, live=True),
+        )
     show("quarantine by reason", report.quarantine_reasons(spark, cfg))
     show("stream throughput (stream_metrics)", report.stream_throughput(spark, cfg))
     print(f"\nTables are Delta tables under {cfg.paths.lake}; explore them with ./pyspark.sh")

@@ -87,10 +87,60 @@ class SessionsConfig:
         return parse_duration(self.watermark, "sessions.watermark")
 
 
+MODELS = ("popularity", "item_knn", "ease", "als")
+
+
 @dataclass(frozen=True)
 class RecommendConfig:
     top_k: int = 10
     exclude_seen: bool = True
+    model: str = "ease"
+    # Interaction strength of each signal; a user-item pair keeps its strongest signal.
+    view_weight: float = 1.0
+    click_weight: float = 2.0
+    add_to_cart_weight: float = 3.0
+    purchase_weight: float = 5.0
+    # Scored candidates kept per user in the model artifact (>= top_k; the stream re-ranks them).
+    candidates: int = 100
+    # Neighbours kept per item for item-to-item scoring and live re-ranking.
+    neighbours: int = 100
+    # EASE L2 penalty: "auto" picks it on a validation split, a number fixes it.
+    ease_lambda: str = "auto"
+    # With a fixed ease_lambda: the EDLAE dropout penalty in [0, 1) ("auto" searches it too).
+    ease_dropout: float = 0.0
+    # EASE solves a dense items x items system on the driver; above this, item_knn is used.
+    ease_max_items: int = 8000
+    als_rank: int = 64
+    als_max_iter: int = 15
+    als_reg: float = 0.05
+    als_alpha: float = 20.0
+    # Live re-ranking: share of the session signal against the model's score, and how fast
+    # older session events fade.
+    session_weight: float = 0.6
+    session_half_life: str = "10 minutes"
+    profile_top_items: int = 10
+    seed: int = 42
+
+    @property
+    def session_half_life_seconds(self) -> float:
+        return parse_duration(self.session_half_life, "recommend.session_half_life")
+
+    @property
+    def event_weights(self) -> dict[str, float]:
+        return {"view": self.view_weight, "click": self.click_weight, "add_to_cart": self.add_to_cart_weight}
+
+    @property
+    def ease_lambda_value(self) -> float | None:
+        """The fixed EASE penalty, or None for "auto"."""
+        if self.ease_lambda.strip().lower() == "auto":
+            return None
+        try:
+            value = float(self.ease_lambda)
+        except ValueError:
+            raise ConfigError(f'recommend.ease_lambda = {self.ease_lambda!r} must be "auto" or a positive number') from None
+        if value <= 0:
+            raise ConfigError(f'recommend.ease_lambda = {self.ease_lambda!r} must be "auto" or a positive number')
+        return value
 
 
 @dataclass(frozen=True)
@@ -111,8 +161,27 @@ class Config:
             raise ConfigError("sessions.gap must be positive, e.g. \"30 minutes\"")
         if self.sessions.watermark_seconds < 0:
             raise ConfigError("sessions.watermark must not be negative")
-        if self.recommend.top_k < 1:
+        rec = self.recommend
+        if rec.top_k < 1:
             raise ConfigError("recommend.top_k must be >= 1")
+        if rec.model not in MODELS:
+            raise ConfigError(f"recommend.model = {rec.model!r} is unknown; choose one of {', '.join(MODELS)}")
+        if rec.candidates < rec.top_k:
+            raise ConfigError(f"recommend.candidates ({rec.candidates}) must be >= recommend.top_k ({rec.top_k})")
+        if rec.neighbours < 1 or rec.ease_max_items < 1 or rec.profile_top_items < 1:
+            raise ConfigError("recommend.neighbours, ease_max_items and profile_top_items must be >= 1")
+        weights = [rec.view_weight, rec.click_weight, rec.add_to_cart_weight, rec.purchase_weight]
+        if any(w <= 0 for w in weights):
+            raise ConfigError("recommend.*_weight must all be positive")
+        if not 0.0 <= rec.session_weight <= 1.0:
+            raise ConfigError("recommend.session_weight must be between 0 and 1")
+        if rec.als_rank < 1 or rec.als_max_iter < 1 or rec.als_reg < 0 or rec.als_alpha <= 0:
+            raise ConfigError("recommend.als_rank/als_max_iter must be >= 1, als_reg >= 0, als_alpha > 0")
+        rec.ease_lambda_value
+        if not 0.0 <= rec.ease_dropout < 1.0:
+            raise ConfigError("recommend.ease_dropout must be in [0, 1)")
+        if rec.session_half_life_seconds <= 0:
+            raise ConfigError("recommend.session_half_life must be positive")
         return self
 
 
@@ -139,6 +208,13 @@ def _coerce(section: str, key: str, value, expected):
             return int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{label} = {value!r} must be a whole number") from None
+    if expected is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{label} = {value!r} must be a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{label} = {value!r} must be a number") from None
     if expected is str:
         if not isinstance(value, (str, int, float)):
             raise ConfigError(f"{label} = {value!r} must be a string")
@@ -184,7 +260,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         unknown = set(values) - set(known)
         if unknown:
             raise ConfigError(f"unknown key(s) {sorted(unknown)} in [{name}] of {path}; known: {sorted(known)}")
-        types = {f.name: {"int": int, "str": str, "bool": bool}[f.type] for f in dataclasses.fields(cls)}
+        types = {f.name: {"int": int, "str": str, "bool": bool, "float": float}[f.type] for f in dataclasses.fields(cls)}
         kwargs = {k: _coerce(name, k, v, types[k]) for k, v in values.items()}
         if name == "paths":
             kwargs = {k: _resolve_path(v) for k, v in {**dataclasses.asdict(cls()), **kwargs}.items()}

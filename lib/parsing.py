@@ -135,15 +135,23 @@ def _timestamp_reason(raw: Column) -> Column:
     )
 
 
-def parse_activity_lines(lines: DataFrame, max_line_chars: int = 4096) -> DataFrame:
+def parse_activity_lines(lines: DataFrame, max_line_chars: int = 4096, unsafe_files: dict[str, str] | None = None) -> DataFrame:
     """Parse raw lines into events with a rejection ``reason`` (null when the row is valid).
 
     Returns one row per data line of an accepted file and one row per rejected file (its header
     line, with ``rejected_lines`` = its number of data lines); header lines of accepted files
     and blank lines are dropped. Columns: the raw line columns, ``user_id, item_id,
     event_type, event_ts, reason, rejected_lines``.
+
+    :param unsafe_files: files rejected whole for where they are (path -> reason), such as a
+        symbolic link out of the watched folder; their content is not kept (``value`` null).
     """
     headers = file_headers(lines)
+    unsafe = F.lit(False)
+    if unsafe_files:
+        unsafe = F.col(SOURCE_FILE).isin(list(unsafe_files))
+        reasons = F.create_map(*[F.lit(x) for pair in unsafe_files.items() for x in pair])
+        headers = headers.withColumn("file_reason", F.when(unsafe, reasons[F.col(SOURCE_FILE)]).otherwise(F.col("file_reason")))
     joined = lines.join(F.broadcast(headers), SOURCE_FILE, "left")
     is_header = (F.col("file_block_start") == 0) & (F.col("line_id") == F.col("header_line_id"))
     rejected_file = F.col("file_reason").isNotNull()
@@ -185,7 +193,7 @@ def parse_activity_lines(lines: DataFrame, max_line_chars: int = 4096) -> DataFr
         )
     )
     return extracted.select(
-        "value",
+        F.when(~unsafe, F.col("value")).alias("value"),
         SOURCE_FILE,
         "file_block_start",
         "line_id",

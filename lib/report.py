@@ -7,13 +7,16 @@ from pyspark.sql import functions as F
 from lib.config import Config
 from lib.schemas import (
     ENRICHED_EVENTS,
+    LIVE_RECOMMENDATIONS,
     LIVE_SESSIONS,
     QUARANTINE,
+    RECOMMENDATIONS,
     SESSION_FEATURES,
     SESSION_START,
     STREAM_METRICS,
     TABLES,
     USER_ID,
+    USER_PROFILES,
 )
 from lib.sources import path_exists
 
@@ -50,6 +53,17 @@ def recent_sessions(spark: SparkSession, cfg: Config, limit: int = 5) -> DataFra
 def live_sessions_of(spark: SparkSession, cfg: Config, user_id: int) -> DataFrame | None:
     live = read_table(spark, cfg, LIVE_SESSIONS)
     return None if live is None else live.where(F.col(USER_ID) == user_id)
+
+
+def profile_of(spark: SparkSession, cfg: Config, user_id: int) -> DataFrame | None:
+    profiles = read_table(spark, cfg, USER_PROFILES)
+    return None if profiles is None else profiles.where(F.col(USER_ID) == user_id).drop("item_engagement")
+
+
+def recommendations_of(spark: SparkSession, cfg: Config, user_id: int, live: bool = False) -> DataFrame | None:
+    """The user's batch (or live) recommendations, best first."""
+    recs = read_table(spark, cfg, LIVE_RECOMMENDATIONS if live else RECOMMENDATIONS)
+    return None if recs is None else recs.where(F.col(USER_ID) == user_id).orderBy("rank")
 
 
 def quarantine_reasons(spark: SparkSession, cfg: Config) -> DataFrame | None:

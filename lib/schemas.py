@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from pyspark.sql.types import (
+    ArrayType,
     BooleanType,
     DateType,
     DoubleType,
     IntegerType,
     LongType,
+    MapType,
     StringType,
     StructField,
     StructType,
@@ -52,7 +54,39 @@ SESSION_FEATURES = "session_features"
 LIVE_SESSIONS = "live_sessions"
 QUARANTINE = "quarantine"
 STREAM_METRICS = "stream_metrics"
-TABLES = (ENRICHED_EVENTS, SESSION_FEATURES, LIVE_SESSIONS, QUARANTINE, STREAM_METRICS)
+USER_PROFILES = "user_profiles"
+RECOMMENDATIONS = "recommendations"
+LIVE_RECOMMENDATIONS = "live_recommendations"
+TABLES = (
+    ENRICHED_EVENTS,
+    SESSION_FEATURES,
+    LIVE_SESSIONS,
+    QUARANTINE,
+    STREAM_METRICS,
+    USER_PROFILES,
+    RECOMMENDATIONS,
+    LIVE_RECOMMENDATIONS,
+)
+
+# Recommendation columns.
+RANK = "rank"
+SCORE = "score"
+MODEL_VERSION = "model_version"
+GENERATED_AT = "generated_at"
+STRENGTH = "strength"
+LAST_TS = "last_ts"
+RECENT_EVENTS = "recent_events"
+
+# Profile columns (and the running totals the stream keeps beside them).
+NUM_SESSIONS = "num_sessions"
+AVG_SESSION_LENGTH_S = "avg_session_length_s"
+CLICK_THROUGH_RATE = "click_through_rate"
+CART_RATE = "cart_rate"
+FIRST_SEEN = "first_seen"
+LAST_SEEN = "last_seen"
+TOP_ITEMS = "top_items"
+TOTAL_SESSION_MICROS = "total_session_micros"
+ITEM_ENGAGEMENT = "item_engagement"
 
 PURCHASES_SCHEMA = StructType(
     [
@@ -106,8 +140,19 @@ _SESSION_AGG_FIELDS = [
     StructField(LAST_EVENT, StringType()),
 ]
 
+# The latest events of a session, oldest first: the context of live re-ranking.
+RECENT_EVENT_TYPE = StructType(
+    [StructField(EVENT_TS, TimestampType()), StructField(ITEM_ID, IntegerType()), StructField(EVENT_TYPE, StringType())]
+)
+
 # Open sessions carried from batch to batch (the stream's session state).
-SESSION_STATE_SCHEMA = StructType(_SESSION_AGG_FIELDS + [StructField(LAST_EVENT_KEY, LAST_EVENT_KEY_TYPE)])
+SESSION_STATE_SCHEMA = StructType(
+    _SESSION_AGG_FIELDS
+    + [
+        StructField(LAST_EVENT_KEY, LAST_EVENT_KEY_TYPE),
+        StructField(RECENT_EVENTS, ArrayType(RECENT_EVENT_TYPE)),
+    ]
+)
 
 SESSION_FEATURES_SCHEMA = StructType(
     [
@@ -158,3 +203,50 @@ STREAM_METRICS_SCHEMA = StructType(
         StructField("rows_per_s", DoubleType()),
     ]
 )
+
+USER_PROFILES_SCHEMA = StructType(
+    [
+        StructField(USER_ID, IntegerType()),
+        StructField(NUM_SESSIONS, LongType()),
+        StructField(NUM_EVENTS, LongType()),
+        StructField(NUM_VIEWS, LongType()),
+        StructField(NUM_CLICKS, LongType()),
+        StructField(NUM_ADD_TO_CART, LongType()),
+        StructField(AVG_SESSION_LENGTH_S, DoubleType()),
+        StructField(CLICK_THROUGH_RATE, DoubleType()),
+        StructField(CART_RATE, DoubleType()),
+        StructField(FIRST_SEEN, TimestampType()),
+        StructField(LAST_SEEN, TimestampType()),
+        StructField(PAST_PURCHASES, LongType()),
+        StructField(AVG_PURCHASE_AMOUNT, DoubleType()),
+        StructField(TOP_ITEMS, ArrayType(IntegerType())),
+        StructField(UPDATED_AT, TimestampType()),
+        # Running totals the stream folds each micro-batch into (sum of session lengths in
+        # microseconds, engagement per item): they make the update exact and incremental.
+        StructField(TOTAL_SESSION_MICROS, LongType()),
+        StructField(ITEM_ENGAGEMENT, MapType(IntegerType(), DoubleType())),
+    ]
+)
+
+# user-item pairs, one per pair: the strongest signal and when it was last seen.
+INTERACTIONS_SCHEMA = StructType(
+    [
+        StructField(USER_ID, IntegerType()),
+        StructField(ITEM_ID, IntegerType()),
+        StructField(STRENGTH, DoubleType()),
+        StructField(LAST_TS, TimestampType()),
+    ]
+)
+
+RECOMMENDATIONS_SCHEMA = StructType(
+    [
+        StructField(USER_ID, IntegerType()),
+        StructField(RANK, IntegerType()),
+        StructField(ITEM_ID, IntegerType()),
+        StructField(SCORE, DoubleType()),
+        StructField(MODEL_VERSION, StringType()),
+        StructField(GENERATED_AT, TimestampType()),
+    ]
+)
+
+LIVE_RECOMMENDATIONS_SCHEMA = StructType(RECOMMENDATIONS_SCHEMA.fields + [StructField(SESSION_ID, StringType())])

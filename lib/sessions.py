@@ -23,6 +23,8 @@ from lib.schemas import (
     NUM_CLICKS,
     NUM_EVENTS,
     NUM_VIEWS,
+    RECENT_EVENTS,
+    ITEM_ID,
     SESSION_END,
     SESSION_ID,
     SESSION_LENGTH_S,
@@ -34,6 +36,9 @@ from lib.schemas import (
 )
 
 _COUNT_COLUMNS = (NUM_EVENTS, NUM_VIEWS, NUM_CLICKS, NUM_ADD_TO_CART)
+
+# Events of a session kept for live re-ranking: enough context, bounded state.
+RECENT_EVENTS_KEPT = 20
 
 
 def _micros(column: str):
@@ -55,7 +60,13 @@ def event_fragments(events: DataFrame) -> DataFrame:
         count_of(ADD_TO_CART).alias(NUM_ADD_TO_CART),
         F.col(EVENT_TYPE).alias(LAST_EVENT),
         F.struct(EVENT_TS, SOURCE_FILE, "file_block_start", "line_id").alias(LAST_EVENT_KEY),
+        F.array(F.struct(EVENT_TS, ITEM_ID, EVENT_TYPE)).alias(RECENT_EVENTS),
     )
+
+
+def _latest(events, keep: int):
+    """The last ``keep`` elements of an array sorted ascending (all of it when shorter)."""
+    return F.slice(events, F.greatest(F.size(events) - keep + 1, F.lit(1)), keep)
 
 
 def merge_sessions(fragments: DataFrame, gap_seconds: float) -> DataFrame:
@@ -73,6 +84,7 @@ def merge_sessions(fragments: DataFrame, gap_seconds: float) -> DataFrame:
         *[F.sum(c).alias(c) for c in _COUNT_COLUMNS],
         F.max_by(LAST_EVENT, LAST_EVENT_KEY).alias(LAST_EVENT),
         F.max(LAST_EVENT_KEY).alias(LAST_EVENT_KEY),
+        _latest(F.array_sort(F.flatten(F.collect_list(RECENT_EVENTS))), RECENT_EVENTS_KEPT).alias(RECENT_EVENTS),
     ).select(*SESSION_STATE_SCHEMA.fieldNames())
 
 

@@ -2,25 +2,29 @@
 
 Every commit a stream makes carries ``userMetadata = "<app_id>:<batch_id>"``. Before writing
 batch ``b`` to a table, the sink reads the table's latest commits (a driver-side read of the
-log, no Spark job) and skips the write when its own stream already committed ``b`` or later.
+log's commit files, no Spark job) and skips the write when its own stream already committed
+``b`` or later.
 Each table has one writing stream (the checkpoint lock guarantees it), so this is exactly
 Delta's ``txnAppId``/``txnVersion`` guarantee, without the full state reconstruction (three
 Spark jobs per write) that Delta needs to look those up.
 """
 from __future__ import annotations
 
+import json
 import logging
+import re
 from contextlib import contextmanager
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
+from lib.fs import HadoopFS
+
 log = logging.getLogger(__name__)
 
 _COMMIT_USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
-# How many recent commits to search for the stream's marker before reading the whole history.
-_RECENT_COMMITS = 10
+_COMMIT_FILE = re.compile(r"^\d{20}\.json$")
 
 
 def ensure_delta_table(spark: SparkSession, path: str, schema: StructType) -> None:
@@ -42,22 +46,32 @@ class BatchSink:
             raise ValueError(f"app_id must not contain ':' (got {app_id!r})")
         self.spark = spark
         self.app_id = app_id
+        self._fs = HadoopFS(spark)
 
     def marker(self, batch_id: int) -> str:
         return f"{self.app_id}:{batch_id}"
 
     def last_committed_batch(self, path: str) -> int:
-        """The highest batch id this stream committed to the table at ``path`` (-1 if none)."""
-        table = DeltaTable.forPath(self.spark, path)
+        """The highest batch id this stream committed to the table at ``path`` (-1 if none).
+
+        Reads the commit files of the Delta log directly, newest first, on the driver:
+        ``DeltaTable.history`` would cost a Spark job (about 0.5 s) per table per batch.
+        Batches commit in order, so the newest commit carrying this stream's marker has the
+        highest batch id.
+        """
+        log_dir = f"{path}/_delta_log"
+        versions = sorted(
+            (int(name[: -len(".json")]) for name in self._fs.list_names(log_dir) if _COMMIT_FILE.match(name)),
+            reverse=True,
+        )
         prefix = f"{self.app_id}:"
-        for limit in (_RECENT_COMMITS, None):
-            history = table.history(limit) if limit else table.history()
-            metadata = [row.userMetadata for row in history.select("userMetadata").collect()]
-            markers = [int(m[len(prefix):]) for m in metadata if m and m.startswith(prefix)]
-            if markers:
-                return max(markers)
-            if limit is None or len(metadata) < limit:
-                break
+        for version in versions:
+            text = self._fs.read_text(f"{log_dir}/{version:020d}.json") or ""
+            for line in text.splitlines():
+                action = json.loads(line)
+                metadata = action.get("commitInfo", {}).get("userMetadata") if "commitInfo" in action else None
+                if metadata and metadata.startswith(prefix):
+                    return int(metadata[len(prefix):])
         return -1
 
     def committed(self, path: str, batch_id: int) -> bool:
@@ -73,20 +87,36 @@ class BatchSink:
         df.write.format("delta").mode("append").option("userMetadata", self.marker(batch_id)).save(path)
         return True
 
-    def upsert(self, updates: DataFrame, path: str, keys: list[str], batch_id: int) -> bool:
-        """MERGE ``updates`` on ``keys`` (update every column, insert new keys), once."""
+    def upsert(
+        self,
+        updates: DataFrame,
+        path: str,
+        keys: list[str],
+        batch_id: int,
+        *,
+        update_condition: str | None = None,
+        delete_condition: str | None = None,
+        insert_condition: str | None = None,
+    ) -> bool:
+        """MERGE ``updates`` (alias ``s``) into the table (alias ``t``) on ``keys``, once.
+
+        Matched rows are deleted where ``delete_condition`` holds, else updated where
+        ``update_condition`` holds (always when None); unmatched rows are inserted where
+        ``insert_condition`` holds. Every column of the table is set from ``updates``;
+        columns of ``updates`` the table does not have are only for the conditions.
+        """
         if self.committed(path, batch_id):
             return False
+        table = DeltaTable.forPath(self.spark, path)
+        values = {f"`{c}`": f"s.`{c}`" for c in table.toDF().columns}
         condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+        merge = table.alias("t").merge(updates.alias("s"), condition)
+        if delete_condition:
+            merge = merge.whenMatchedDelete(condition=delete_condition)
+        merge = merge.whenMatchedUpdate(condition=update_condition, set=values)
+        merge = merge.whenNotMatchedInsert(condition=insert_condition, values=values)
         with self._commit_metadata(self.marker(batch_id)):
-            (
-                DeltaTable.forPath(self.spark, path)
-                .alias("t")
-                .merge(updates.alias("s"), condition)
-                .whenMatchedUpdateAll()
-                .whenNotMatchedInsertAll()
-                .execute()
-            )
+            merge.execute()
         return True
 
     @contextmanager

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from urllib.parse import unquote, urlparse
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -48,3 +50,31 @@ def read_purchases(spark: SparkSession, path: str) -> DataFrame:
         log.warning("purchase history %s does not exist yet; treating it as empty", path)
         return spark.createDataFrame([], PURCHASES_SCHEMA)
     return spark.read.schema(PURCHASES_SCHEMA).parquet(path)
+
+
+def unsafe_files(paths: list[str], events_dir: str) -> dict[str, str]:
+    """The files of ``paths`` that must not be read as input, with the reason.
+
+    Only regular files inside ``events_dir`` are input: a symbolic link, a file whose real
+    path leaves the folder (a linked sub-folder, ``..``), or anything that is not a regular
+    file is rejected. Checked for local paths; other file systems have no symbolic links.
+    """
+    root = urlparse(events_dir)
+    if root.scheme not in ("", "file"):
+        return {}
+    real_root = os.path.realpath(unquote(root.path))
+    rejected = {}
+    for path in paths:
+        parsed = urlparse(path)
+        if parsed.scheme not in ("", "file"):
+            continue
+        local = unquote(parsed.path)
+        if os.path.islink(local):
+            rejected[path] = "unsafe_file: a symbolic link; only regular files in the watched folder are read"
+        elif os.path.commonpath([real_root, os.path.realpath(local)]) != real_root:
+            rejected[path] = "unsafe_file: outside the watched folder"
+        elif not os.path.isfile(local):
+            rejected[path] = "unsafe_file: not a regular file"
+    if rejected:
+        log.warning("rejecting %d unsafe input file(s): %s", len(rejected), sorted(rejected))
+    return rejected

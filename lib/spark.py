@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -66,6 +67,8 @@ def get_spark(app_name: str = "streamrec", conf: dict[str, str] | None = None) -
     if not launched_by_spark_submit():
         # The web UI binds to SPARK_LOCAL_IP; keep it (and the driver) on loopback locally.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        # Python workers (pandas UDFs) need this interpreter's packages (numpy, pandas, pyarrow).
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         settings = {
             **read_spark_defaults(),
             "spark.master": os.environ.get("STREAMREC_MASTER", "local[2]"),

@@ -29,6 +29,9 @@ from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 from lib.config import Config
 from lib.checkpoint import CheckpointLock, acquire_lock, check_compatible_config
 from lib.enrich import with_purchase_history
+from lib.live import live_recommendations
+from lib.model_store import ModelStore, StoredModel
+from lib.profiles import add_profile_totals, profile_totals, with_profile_metrics
 from lib.parsing import parse_activity_lines, quarantine_rows, valid_events
 from lib.schemas import (
     ENRICHED_EVENTS,
@@ -36,24 +39,36 @@ from lib.schemas import (
     EVENT_TS,
     INGESTED_AT,
     IS_OPEN,
+    ITEM_ENGAGEMENT,
+    ITEM_ID,
+    LIVE_RECOMMENDATIONS,
+    LIVE_RECOMMENDATIONS_SCHEMA,
     LIVE_SESSIONS,
     LIVE_SESSIONS_SCHEMA,
     QUARANTINE,
     QUARANTINE_SCHEMA,
+    RANK,
+    RECENT_EVENTS,
+    RECOMMENDATIONS,
+    RECOMMENDATIONS_SCHEMA,
     SESSION_END,
     SESSION_FEATURES,
     SESSION_FEATURES_SCHEMA,
+    SESSION_ID,
     SESSION_START,
     SESSION_STATE_SCHEMA,
+    SOURCE_FILE,
     STREAM_METRICS,
     STREAM_METRICS_SCHEMA,
     UPDATED_AT,
     USER_ID,
+    USER_PROFILES,
+    USER_PROFILES_SCHEMA,
 )
 from lib.sessions import event_fragments, is_closed, latest_session_per_user, merge_sessions, with_session_metrics
 from lib.sinks import BatchSink, ensure_delta_table
 from lib.state import SessionStateStore
-from lib.sources import activity_lines_stream, ensure_dir, read_purchases
+from lib.sources import activity_lines_stream, ensure_dir, read_purchases, unsafe_files
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +82,16 @@ _TABLE_SCHEMAS = {
     LIVE_SESSIONS: LIVE_SESSIONS_SCHEMA,
     QUARANTINE: QUARANTINE_SCHEMA,
     STREAM_METRICS: STREAM_METRICS_SCHEMA,
+    USER_PROFILES: USER_PROFILES_SCHEMA,
+    RECOMMENDATIONS: RECOMMENDATIONS_SCHEMA,
+    LIVE_RECOMMENDATIONS: LIVE_RECOMMENDATIONS_SCHEMA,
 }
+
+# A profile row is rewritten when the batch touched its user or its purchase side changed.
+_PROFILE_CHANGED = (
+    "s._touched OR NOT (t.past_purchases <=> s.past_purchases "
+    "AND t.avg_purchase_amount <=> s.avg_purchase_amount AND t.top_items <=> s.top_items)"
+)
 
 
 class InjectedFault(RuntimeError):
@@ -172,6 +196,7 @@ class SessionBatchWriter:
         self._app_id = app_id
         self.fail_after = fail_after
         self.stop_requested = threading.Event()
+        self._model: StoredModel | None = None
 
     @property
     def checkpoint(self) -> str:
@@ -186,6 +211,21 @@ class SessionBatchWriter:
 
     def state_store(self) -> SessionStateStore:
         return SessionStateStore(self.spark, self.cfg.paths.checkpoint(f"{SESSION_STATE_DIR}/{self.app_id()}"))
+
+    def current_model(self) -> StoredModel | None:
+        """The latest committed model, reloaded when ``jobs/train.py`` commits a new one."""
+        latest = ModelStore.for_config(self.spark, self.cfg).latest_version()
+        if latest is None:
+            if self._model is None:
+                log.debug("no model yet: live_recommendations wait for jobs/train.py")
+            return self._model
+        if self._model is None or self._model.version != latest:
+            previous = self._model
+            self._model = ModelStore.for_config(self.spark, self.cfg).load(latest).persist()
+            log.info("live recommendations now use model %s", latest)
+            if previous is not None:
+                previous.unpersist()
+        return self._model
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         if self.stop_requested.is_set():
@@ -218,7 +258,9 @@ class SessionBatchWriter:
         with report.stage("parse"):
             # Cached so the files are read once: parsing looks at them twice (headers, lines).
             lines = keep(batch_df.withColumn("line_id", F.monotonically_increasing_id()))
-            parsed = keep(parse_activity_lines(lines, cfg.stream.max_line_chars))
+            files = [row[0] for row in lines.select(SOURCE_FILE).distinct().collect()]
+            unsafe = unsafe_files(files, cfg.paths.events_dir)
+            parsed = keep(parse_activity_lines(lines, cfg.stream.max_line_chars, unsafe))
             state = keep(state_store.read_before(batch_id))
             previous_max_end = state.agg(F.max(F.unix_micros(SESSION_END))).first()[0]
             watermark_before = None if previous_max_end is None else previous_max_end - delay_micros
@@ -282,6 +324,52 @@ class SessionBatchWriter:
                 )
                 sink.upsert(live, table(LIVE_SESSIONS), [USER_ID], batch_id)
 
+        profile_rows: list[DataFrame] = []
+
+        def write_user_profiles():
+            if not (report.valid_rows or report.sessions_closed):
+                return
+            closed = sessions.where("_closed").select(USER_ID, SESSION_START, SESSION_END)
+            increments = keep(profile_totals(events, closed, cfg.recommend))
+            concerned = increments.select(USER_ID).unionByName(purchases.select(USER_ID)).distinct()
+            stored = spark.read.format("delta").load(table(USER_PROFILES)).join(concerned, USER_ID, "left_semi")
+            rows = keep(
+                with_profile_metrics(add_profile_totals(stored, increments), purchases, cfg.recommend, ingested_at)
+                .join(increments.select(USER_ID, F.lit(True).alias("_touched")), USER_ID, "left")
+                .fillna(False, ["_touched"])
+            )
+            profile_rows.append(rows)
+            sink.upsert(rows, table(USER_PROFILES), [USER_ID], batch_id, update_condition=_PROFILE_CHANGED)
+
+        def write_live_recommendations():
+            model = self.current_model()
+            if not report.valid_rows or model is None or not profile_rows:
+                return
+            active = events.select(USER_ID).distinct()
+            context = (
+                latest_session_per_user(sessions.join(active, USER_ID, "left_semi"))
+                .transform(with_session_metrics)
+                .select(USER_ID, SESSION_ID, RECENT_EVENTS)
+            )
+            excluded = purchases.select(USER_ID, ITEM_ID).join(active, USER_ID, "left_semi")
+            if cfg.recommend.exclude_seen:
+                seen = profile_rows[0].join(active, USER_ID, "left_semi").select(
+                    USER_ID, F.explode(F.map_keys(ITEM_ENGAGEMENT)).alias(ITEM_ID)
+                )
+                excluded = excluded.unionByName(seen)
+            recs = live_recommendations(
+                context, model.user_scores, model.item_neighbours, model.popularity, excluded,
+                cfg.recommend, model.version, ingested_at,
+            )
+            # Every rank slot of an active user: a slot without a new row is deleted.
+            slots = context.select(USER_ID).crossJoin(
+                spark.range(1, cfg.recommend.top_k + 1).select(F.col("id").cast("int").alias(RANK))
+            )
+            sink.upsert(
+                slots.join(recs, [USER_ID, RANK], "left"), table(LIVE_RECOMMENDATIONS), [USER_ID, RANK], batch_id,
+                delete_condition=f"s.{ITEM_ID} IS NULL", insert_condition=f"s.{ITEM_ID} IS NOT NULL",
+            )
+
         def write_state():
             state_store.write(sessions.where(~F.col("_closed")).select(*SESSION_STATE_SCHEMA.fieldNames()), batch_id)
 
@@ -292,6 +380,8 @@ class SessionBatchWriter:
             ("quarantine", write_quarantine),
             ("session_features", write_session_features),
             ("live_sessions", write_live_sessions),
+            ("user_profiles", write_user_profiles),
+            ("live_recommendations", write_live_recommendations),
             ("state", write_state),
         ):
             with report.stage(name):

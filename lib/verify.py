@@ -1,11 +1,12 @@
 """Verifier: compares the generator's ground truth (``--manifest``) with the tables, as
 multisets of keys: missing, duplicated and unexpected rows per table, and closed sessions
-against a batch recomputation from the manifest."""
+against a batch recomputation from the manifest (without the events the watermark rule drops,
+whose number must equal what the stream reported)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, StringType, StructField, StructType
 
@@ -93,11 +94,58 @@ def verify(spark: SparkSession, cfg: Config, manifest: DataFrame) -> list[TableC
         "user_id", "item_id", "event_type", parse_timestamp(F.col("event_ts")).alias("event_ts"),
         F.col("file").alias("source_file"), F.lit(0).cast("long").alias("file_block_start"), F.col("line").cast("long").alias("line_id"),
     )
-    # Closed as of the final watermark; assumes no event was dropped as late (the stream reports those).
-    final_watermark = events.agg(F.max(F.unix_micros("event_ts"))).first()[0]
+    events = with_late_flag(events, table("enriched_events"), cfg.sessions.watermark_seconds).persist()
+    on_time = events.where(~F.col("_late")).drop("_late")
+    final_watermark = on_time.agg(F.max(F.unix_micros("event_ts"))).first()[0]
     watermark = None if final_watermark is None else final_watermark - int(cfg.sessions.watermark_seconds * 1_000_000)
-    expected_sessions = sessionize(events, cfg.sessions.gap_seconds).where(is_closed(watermark, cfg.sessions.gap_seconds))
+    expected_sessions = sessionize(on_time, cfg.sessions.gap_seconds).where(is_closed(watermark, cfg.sessions.gap_seconds))
     sessions = multiset_diff(
         "session_features", expected_sessions.select(*SESSION_KEYS), table("session_features").select(*SESSION_KEYS)
     )
-    return [enriched, quarantine, sessions]
+    predicted_late = events.where("_late").count()
+    reported_late = table("stream_metrics").agg(F.sum("late_rows_dropped")).first()[0] or 0
+    late = TableCheck("late_rows_dropped", predicted_late, reported_late, max(predicted_late - reported_late, 0), 0,
+                      max(reported_late - predicted_late, 0))
+    events.unpersist()
+    return [enriched, quarantine, sessions, late]
+
+
+def with_late_flag(events: DataFrame, enriched: DataFrame, watermark_seconds: float) -> DataFrame:
+    """Add ``_late``: whether the watermark rule drops the event from session state.
+
+    The micro-batch of each file is read back from ``enriched_events`` (its ``ingested_at``).
+    The watermark before a batch is the latest event time of all earlier batches minus the
+    delay; late events never raise that maximum (they are older than it), so it does not
+    matter that they are dropped.
+    """
+    batches = enriched.select(_basename("source_file").alias("source_file"), F.col("ingested_at").alias("_batch")).distinct()
+    per_batch = events.join(batches, "source_file").groupBy("_batch").agg(F.max(F.unix_micros("event_ts")).alias("_max"))
+    before = per_batch.withColumn(
+        "_max_before", F.max("_max").over(Window.orderBy("_batch").rowsBetween(Window.unboundedPreceding, -1))
+    )
+    delay = int(round(watermark_seconds * 1_000_000))
+    return (
+        events.join(batches, "source_file", "left")
+        .join(before.select("_batch", "_max_before"), "_batch", "left")
+        .withColumn("_late", F.coalesce(F.unix_micros("event_ts") < F.col("_max_before") - delay, F.lit(False)))
+        .drop("_batch", "_max_before")
+    )
+
+
+LIVE_SESSION_KEYS = [*SESSION_KEYS, "session_id", "is_open"]
+
+
+def compare_lakes(spark: SparkSession, cfg: Config, other_lake: str) -> list[TableCheck]:
+    """``live_sessions`` and ``session_features`` of this lake against another lake's (e.g. a
+    run of the same input without faults); ``updated_at`` and ingestion times aside."""
+    def load(lake: str, name: str) -> DataFrame:
+        return spark.read.format("delta").load(f"{lake.rstrip('/')}/{name}")
+
+    return [
+        multiset_diff(
+            f"{name} vs {other_lake}",
+            load(other_lake, name).select(*keys),
+            load(cfg.paths.lake, name).select(*keys),
+        )
+        for name, keys in (("live_sessions", LIVE_SESSION_KEYS), ("session_features", SESSION_KEYS))
+    ]

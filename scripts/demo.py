@@ -3,7 +3,9 @@
 1. clears the runtime folders of conf/pipeline.toml (data/stream, data/lake, data/checkpoints,
    the purchase history), 2. generates the purchase history, 3. runs the generator and the
    stream side by side for --duration seconds (one progress line per micro-batch), 4. drains
-   what the stream has not reached yet in one catch-up run, 5. prints the report.
+   what the stream has not reached yet in one catch-up run, 5. trains the model (batch
+   recommendations), 6. streams again for a while, now with live recommendations from that
+   model, 7. prints the report.
 """
 from __future__ import annotations
 
@@ -71,6 +73,21 @@ def main() -> int:
         cwd=ROOT,
         check=True,
     )
+
+    banner("training the recommendation model on the lake")
+    subprocess.run([SUBMIT, "jobs/train.py"], cwd=ROOT, check=True)
+
+    banner("streaming again: live recommendations re-ranked from each session")
+    stream = subprocess.Popen([SUBMIT, "jobs/stream.py", "--run-for", "50"], cwd=ROOT)
+    time.sleep(15)
+    generator = subprocess.run(
+        [PYTHON, "jobs/generate.py", "events", "--duration", "20", "--events-per-file", str(args.events_per_file),
+         "--files-per-second", str(args.files_per_second), "--start", "2024-03-01T00:00:00"],
+        cwd=ROOT,
+    )
+    if stream.wait() != 0 or generator.returncode != 0:
+        print("the stream or the generator failed; see the log above", file=sys.stderr)
+        return 1
 
     banner("what the pipeline produced")
     subprocess.run([SUBMIT, "jobs/report.py", "--log-level", "WARNING"], cwd=ROOT, check=True)

@@ -50,3 +50,12 @@ def write_lines(cfg, name: str, lines: list[str]) -> None:
 
 def read(spark, cfg, table: str):
     return spark.read.format("delta").load(cfg.paths.table(table))
+
+
+def assert_same_profiles(actual, expected) -> None:
+    """Profiles equal in every column but ``updated_at`` (maps cannot be sorted on: order by user)."""
+    from chispa import assert_df_equality
+
+    assert_df_equality(
+        actual.drop("updated_at").orderBy("user_id"), expected.drop("updated_at").orderBy("user_id"), ignore_nullable=True
+    )

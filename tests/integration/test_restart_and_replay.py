@@ -9,11 +9,12 @@ from datetime import date
 import pytest
 from pyspark.sql import functions as F
 
+from lib.batch import profiles_from_lake
 from lib.stream import InjectedFault, SessionBatchWriter, ensure_tables, run_available_now
 from tests.conftest import make_config
-from tests.integration.conftest import activity_writer, read, write_lines, write_purchases
+from tests.integration.conftest import activity_writer, assert_same_profiles, read, write_lines, write_purchases
 
-TABLES = ["enriched_events", "session_features", "live_sessions", "quarantine", "stream_metrics"]
+TABLES = ["enriched_events", "session_features", "live_sessions", "quarantine", "stream_metrics", "user_profiles"]
 
 
 def table_versions(spark, cfg):
@@ -71,8 +72,9 @@ def test_restarts_add_nothing_and_pick_up_new_files_and_purchases(spark, tmp_pat
     assert all(r.past_purchases == (1 if r.user_id == 1 else 0) for r in first)
 
 
-@pytest.mark.parametrize("crash_after", ["enriched", "live_sessions"])
-def test_batch_replayed_after_a_crash_commits_each_write_once(spark, tmp_path, crash_after):
+def test_batch_replayed_after_crashes_commits_each_write_once(spark, tmp_path):
+    """A crash between the Delta appends and the MERGEs, then a crash after the MERGEs, then
+    two full replays: every table is committed exactly once."""
     cfg = make_config(tmp_path)
     write_purchases(cfg.paths.purchases, [(1, 1, 10.0, date(2023, 6, 1))])
     writer = activity_writer(cfg, users=6, items=20, bad_share=0.05)
@@ -81,17 +83,29 @@ def test_batch_replayed_after_a_crash_commits_each_write_once(spark, tmp_path, c
     batch = spark.read.text(cfg.paths.events_dir).select(
         "value", F.col("_metadata.file_path").alias("source_file"), F.col("_metadata.file_block_start").alias("file_block_start")
     )
+    initial = table_versions(spark, cfg)
     with pytest.raises(InjectedFault):
-        SessionBatchWriter(spark, cfg, app_id="replay-test", fail_after=crash_after)(batch, 0)
-    before_replay = table_versions(spark, cfg)
+        SessionBatchWriter(spark, cfg, app_id="replay-test", fail_after="enriched")(batch, 0)
+    after_first_crash = table_versions(spark, cfg)
+    assert after_first_crash["enriched_events"] == initial["enriched_events"] + 1
+    assert after_first_crash["live_sessions"] == initial["live_sessions"]  # the MERGE never ran
+    with pytest.raises(InjectedFault):
+        SessionBatchWriter(spark, cfg, app_id="replay-test", fail_after="user_profiles")(batch, 0)
+    after_second_crash = table_versions(spark, cfg)
+    assert after_second_crash["enriched_events"] == after_first_crash["enriched_events"]  # not appended again
+    assert after_second_crash["live_sessions"] == initial["live_sessions"] + 1
+    assert after_second_crash["user_profiles"] == initial["user_profiles"] + 1
     SessionBatchWriter(spark, cfg, app_id="replay-test")(batch, 0)
     after_replay = table_versions(spark, cfg)
+    assert {t: after_replay[t] for t in ("enriched_events", "live_sessions", "user_profiles")} == {
+        t: after_second_crash[t] for t in ("enriched_events", "live_sessions", "user_profiles")
+    }  # neither the append nor the MERGEs were applied twice
     SessionBatchWriter(spark, cfg, app_id="replay-test")(batch, 0)
-
     assert table_versions(spark, cfg) == after_replay  # a second replay changes nothing at all
-    assert after_replay["enriched_events"] == before_replay["enriched_events"]  # committed before the crash
-    assert after_replay["live_sessions"] == before_replay["live_sessions"] + (0 if crash_after == "live_sessions" else 1)
+
     assert enriched_keys(spark, cfg) == manifest_keys(writer.manifest)
     assert read(spark, cfg, "quarantine").count() == sum(1 for r in writer.manifest if r.expected_reason)
     live = read(spark, cfg, "live_sessions")
     assert live.count() == live.select("user_id").distinct().count() == len({r.user_id for r in writer.manifest if r.user_id})
+    # The MERGE of the profiles was applied once: the table equals a rebuild from scratch.
+    assert_same_profiles(read(spark, cfg, "user_profiles"), profiles_from_lake(spark, cfg))

@@ -95,8 +95,8 @@ def test_merging_state_fragments_equals_sessionizing_all_events(spark):
 def test_is_closed_and_latest_session(spark):
     sessions = spark.createDataFrame(
         [
-            (8, T0, T0, 1, 1, 0, 0, "view", None),
-            (8, T0 + timedelta(hours=2), T0 + timedelta(hours=2), 1, 1, 0, 0, "view", None),
+            (8, T0, T0, 1, 1, 0, 0, "view", None, None),
+            (8, T0 + timedelta(hours=2), T0 + timedelta(hours=2), 1, 1, 0, 0, "view", None, None),
         ],
         SESSION_STATE_SCHEMA,
     )
@@ -110,3 +110,16 @@ def test_is_closed_and_latest_session(spark):
 
 def test_empty_input(spark):
     assert sessionize(events_df(spark, []), GAP).count() == 0
+
+
+def test_recent_events_keep_the_latest_twenty_in_time_order_across_merges(spark):
+    rows = [(9, item, "view", T0 + timedelta(minutes=item)) for item in range(1, 26)]
+    # Arrives in two batches, the later half first: the merge must still order by time.
+    state = sessionize(events_df(spark, rows[12:]), GAP)
+    merged = merge_sessions(event_fragments(events_df(spark, rows[:12])).unionByName(state), GAP)
+    [session] = merged.collect()
+    assert [e.item_id for e in session.recent_events] == list(range(6, 26))
+    [batch] = sessionize(events_df(spark, rows), GAP).collect()
+    assert batch.recent_events == session.recent_events
+    [one] = sessionize(events_df(spark, rows[:1]), GAP).collect()
+    assert [(e.item_id, e.event_type) for e in one.recent_events] == [(1, "view")]

@@ -1,0 +1,40 @@
+"""Train the recommendation model on everything in the lake and write `recommendations`.
+
+Usage: ./spark-submit.sh jobs/train.py [--config PATH] [--model popularity|item_knn|ease|als]
+
+Commits a new model version under <lake>/models/ (a running stream switches to it at its next
+micro-batch) and rewrites the `recommendations` table: recommend.top_k items per known user.
+"""
+import json
+import logging
+import sys
+
+import _bootstrap  # noqa: F401
+
+from lib.batch import LakeNotReadyError, train_and_publish
+from lib.cli import base_parser, config_from_args, setup_logging
+from lib.config import MODELS
+from lib.spark import get_spark
+
+log = logging.getLogger("train")
+
+
+def main(argv=None) -> int:
+    parser = base_parser(__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=MODELS, help="override recommend.model")
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    cfg = config_from_args(args)
+    spark = get_spark("streamrec-train")
+    spark.conf.set("spark.sql.adaptive.enabled", "true")  # whole-lake joins, unlike micro-batches
+    try:
+        summary = train_and_publish(spark, cfg, args.model)
+    except LakeNotReadyError as exc:
+        log.error("cannot train: %s", exc)
+        return 3
+    log.info("trained: %s", json.dumps(summary, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

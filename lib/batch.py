@@ -1,0 +1,103 @@
+"""Batch jobs over the lake: train and publish the model, rebuild the user profiles."""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from lib.config import Config
+from lib.interactions import interactions_from
+from lib.model_store import ModelStore
+from lib.profiles import profile_totals, with_profile_metrics
+from lib.recommend import fit_model, top_k_recommendations
+from lib.schemas import (
+    ENRICHED_EVENTS,
+    GENERATED_AT,
+    ITEM_ID,
+    MODEL_VERSION,
+    RECOMMENDATIONS,
+    RECOMMENDATIONS_SCHEMA,
+    SESSION_FEATURES,
+    USER_ID,
+    USER_PROFILES,
+)
+from lib.sources import path_exists, read_purchases
+
+log = logging.getLogger(__name__)
+
+
+class LakeNotReadyError(RuntimeError):
+    """A table the job needs does not exist yet; the message says which and how to create it."""
+
+
+def read_table(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
+    location = cfg.paths.table(name)
+    if not path_exists(spark, f"{location}/_delta_log"):
+        raise LakeNotReadyError(
+            f"table {name} does not exist at {location}: run the stream first "
+            "(./spark-submit.sh jobs/stream.py --available-now)"
+        )
+    return spark.read.format("delta").load(location)
+
+
+def lake_interactions(spark: SparkSession, cfg: Config) -> DataFrame:
+    """Every interaction in the lake (events and purchases), one row per user-item pair."""
+    events = read_table(spark, cfg, ENRICHED_EVENTS)
+    return interactions_from(events, read_purchases(spark, cfg.paths.purchases), cfg.recommend)
+
+
+def train_and_publish(spark: SparkSession, cfg: Config, model: str | None = None) -> dict:
+    """Train on the whole lake, commit a model version and rewrite ``recommendations``."""
+    rec = cfg.recommend
+    interactions = lake_interactions(spark, cfg).persist()
+    try:
+        counts = interactions.agg(
+            F.count(F.lit(1)).alias("interactions"),
+            F.countDistinct(USER_ID).alias("users"),
+            F.countDistinct(ITEM_ID).alias("items"),
+        ).first().asDict()
+        if counts["interactions"] == 0:
+            raise LakeNotReadyError("the lake holds no interactions yet: nothing to train on")
+        trained = fit_model(spark, interactions, rec, model)
+        store = ModelStore.for_config(spark, cfg)
+        version = store.save(trained, {"trained_at": datetime.now(timezone.utc).isoformat(), **counts})
+        stored = store.load(version)
+        recommendations = top_k_recommendations(
+            stored.user_scores, stored.popularity, interactions, interactions, rec.top_k, rec.exclude_seen
+        ).select(
+            USER_ID,
+            "rank",
+            ITEM_ID,
+            "score",
+            F.lit(version).alias(MODEL_VERSION),
+            F.current_timestamp().alias(GENERATED_AT),
+        )
+        (
+            recommendations.select(*RECOMMENDATIONS_SCHEMA.fieldNames())
+            .write.format("delta")
+            .mode("overwrite")
+            .option("overwriteSchema", "true")
+            .save(cfg.paths.table(RECOMMENDATIONS))
+        )
+        written = spark.read.format("delta").load(cfg.paths.table(RECOMMENDATIONS)).count()
+    finally:
+        interactions.unpersist()
+    return {"version": version, "model": trained.name, "params": trained.params, "recommendations": written, **counts}
+
+
+def profiles_from_lake(spark: SparkSession, cfg: Config) -> DataFrame:
+    """``user_profiles`` computed from scratch: ``enriched_events``, ``session_features`` and
+    the purchases."""
+    events = read_table(spark, cfg, ENRICHED_EVENTS)
+    sessions = read_table(spark, cfg, SESSION_FEATURES)
+    purchases = read_purchases(spark, cfg.paths.purchases)
+    totals = profile_totals(events, sessions, cfg.recommend)
+    return with_profile_metrics(totals, purchases, cfg.recommend, F.current_timestamp())
+
+
+def rebuild_profiles(spark: SparkSession, cfg: Config) -> int:
+    """Overwrite ``user_profiles`` with ``profiles_from_lake``; returns the number of profiles."""
+    profiles_from_lake(spark, cfg).write.format("delta").mode("overwrite").save(cfg.paths.table(USER_PROFILES))
+    return spark.read.format("delta").load(cfg.paths.table(USER_PROFILES)).count()

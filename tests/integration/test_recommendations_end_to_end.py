@@ -1,0 +1,95 @@
+"""Profiles, the trained model, batch recommendations and live recommendations, from the real
+stream over generated files: the stream runs, the model is trained, the stream runs again
+and re-ranks with that model."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+from pyspark.sql import functions as F
+
+from lib.batch import profiles_from_lake, train_and_publish
+from lib.model_store import ModelStore
+from lib.schemas import LIVE_RECOMMENDATIONS_SCHEMA, RECOMMENDATIONS_SCHEMA, USER_PROFILES_SCHEMA
+from lib.stream import run_available_now
+from tests.conftest import make_config
+from tests.integration.conftest import activity_writer, assert_same_profiles, generated_purchases, read, write_purchases
+
+TOP_K = 5
+
+
+@pytest.fixture(scope="module")
+def lake(spark, tmp_path_factory):
+    cfg = make_config(
+        tmp_path_factory.mktemp("recs"), f"recommend.top_k={TOP_K}", "recommend.ease_lambda=20", "stream.max_files_per_trigger=2"
+    )
+    purchases = generated_purchases(users=40, items=60, count=150)
+    write_purchases(cfg.paths.purchases, purchases)
+    writer = activity_writer(cfg, users=40, items=60)
+    writer.write_file(400)
+    writer.write_file(400)
+    run_available_now(spark, cfg)
+    summary = train_and_publish(spark, cfg)
+    writer.write_file(300)
+    run_available_now(spark, cfg)
+    return cfg, writer.manifest, purchases, summary
+
+
+def rows_by_user(df):
+    grouped = defaultdict(list)
+    for row in df.orderBy("user_id", "rank").collect():
+        grouped[row.user_id].append(row)
+    return grouped
+
+
+def seen_items(manifest, purchases):
+    seen = defaultdict(set)
+    for row in manifest:
+        if row.expected_reason is None:
+            seen[row.user_id].add(row.item_id)
+    for user, item, _amount, _date in purchases:
+        seen[user].add(item)
+    return seen
+
+
+def test_profiles_kept_by_the_stream_equal_a_rebuild_from_scratch(spark, lake):
+    cfg = lake[0]
+    stream_profiles = read(spark, cfg, "user_profiles")
+    assert [f.name for f in stream_profiles.schema] == USER_PROFILES_SCHEMA.fieldNames()
+    assert_same_profiles(stream_profiles, profiles_from_lake(spark, cfg))
+    users_in_input = {r.user_id for r in lake[1] if r.user_id} | {p[0] for p in lake[2]}
+    assert {r.user_id for r in stream_profiles.select("user_id").collect()} == users_in_input
+    total_events = stream_profiles.agg(F.sum("num_events")).first()[0]
+    assert total_events == read(spark, cfg, "enriched_events").count()
+
+
+def test_recommendations_have_top_k_unseen_items_for_every_known_user(spark, lake):
+    cfg, manifest, purchases, summary = lake
+    recs = read(spark, cfg, "recommendations")
+    assert [(f.name, f.dataType) for f in recs.schema] == [(f.name, f.dataType) for f in RECOMMENDATIONS_SCHEMA]
+    by_user = rows_by_user(recs)
+    # Only the first two files were in the lake when the model was trained.
+    trained_on = seen_items([r for r in manifest if r.file in ("activity-000001.csv", "activity-000002.csv")], purchases)
+    assert set(by_user) == set(trained_on)
+    for user, rows in by_user.items():
+        assert [r.rank for r in rows] == list(range(1, TOP_K + 1))
+        assert not {r.item_id for r in rows} & trained_on[user]
+        assert [r.score for r in rows] == sorted((r.score for r in rows), reverse=True)
+        assert {r.model_version for r in rows} == {summary["version"]}
+    assert summary["model"] == "ease"
+    assert ModelStore.for_config(spark, cfg).latest_version() == summary["version"]
+
+
+def test_live_recommendations_for_users_of_the_later_run(spark, lake):
+    cfg, manifest, purchases, summary = lake
+    live = read(spark, cfg, "live_recommendations")
+    assert [(f.name, f.dataType) for f in live.schema] == [(f.name, f.dataType) for f in LIVE_RECOMMENDATIONS_SCHEMA]
+    by_user = rows_by_user(live)
+    later_users = {r.user_id for r in manifest if r.file == "activity-000003.csv" and r.user_id}
+    assert set(by_user) == later_users
+    seen = seen_items(manifest, purchases)
+    for user, rows in by_user.items():
+        assert [r.rank for r in rows] == list(range(1, TOP_K + 1))
+        assert not {r.item_id for r in rows} & seen[user]
+        assert {r.model_version for r in rows} == {summary["version"]}
+        assert {r.session_id.split("-")[0] for r in rows} == {str(user)}
