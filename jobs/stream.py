@@ -21,6 +21,19 @@ from lib.stream import start_stream
 log = logging.getLogger("stream")
 
 
+# Root causes worth a one-line explanation, found in the error's text.
+_KNOWN_FAILURES = {
+    "No space left on device": "the file system of paths.lake or paths.checkpoints is full. Free space, then start "
+    "the stream again: the interrupted micro-batch is replayed exactly once, nothing is lost.",
+    "Permission denied": "paths.lake or paths.checkpoints is not writable by this user. Fix the permissions, then "
+    "start the stream again: the interrupted micro-batch is replayed exactly once.",
+}
+
+
+def failure_hint(error: str) -> str | None:
+    return next((f"{cause}: {hint}" for cause, hint in _KNOWN_FAILURES.items() if cause in error), None)
+
+
 def main(argv=None) -> int:
     parser = base_parser(__doc__.split("\n")[0])
     parser.add_argument("--available-now", action="store_true", help="process everything present, then exit")
@@ -52,7 +65,9 @@ def main(argv=None) -> int:
                 log.info("stopping after the current micro-batch")
                 stream.request_stop()
     except StreamingQueryException as exc:
-        log.error("stream failed: %s", exc)
+        hint = failure_hint(str(exc))
+        log.error("stream failed: %s", hint or "see the error below")
+        log.error("%s", exc)
         return 1
     finally:
         stream.close()

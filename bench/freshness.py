@@ -1,0 +1,90 @@
+"""Freshness of a lake the stream wrote: per input file, the delay from the file landing in the
+watched folder (its modification time; files land by rename) to the Delta commit that made its
+rows visible in enriched_events, live_sessions and live_recommendations.
+
+Usage: .venv/bin/python bench/freshness.py [--config PATH] [--since EPOCH_SECONDS] [--json OUT]
+
+The micro-batch of a file is read from enriched_events (ingested_at = the batch's start, also
+stream_metrics.started_at); each table's commit of that batch carries `<query id>:<batch id>`
+in its userMetadata, and the commit's timestamp is when readers could see it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+from pyspark.sql import functions as F  # noqa: E402
+
+from lib.config import load_config  # noqa: E402
+from lib.spark import get_spark  # noqa: E402
+
+TABLES = ("enriched_events", "live_sessions", "live_recommendations")
+
+
+def commit_times(spark, path: str) -> dict[int, float]:
+    """batch id -> commit time (epoch seconds) of the table's commits made by the stream."""
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").select("timestamp", "userMetadata").collect()
+    times = {}
+    for row in history:
+        if row.userMetadata and ":" in row.userMetadata:
+            times[int(row.userMetadata.rsplit(":", 1)[1])] = row.timestamp.timestamp()
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config")
+    parser.add_argument("--since", type=float, default=0.0, help="only files landed after this time")
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args()
+    cfg = load_config(args.config)
+    spark = get_spark("streamrec-freshness")
+    spark.sparkContext.setLogLevel("ERROR")
+    lake = cfg.paths.table
+    batch_of_start = {
+        r.started_at.timestamp(): r.batch_id
+        for r in spark.read.format("delta").load(lake("stream_metrics")).select("batch_id", "started_at").collect()
+    }
+    files = (
+        spark.read.format("delta").load(lake("enriched_events"))
+        .groupBy("source_file").agg(F.min("ingested_at").alias("ingested_at"))
+        .collect()
+    )
+    commits = {table: commit_times(spark, lake(table)) for table in TABLES}
+    delays: dict[str, list[float]] = {table: [] for table in TABLES}
+    for row in files:
+        local = row.source_file.replace("file://", "").replace("file:", "")
+        if not os.path.exists(local):
+            continue
+        landed = os.path.getmtime(local)
+        if landed < args.since:
+            continue
+        batch = batch_of_start.get(row.ingested_at.timestamp())
+        for table in TABLES:
+            if batch is not None and batch in commits[table]:
+                delays[table].append(commits[table][batch] - landed)
+    figures = {}
+    for table, values in delays.items():
+        if values:
+            figures[table] = {
+                "files": len(values),
+                "p50_s": round(float(np.percentile(values, 50)), 2),
+                "p95_s": round(float(np.percentile(values, 95)), 2),
+                "max_s": round(float(np.max(values)), 2),
+            }
+        else:
+            figures[table] = {"files": 0}
+        print(f"{table:<22} {figures[table]}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
