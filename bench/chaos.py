@@ -109,10 +109,18 @@ def scenario_kill(root: Path, scale: dict, results: list) -> None:
         "--files-per-second", str(scale["files_per_second"]), "--users", "2000", "--items", "1000",
         "--bad-share", "0.01", "--manifest", str(run.manifest), background=True,
     )
-    killed = []
+    killed, batches_before_kill = [], []
+    log = run.dir / "stream.log"
     for kill in range(scale["kills"]):
+        seen = log.read_text().count("INFO lib.stream: batch ") if log.exists() else 0
         stream = run.stream()
+        # Random points inside the run: after its first micro-batch completed (a kill during
+        # start-up alone would only ever hit the first batch), then a random delay.
+        deadline = time.monotonic() + 300
+        while log.read_text().count("INFO lib.stream: batch ") == seen and time.monotonic() < deadline:
+            time.sleep(1)
         time.sleep(rng.uniform(*scale["kill_after_s"]))
+        batches_before_kill.append(log.read_text().count("INFO lib.stream: batch ") - seen)
         killed.append(kill_tree(stream))
     generator.wait()
     catch_up = time.monotonic()
@@ -130,6 +138,7 @@ def scenario_kill(root: Path, scale: dict, results: list) -> None:
         "1 kill -9 and restart",
         ok and final.returncode == 0 and clean.returncode == 0,
         {"events_in": events, "files": scale["files"], "kills": scale["kills"], "processes_killed": killed,
+         "batches_completed_before_each_kill": batches_before_kill,
          "restarts": scale["kills"] + 1,
          "final_catch_up_s": round(catch_up_s, 1), "total_s": round(time.monotonic() - started, 1), "verify": table},
         results,
@@ -281,9 +290,9 @@ SCENARIOS = {
     "disk": scenario_disk_full,
     "config": scenario_config_change,
 }
-FULL = {"files": 200, "events_per_file": 500, "files_per_second": 0.5, "kills": 5, "kill_after_s": (30, 90),
+FULL = {"files": 200, "events_per_file": 500, "files_per_second": 0.5, "kills": 5, "kill_after_s": (0, 40),
         "big_mb": 200, "hostile_timeout_s": 1800, "late_files": 20}
-QUICK = {"files": 24, "events_per_file": 200, "files_per_second": 0.5, "kills": 2, "kill_after_s": (30, 45),
+QUICK = {"files": 24, "events_per_file": 200, "files_per_second": 0.5, "kills": 2, "kill_after_s": (0, 20),
          "big_mb": 5, "hostile_timeout_s": 300, "late_files": 4}
 
 
