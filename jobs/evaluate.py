@@ -17,7 +17,7 @@ from lib.cli import base_parser, config_from_args, setup_logging
 from lib.config import MODELS
 from lib.evaluation import SPLITS, evaluate_models
 from lib.report_files import write_evaluation
-from lib.spark import get_spark
+from lib.spark import WHOLE_LAKE_CONF, get_spark
 
 log = logging.getLogger("evaluate")
 
@@ -39,8 +39,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     cfg = config_from_args(args)
-    spark = get_spark("streamrec-evaluate")
-    spark.conf.set("spark.sql.adaptive.enabled", "true")  # whole-lake joins, unlike micro-batches
+    spark = get_spark("streamrec-evaluate", WHOLE_LAKE_CONF)
     try:
         interactions = lake_interactions(spark, cfg).persist()
     except LakeNotReadyError as exc:

@@ -14,7 +14,7 @@ import _bootstrap  # noqa: F401
 from lib.batch import LakeNotReadyError, train_and_publish
 from lib.cli import base_parser, config_from_args, setup_logging
 from lib.config import MODELS
-from lib.spark import get_spark
+from lib.spark import WHOLE_LAKE_CONF, get_spark
 
 log = logging.getLogger("train")
 
@@ -25,8 +25,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     cfg = config_from_args(args)
-    spark = get_spark("streamrec-train")
-    spark.conf.set("spark.sql.adaptive.enabled", "true")  # whole-lake joins, unlike micro-batches
+    spark = get_spark("streamrec-train", WHOLE_LAKE_CONF)
     try:
         summary = train_and_publish(spark, cfg, args.model)
     except LakeNotReadyError as exc:

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SPARK_DEFAULTS = PROJECT_ROOT / "conf" / "spark-defaults.conf"
 LOG4J_CONF = PROJECT_ROOT / "conf" / "log4j2.properties"
+# Jobs over the whole lake (train, evaluate) want adaptive execution, which conf/spark-defaults.conf
+# turns off for the stream's small micro-batches.
+WHOLE_LAKE_CONF = {"spark.sql.adaptive.enabled": "true"}
 JARS_DIR = Path(os.environ.get("STREAMREC_JARS_DIR", PROJECT_ROOT / ".cache" / "jars"))
 
 
