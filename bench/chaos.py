@@ -4,7 +4,7 @@ disk and config changes, each checked against the generator's ground truth (`mak
 Every scenario runs the real jobs through ./spark-submit.sh in its own folder under --root,
 prints its figures and a PASS/FAIL line; all results go to <root>/chaos.json.
 
-  .venv/bin/python bench/chaos.py                 # full scale (about 30-40 min on 2 cores)
+  .venv/bin/python bench/chaos.py                 # full scale (about an hour on 2 cores)
   .venv/bin/python bench/chaos.py --quick         # small scale, a few minutes
   .venv/bin/python bench/chaos.py --only kill,late
 """
