@@ -23,7 +23,7 @@ from lib.schemas import (
     USER_ID,
     USER_PROFILES,
 )
-from lib.sources import path_exists, read_purchases
+from lib.sources import read_purchases, read_table
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +32,20 @@ class LakeNotReadyError(RuntimeError):
     """A table the job needs does not exist yet; the message says which and how to create it."""
 
 
-def read_table(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
-    location = cfg.paths.table(name)
-    if not path_exists(spark, f"{location}/_delta_log"):
+def require_table(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
+    """The Delta table ``name``; raises ``LakeNotReadyError`` with the fix when it is missing."""
+    table = read_table(spark, cfg, name)
+    if table is None:
         raise LakeNotReadyError(
-            f"table {name} does not exist at {location}: run the stream first "
+            f"table {name} does not exist at {cfg.paths.table(name)}: run the stream first "
             "(./spark-submit.sh jobs/stream.py --available-now)"
         )
-    return spark.read.format("delta").load(location)
+    return table
 
 
 def lake_interactions(spark: SparkSession, cfg: Config) -> DataFrame:
     """Every interaction in the lake (events and purchases), one row per user-item pair."""
-    events = read_table(spark, cfg, ENRICHED_EVENTS)
+    events = require_table(spark, cfg, ENRICHED_EVENTS)
     return interactions_from(events, read_purchases(spark, cfg.paths.purchases), cfg.recommend)
 
 
@@ -90,8 +91,8 @@ def train_and_publish(spark: SparkSession, cfg: Config, model: str | None = None
 def profiles_from_lake(spark: SparkSession, cfg: Config) -> DataFrame:
     """``user_profiles`` computed from scratch: ``enriched_events``, ``session_features`` and
     the purchases."""
-    events = read_table(spark, cfg, ENRICHED_EVENTS)
-    sessions = read_table(spark, cfg, SESSION_FEATURES)
+    events = require_table(spark, cfg, ENRICHED_EVENTS)
+    sessions = require_table(spark, cfg, SESSION_FEATURES)
     purchases = read_purchases(spark, cfg.paths.purchases)
     totals = profile_totals(events, sessions, cfg.recommend)
     return with_profile_metrics(totals, purchases, cfg.recommend, F.current_timestamp())

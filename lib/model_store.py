@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import DoubleType, IntegerType, StructField, StructType
 
 from lib.config import Config
 from lib.fs import HadoopFS
 from lib.recommend import ITEM_NEIGHBOURS_SCHEMA, USER_SCORES_SCHEMA, TrainedModel
 from lib.schemas import ITEM_ID, SCORE
-from pyspark.sql.types import DoubleType, IntegerType, StructField, StructType
 
 log = logging.getLogger(__name__)
 

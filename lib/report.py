@@ -18,14 +18,7 @@ from lib.schemas import (
     USER_ID,
     USER_PROFILES,
 )
-from lib.sources import path_exists
-
-
-def read_table(spark: SparkSession, cfg: Config, name: str) -> DataFrame | None:
-    path = cfg.paths.table(name)
-    if not path_exists(spark, f"{path}/_delta_log"):
-        return None
-    return spark.read.format("delta").load(path)
+from lib.sources import read_table
 
 
 def table_counts(spark: SparkSession, cfg: Config) -> list[tuple[str, int | None, str]]:

@@ -25,6 +25,14 @@ def ensure_dir(spark: SparkSession, path: str) -> None:
     HadoopFS(spark).mkdirs(path)
 
 
+def read_table(spark: SparkSession, cfg: Config, name: str) -> DataFrame | None:
+    """The Delta table ``name`` of the lake at its latest version; None when it does not exist."""
+    path = cfg.paths.table(name)
+    if not path_exists(spark, f"{path}/_delta_log"):
+        return None
+    return spark.read.format("delta").load(path)
+
+
 def activity_lines_stream(spark: SparkSession, cfg: Config) -> DataFrame:
     """Every line of every CSV file landing in ``paths.events_dir``, once.
 
