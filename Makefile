@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test chaos movielens shell clean
+.PHONY: setup demo test chaos bench movielens shell clean
 
 setup: $(STAMP) .cache/jars/.fetched
 
@@ -27,6 +27,9 @@ test: setup
 
 chaos: setup
 	$(PY) bench/chaos.py $(ARGS)
+
+bench: setup
+	$(PY) bench/benchmark.py $(ARGS)
 
 movielens: setup
 	$(PY) bench/movielens.py $(ARGS)

@@ -73,22 +73,35 @@ class Run:
         return result.returncode == 0, table
 
 
+def children(pid: int) -> list[int]:
+    return [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+
+
 def descendants(pid: int) -> list[int]:
-    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [p for child in map(int, children) for p in (child, *descendants(child))]
+    return [p for child in children(pid) for p in (child, *descendants(child))]
 
 
 def kill_tree(process: subprocess.Popen) -> int:
     """kill -9 the whole job at once: spark-submit.sh, spark-submit's JVM (in a session of its
-    own) and the Python driver. Returns how many processes were killed."""
-    victims = [process.pid, *descendants(process.pid)]
-    for pid in victims:
+    own) and the Python driver. Each process is stopped before its children are listed, so a
+    child being started at that moment (the JVM launching the driver) cannot escape. Returns
+    how many processes were killed."""
+    stopped, pending = [], [process.pid]
+    while pending:
+        pid = pending.pop()
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            continue
+        stopped.append(pid)
+        pending.extend(children(pid))
+    for pid in stopped:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     process.wait()
-    return len(victims)
+    return len(stopped)
 
 
 def report(name: str, passed: bool, figures: dict, results: list) -> None:

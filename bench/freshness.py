@@ -19,15 +19,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
+from pyspark.sql import SparkSession  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
-from lib.config import load_config  # noqa: E402
+from lib.config import Config, load_config  # noqa: E402
 from lib.spark import get_spark  # noqa: E402
 
 TABLES = ("enriched_events", "live_sessions", "live_recommendations")
 
 
-def commit_times(spark, path: str) -> dict[int, float]:
+def commit_times(spark: SparkSession, path: str) -> dict[int, float]:
     """batch id -> commit time (epoch seconds) of the table's commits made by the stream."""
     history = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").select("timestamp", "userMetadata").collect()
     times = {}
@@ -37,15 +38,8 @@ def commit_times(spark, path: str) -> dict[int, float]:
     return times
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config")
-    parser.add_argument("--since", type=float, default=0.0, help="only files landed after this time")
-    parser.add_argument("--json", help="write the figures here")
-    args = parser.parse_args()
-    cfg = load_config(args.config)
-    spark = get_spark("streamrec-freshness")
-    spark.sparkContext.setLogLevel("ERROR")
+def file_delays(spark: SparkSession, cfg: Config, since: float = 0.0) -> dict[str, list[tuple[float, float]]]:
+    """table -> [(landed at, delay until visible)] for every file landed after ``since``."""
     lake = cfg.paths.table
     batch_of_start = {
         r.started_at.timestamp(): r.batch_id
@@ -57,30 +51,48 @@ def main() -> int:
         .collect()
     )
     commits = {table: commit_times(spark, lake(table)) for table in TABLES}
-    delays: dict[str, list[float]] = {table: [] for table in TABLES}
+    delays: dict[str, list[tuple[float, float]]] = {table: [] for table in TABLES}
     for row in files:
         local = row.source_file.replace("file://", "").replace("file:", "")
         if not os.path.exists(local):
             continue
         landed = os.path.getmtime(local)
-        if landed < args.since:
+        if landed < since:
             continue
         batch = batch_of_start.get(row.ingested_at.timestamp())
         for table in TABLES:
             if batch is not None and batch in commits[table]:
-                delays[table].append(commits[table][batch] - landed)
+                delays[table].append((landed, commits[table][batch] - landed))
+    for series in delays.values():
+        series.sort()
+    return delays
+
+
+def summary(delays: dict[str, list[tuple[float, float]]]) -> dict[str, dict]:
     figures = {}
-    for table, values in delays.items():
+    for table, series in delays.items():
+        values = [delay for _, delay in series]
+        figures[table] = {"files": len(values)}
         if values:
-            figures[table] = {
-                "files": len(values),
+            figures[table] |= {
                 "p50_s": round(float(np.percentile(values, 50)), 2),
                 "p95_s": round(float(np.percentile(values, 95)), 2),
                 "max_s": round(float(np.max(values)), 2),
             }
-        else:
-            figures[table] = {"files": 0}
-        print(f"{table:<22} {figures[table]}")
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config")
+    parser.add_argument("--since", type=float, default=0.0, help="only files landed after this time")
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args()
+    spark = get_spark("streamrec-freshness")
+    spark.sparkContext.setLogLevel("ERROR")
+    figures = summary(file_delays(spark, load_config(args.config), args.since))
+    for table, values in figures.items():
+        print(f"{table:<22} {values}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0

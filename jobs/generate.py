@@ -86,20 +86,23 @@ def write_events(args, events_dir: str) -> None:
     writer = ActivityWriter(Path(events_dir), events, prefix=args.prefix, bad_share=args.bad_share, seed=args.seed)
     started = time.monotonic()
     interval = 1.0 / args.files_per_second if args.files_per_second > 0 else 0.0
-    files = 0
+    files = rows = bad = 0
     while (args.files is None or files < args.files) and (
         args.duration is None or time.monotonic() - started < args.duration
     ):
         writer.write_file(args.events_per_file)
         files += 1
+        # The ground truth goes out file by file: a long run must not hold it all in memory.
+        rows += len(writer.manifest)
+        bad += sum(1 for row in writer.manifest if row.expected_reason)
+        if args.manifest:
+            with open(args.manifest, "a", encoding="utf-8") as out:
+                out.writelines(json.dumps(dataclasses.asdict(row)) + "\n" for row in writer.manifest)
+        writer.manifest.clear()
         if interval:
             time.sleep(max(0.0, started + files * interval - time.monotonic()))
-    bad = sum(1 for row in writer.manifest if row.expected_reason)
-    log.info("wrote %d files, %d rows (%d malformed) to %s", files, len(writer.manifest), bad, events_dir)
+    log.info("wrote %d files, %d rows (%d malformed) to %s", files, rows, bad, events_dir)
     if args.manifest:
-        with open(args.manifest, "a", encoding="utf-8") as out:
-            for row in writer.manifest:
-                out.write(json.dumps(dataclasses.asdict(row)) + "\n")
         log.info("ground truth appended to %s", args.manifest)
 
 

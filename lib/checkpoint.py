@@ -31,7 +31,13 @@ def _process_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A killed driver whose parent (spark-submit's JVM) died with it stays a zombie until
+    # init reaps it: it exists for kill(0) but will never release the lock.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 @dataclass

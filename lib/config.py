@@ -67,6 +67,9 @@ class StreamConfig:
     max_files_per_trigger: int = 1
     trigger_interval: str = "1 second"
     max_line_chars: int = 4096
+    # Every this many micro-batches the stream compacts one of its tables (round robin), so
+    # small per-batch files do not pile up; 0 turns compaction off.
+    compact_every: int = 10
 
     @property
     def trigger_interval_seconds(self) -> float:
@@ -153,6 +156,8 @@ class Config:
     def validate(self) -> "Config":
         if self.stream.max_files_per_trigger < 1:
             raise ConfigError("stream.max_files_per_trigger must be >= 1")
+        if self.stream.compact_every < 0:
+            raise ConfigError("stream.compact_every must be >= 0 (0 turns compaction off)")
         if self.stream.trigger_interval_seconds < 0:
             raise ConfigError("stream.trigger_interval must not be negative")
         if self.stream.max_line_chars < 64:

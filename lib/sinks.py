@@ -127,3 +127,11 @@ class BatchSink:
             yield
         finally:
             self.spark.conf.unset(_COMMIT_USER_METADATA)
+
+
+def compact(spark: SparkSession, path: str) -> None:
+    """Bin-pack the table's small files (OPTIMIZE). It changes no data, so a replayed batch may
+    run it again harmlessly."""
+    metrics = DeltaTable.forPath(spark, path).optimize().executeCompaction().select("metrics").first()
+    if metrics is not None:
+        log.info("compacted %s: %s files removed, %s added", path, metrics[0].numFilesRemoved, metrics[0].numFilesAdded)

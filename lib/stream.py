@@ -66,7 +66,7 @@ from lib.schemas import (
     USER_PROFILES_SCHEMA,
 )
 from lib.sessions import event_fragments, is_closed, latest_session_per_user, merge_sessions, with_session_metrics
-from lib.sinks import BatchSink, ensure_delta_table
+from lib.sinks import BatchSink, compact, ensure_delta_table
 from lib.state import SessionStateStore
 from lib.sources import activity_lines_stream, ensure_dir, read_purchases, unsafe_files
 
@@ -86,6 +86,20 @@ _TABLE_SCHEMAS = {
     RECOMMENDATIONS: RECOMMENDATIONS_SCHEMA,
     LIVE_RECOMMENDATIONS: LIVE_RECOMMENDATIONS_SCHEMA,
 }
+
+# The tables only the stream writes, in the order compaction visits them (``recommendations``
+# is rewritten whole by jobs/train.py, which could run at the same time).
+COMPACTED_TABLES = (
+    ENRICHED_EVENTS, LIVE_SESSIONS, USER_PROFILES, LIVE_RECOMMENDATIONS, SESSION_FEATURES, STREAM_METRICS, QUARANTINE,
+)
+
+
+def table_to_compact(batch_id: int, every: int) -> str | None:
+    """The table batch ``batch_id`` compacts: one every ``every`` batches, in turn (0: none)."""
+    if every <= 0 or batch_id == 0 or batch_id % every:
+        return None
+    return COMPACTED_TABLES[(batch_id // every - 1) % len(COMPACTED_TABLES)]
+
 
 # A profile row is rewritten when the batch touched its user or its purchase side changed.
 _PROFILE_CHANGED = (
@@ -197,6 +211,7 @@ class SessionBatchWriter:
         self.fail_after = fail_after
         self.stop_requested = threading.Event()
         self._model: StoredModel | None = None
+        self._purchase_files: list[str] | None = None  # as of the last profile update
 
     @property
     def checkpoint(self) -> str:
@@ -331,7 +346,13 @@ class SessionBatchWriter:
                 return
             closed = sessions.where("_closed").select(USER_ID, SESSION_START, SESSION_END)
             increments = keep(profile_totals(events, closed, cfg.recommend))
-            concerned = increments.select(USER_ID).unionByName(purchases.select(USER_ID)).distinct()
+            # Users without new activity need a new row only when the purchase history changed
+            # (new files); the first batch of a run checks them all, which also covers a restart.
+            purchase_files = sorted(purchases.inputFiles())
+            concerned = increments.select(USER_ID)
+            if purchase_files != self._purchase_files:
+                concerned = concerned.unionByName(purchases.select(USER_ID))
+            concerned = concerned.distinct()
             stored = spark.read.format("delta").load(table(USER_PROFILES)).join(concerned, USER_ID, "left_semi")
             rows = keep(
                 with_profile_metrics(add_profile_totals(stored, increments), purchases, cfg.recommend, ingested_at)
@@ -340,6 +361,7 @@ class SessionBatchWriter:
             )
             profile_rows.append(rows)
             sink.upsert(rows, table(USER_PROFILES), [USER_ID], batch_id, update_condition=_PROFILE_CHANGED)
+            self._purchase_files = purchase_files
 
         def write_live_recommendations():
             model = self.current_model()
@@ -357,10 +379,13 @@ class SessionBatchWriter:
                     USER_ID, F.explode(F.map_keys(ITEM_ENGAGEMENT)).alias(ITEM_ID)
                 )
                 excluded = excluded.unionByName(seen)
+            # The inputs are small; materialized without their lineage, the long plans below
+            # (re-ranking, then the MERGE) are planned in a fraction of the time.
+            context, excluded = context.localCheckpoint(), excluded.localCheckpoint()
             recs = live_recommendations(
                 context, model.user_scores, model.item_neighbours, model.popularity, excluded,
                 cfg.recommend, model.version, ingested_at,
-            )
+            ).localCheckpoint()
             # Every rank slot of an active user: a slot without a new row is deleted.
             slots = context.select(USER_ID).crossJoin(
                 spark.range(1, cfg.recommend.top_k + 1).select(F.col("id").cast("int").alias(RANK))
@@ -388,6 +413,10 @@ class SessionBatchWriter:
                 write()
             if name == self.fail_after:
                 raise InjectedFault(f"fault injected after the {name} write of batch {batch_id}")
+        to_compact = table_to_compact(batch_id, cfg.stream.compact_every)
+        if to_compact:
+            with report.stage("compact"):
+                compact(spark, table(to_compact))
         with report.stage("metrics"):
             report.duration_s = time.time() - started_at / 1_000_000
             sink.append(_metrics_row(spark, report, started_at), table(STREAM_METRICS), batch_id)

@@ -54,3 +54,14 @@ def test_unknown_section_in_file(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_compaction_visits_each_stream_table_in_turn_and_can_be_off():
+    from lib.stream import COMPACTED_TABLES, table_to_compact
+
+    every = 3
+    chosen = [table_to_compact(b, every) for b in range(0, every * len(COMPACTED_TABLES) + 1)]
+    assert [t for t in chosen if t] == list(COMPACTED_TABLES)
+    assert chosen[0] is None and chosen[1] is None and chosen[every] == COMPACTED_TABLES[0]
+    assert "recommendations" not in COMPACTED_TABLES  # rewritten by train.py, maybe concurrently
+    assert table_to_compact(30, 0) is None

@@ -1,0 +1,520 @@
+"""Benchmark (`make bench`; `make bench ARGS=--quick` for a run of a few minutes): catch-up
+throughput beside DuckDB, freshness under steady load, a soak, and scaling in users and in
+events per file. Every figure comes from running the real jobs through ./spark-submit.sh.
+
+  .venv/bin/python bench/benchmark.py                      # full scale, about 1.5 hours on 2 cores
+  .venv/bin/python bench/benchmark.py --quick              # small scale: checks the plumbing, not the targets
+  .venv/bin/python bench/benchmark.py --only catchup,scaling
+
+Results: <out>/bench.json (figures, machine, settings), bench.md (the printed tables) and
+bench.png (latency over time under load, memory over the soak, throughput against scale).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import pyarrow.parquet as pq  # noqa: E402
+
+from bench.chaos import descendants  # noqa: E402
+from bench.freshness import file_delays, summary  # noqa: E402
+from lib.config import load_config  # noqa: E402
+
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+SUBMIT = str(ROOT / "spark-submit.sh")
+ITEMS = 1000
+BATCH_LINE = re.compile(r"INFO lib\.stream: batch (\d+): (\d+) rows in ([\d.]+) s")
+STREAM_TABLES = ("enriched_events", "session_features", "live_sessions", "quarantine", "stream_metrics",
+                 "user_profiles", "live_recommendations")
+
+
+@dataclass(frozen=True)
+class Scale:
+    repeats: int = 3
+    catchup_files: int = 100
+    catchup_events_per_file: int = 20_000
+    catchup_users: int = 10_000
+    catchup_files_per_trigger: int = 100
+    fresh_rates: tuple[int, ...] = (1000, 2000, 5000)
+    fresh_seconds: int = 300
+    fresh_files_per_trigger: int = 30
+    soak_seconds: int = 1800
+    soak_rate: int = 2000
+    soak_users: int = 100_000
+    sample_every_s: float = 15.0
+    scale_users: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    scale_user_files: int = 6
+    scale_user_events_per_file: int = 20_000
+    scale_events_per_file: tuple[int, ...] = (1000, 10_000, 100_000)
+    scale_files_per_size: int = 4
+    seed_files: int = 10
+    seed_events_per_file: int = 10_000
+
+
+FULL = Scale()
+QUICK = Scale(
+    repeats=1, catchup_files=10, catchup_events_per_file=2000, catchup_users=1000, catchup_files_per_trigger=10,
+    fresh_rates=(1000,), fresh_seconds=30, soak_seconds=0, sample_every_s=5.0,
+    scale_users=(2000,), scale_user_files=3, scale_user_events_per_file=2000,
+    scale_events_per_file=(500, 5000), scale_files_per_size=2, seed_files=2, seed_events_per_file=2000,
+)
+
+
+class Workdir:
+    """One benchmark run's folder and config; the input folder may be shared between runs."""
+
+    def __init__(self, root: Path, name: str, incoming: Path | None = None, purchases: Path | None = None, stream: dict | None = None):
+        self.dir = root / name
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        self.incoming = incoming or self.dir / "incoming"
+        self.purchases = purchases or self.dir / "purchases"
+        self.lake = self.dir / "lake"
+        self.checkpoints = self.dir / "checkpoints"
+        self.config = self.dir / "pipeline.toml"
+        settings = {"max_files_per_trigger": 1, **(stream or {})}
+        self.config.write_text(
+            "[paths]\n"
+            f'events_dir = "{self.incoming}"\npurchases = "{self.purchases}"\nlake = "{self.lake}"\n'
+            f'checkpoints = "{self.checkpoints}"\n[stream]\n'
+            + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+        )
+        self.log = self.dir / "stream.log"
+
+    def cfg(self):
+        return load_config(self.config)
+
+    def generate(self, *args: str) -> None:
+        subprocess.run([PYTHON, "jobs/generate.py", "--config", str(self.config), "--log-level", "WARNING", *args], cwd=ROOT, check=True)
+
+    def generator(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([PYTHON, "jobs/generate.py", "--config", str(self.config), "--log-level", "WARNING", *args], cwd=ROOT)
+
+    def job(self, script: str, *args: str) -> float:
+        """Run a job to the end; returns its wall-clock seconds."""
+        started = time.monotonic()
+        with open(self.log, "a") as log:
+            subprocess.run([SUBMIT, script, "--config", str(self.config), *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
+        return time.monotonic() - started
+
+    def start_stream(self, *args: str) -> subprocess.Popen:
+        log = open(self.log, "a")
+        return subprocess.Popen([SUBMIT, "jobs/stream.py", "--config", str(self.config), *args], cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def batches(self) -> list[tuple[int, int, float]]:
+        """(batch id, input lines, seconds) of every batch the stream logged."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return [(int(b), int(n), float(s)) for b, n, s in BATCH_LINE.findall(text)]
+
+    def use_model(self, seed: Workdir) -> None:
+        shutil.copytree(seed.lake / "models", self.lake / "models")
+
+
+def machine() -> dict:
+    memory_kb = int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")))
+    from importlib import metadata
+
+    return {
+        "cores": os.cpu_count(), "memory_gb": round(memory_kb / 1024 / 1024, 1), "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(), "pyspark": metadata.version("pyspark"),
+        "delta_spark": metadata.version("delta-spark"), "duckdb": metadata.version("duckdb"),
+        "spark_defaults": (ROOT / "conf" / "spark-defaults.conf").read_text().split("\n"),
+    }
+
+
+# ---------------------------------------------------------------- DuckDB baseline
+def duckdb_pipeline(incoming: Path, purchases: Path, out: Path, threads: int = 2) -> dict:
+    """The stream's computation done in batch by DuckDB: point-in-time enrichment,
+    sessionization with a 30-minute gap and per-session features (incl. purchase history as of
+    the session start), written to Parquet. Returns row counts."""
+    import duckdb
+
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    con = duckdb.connect(config={"threads": threads})
+    con.execute(f"""
+        CREATE TEMP TABLE events AS
+        SELECT user_id, item_id, lower(trim(event_type)) AS event_type, "timestamp" AS event_ts, filename AS source_file
+        FROM read_csv('{incoming}/*.csv', header = true, filename = true,
+                      columns = {{'user_id': 'INTEGER', 'item_id': 'INTEGER', 'event_type': 'VARCHAR', 'timestamp': 'TIMESTAMP'}})
+        WHERE user_id > 0 AND item_id > 0 AND lower(trim(event_type)) IN ('view', 'click', 'add_to_cart')""")
+    con.execute(f"CREATE TEMP TABLE purchases AS SELECT * FROM read_parquet('{purchases}/**/*.parquet')")
+    history = """
+        (SELECT k.user_id, k.as_of, count(p.purchase_date) AS past_purchases, avg(p.purchase_amount) AS avg_purchase_amount
+         FROM (SELECT DISTINCT user_id, CAST({ts} AS DATE) AS as_of FROM {source}) k
+         LEFT JOIN purchases p ON p.user_id = k.user_id AND p.purchase_date < k.as_of
+         GROUP BY k.user_id, k.as_of)"""
+    con.execute(f"""
+        COPY (SELECT e.*, h.avg_purchase_amount, h.past_purchases FROM events e
+              JOIN {history.format(ts='event_ts', source='events')} h ON h.user_id = e.user_id AND h.as_of = CAST(e.event_ts AS DATE))
+        TO '{out}/enriched_events.parquet' (FORMAT parquet)""")
+    con.execute("""
+        CREATE TEMP TABLE sessions AS
+        WITH flagged AS (
+            SELECT *, CASE WHEN event_ts - lag(event_ts) OVER w > INTERVAL 30 MINUTE OR lag(event_ts) OVER w IS NULL
+                      THEN 1 ELSE 0 END AS starts
+            FROM events WINDOW w AS (PARTITION BY user_id ORDER BY event_ts)),
+        numbered AS (SELECT *, sum(starts) OVER (PARTITION BY user_id ORDER BY event_ts ROWS UNBOUNDED PRECEDING) AS n FROM flagged)
+        SELECT user_id, min(event_ts) AS session_start, max(event_ts) AS session_end, count(*) AS num_events,
+               count_if(event_type = 'view') AS num_views, count_if(event_type = 'click') AS num_clicks,
+               count_if(event_type = 'add_to_cart') AS num_add_to_cart, arg_max(event_type, event_ts) AS last_event
+        FROM numbered GROUP BY user_id, n""")
+    con.execute(f"""
+        COPY (SELECT s.user_id || '-' || epoch_us(s.session_start) AS session_id, s.*,
+                     epoch_us(s.session_end - s.session_start) / 1e6 AS session_length_s,
+                     CASE WHEN s.num_events > 1 THEN epoch_us(s.session_end - s.session_start) / 1e6 / (s.num_events - 1) END AS avg_time_gap_s,
+                     h.avg_purchase_amount, h.past_purchases
+              FROM sessions s JOIN {history.format(ts='session_start', source='sessions')} h
+                ON h.user_id = s.user_id AND h.as_of = CAST(s.session_start AS DATE))
+        TO '{out}/session_features.parquet' (FORMAT parquet)""")
+    counts = {"events": con.execute("SELECT count(*) FROM events").fetchone()[0],
+              "sessions": con.execute("SELECT count(*) FROM sessions").fetchone()[0]}
+    con.close()
+    return counts
+
+
+# ---------------------------------------------------------------- observations of a running stream
+def active_files(table: Path) -> int:
+    """Data files in the table's current snapshot, from its Delta log (no Spark)."""
+    log = table / "_delta_log"
+    files: set[str] = set()
+    start = -1
+    last = log / "_last_checkpoint"
+    if last.exists():
+        start = json.loads(last.read_text())["version"]
+        for part in sorted(log.glob(f"{start:020d}.checkpoint*.parquet")):
+            files.update(a["path"] for a in pq.read_table(part, columns=["add"]).column("add").to_pylist() if a)
+    for commit in sorted(log.glob("*.json")):
+        if int(commit.name.split(".")[0]) <= start:
+            continue
+        for line in commit.read_text().splitlines():
+            action = json.loads(line)
+            if "add" in action:
+                files.add(action["add"]["path"])
+            elif "remove" in action:
+                files.discard(action["remove"]["path"])
+    return len(files)
+
+
+def state_rows(checkpoints: Path) -> int | None:
+    """Open sessions in the newest complete session-state folder."""
+    folders = [f for f in checkpoints.glob("session_state/*/batch=*") if (f / "_SUCCESS").exists()]
+    if not folders:
+        return None
+    newest = max(folders, key=lambda f: int(f.name.split("=")[1]))
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in newest.glob("*.parquet"))
+
+
+def folder_mb(path: Path) -> float:
+    return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6, 2) if path.exists() else 0.0
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return round(int(next(l.split()[1] for l in status if l.startswith("VmRSS"))) / 1024, 1)
+    except (OSError, StopIteration):
+        return 0.0
+
+
+def stream_processes(stream: subprocess.Popen) -> dict[str, int]:
+    """The JVM and the Python driver under ./spark-submit.sh."""
+    found = {}
+    for pid in descendants(stream.pid):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if command and command[0].endswith(b"java"):
+            found["jvm"] = pid
+        elif any(part.endswith(b"jobs/stream.py") for part in command) and b"spark-submit" not in command[0]:
+            found["driver"] = pid
+    return found
+
+
+def sample(work: Workdir, stream: subprocess.Popen, started: float) -> dict:
+    processes = stream_processes(stream)
+    return {
+        "t_s": round(time.monotonic() - started, 1),
+        "jvm_rss_mb": rss_mb(processes.get("jvm", -1)),
+        "driver_rss_mb": rss_mb(processes.get("driver", -1)),
+        "state_rows": state_rows(work.checkpoints),
+        "checkpoint_mb": folder_mb(work.checkpoints),
+        "lake_mb": folder_mb(work.lake),
+        "active_files": {t: active_files(work.lake / t) for t in STREAM_TABLES if (work.lake / t / "_delta_log").exists()},
+        "batches": len(work.batches()),
+    }
+
+
+# ---------------------------------------------------------------- the measurements
+def seed_model(root: Path, scale: Scale) -> Workdir:
+    """A lake with a committed model, copied into every run so live_recommendations are produced."""
+    seed = Workdir(root, "seed", stream={"max_files_per_trigger": 50})
+    seed.generate("purchases", "--users", str(scale.catchup_users), "--items", str(ITEMS), "--purchases", str(scale.catchup_users * 5))
+    seed.generate("events", "--files", str(scale.seed_files), "--events-per-file", str(scale.seed_events_per_file),
+                  "--files-per-second", "0", "--users", str(scale.catchup_users), "--items", str(ITEMS))
+    seed.job("jobs/stream.py", "--available-now")
+    seed.job("jobs/train.py")
+    return seed
+
+
+def catchup(root: Path, scale: Scale, seed: Workdir, spark) -> dict:
+    data = Workdir(root, "catchup_input")
+    data.generate("purchases", "--users", str(scale.catchup_users), "--items", str(ITEMS), "--purchases", str(scale.catchup_users * 5))
+    data.generate("events", "--files", str(scale.catchup_files), "--events-per-file", str(scale.catchup_events_per_file),
+                  "--files-per-second", "0", "--users", str(scale.catchup_users), "--items", str(ITEMS), "--out-of-order-share", "0")
+    events = scale.catchup_files * scale.catchup_events_per_file
+    spark_runs, duckdb_runs = [], []
+    for attempt in range(scale.repeats):
+        run = Workdir(root, f"catchup_{attempt}", incoming=data.incoming, purchases=data.purchases,
+                      stream={"max_files_per_trigger": scale.catchup_files_per_trigger})
+        run.use_model(seed)
+        wall = run.job("jobs/stream.py", "--available-now")
+        stages = stage_seconds(spark, run)
+        spark_runs.append({"wall_s": round(wall, 2), "batches": len(run.batches()),
+                           "batch_s": round(sum(s for _, _, s in run.batches()), 2), "stages_s": stages})
+        started = time.monotonic()
+        counts = duckdb_pipeline(data.incoming, data.purchases, root / "catchup_duckdb")
+        duckdb_runs.append({"wall_s": round(time.monotonic() - started, 2), **counts})
+        print(f"  catch-up run {attempt + 1}: spark {wall:.1f} s, duckdb {duckdb_runs[-1]['wall_s']:.1f} s", flush=True)
+    spark_s = statistics.median(r["wall_s"] for r in spark_runs)
+    duckdb_s = statistics.median(r["wall_s"] for r in duckdb_runs)
+    rows = spark.read.format("delta").load(str(root / "catchup_0" / "lake" / "enriched_events")).count()
+    return {
+        "events": events, "files": scale.catchup_files, "users": scale.catchup_users,
+        "max_files_per_trigger": scale.catchup_files_per_trigger, "enriched_rows": rows,
+        "spark_median_s": spark_s, "spark_events_per_s": round(events / spark_s),
+        "spark_processing_events_per_s": round(events / statistics.median(r["batch_s"] for r in spark_runs)),
+        "duckdb_median_s": duckdb_s, "duckdb_events_per_s": round(events / duckdb_s),
+        "spark_to_duckdb": round(spark_s / duckdb_s, 1), "runs": {"spark": spark_runs, "duckdb": duckdb_runs},
+    }
+
+
+def stage_seconds(spark, run: Workdir) -> dict[str, float]:
+    """Seconds per stage of the batch, summed over the run's batches (from the stream's log)."""
+    totals: dict[str, float] = {}
+    for line in run.log.read_text(errors="replace").splitlines():
+        if "INFO lib.stream: batch " in line and "[" in line:
+            for name, seconds in re.findall(r"(\w+)=([\d.]+)", line.rsplit("[", 1)[1]):
+                totals[name] = round(totals.get(name, 0.0) + float(seconds), 2)
+    return totals
+
+
+def steady_load(root: Path, name: str, scale: Scale, seed: Workdir, spark, rate: int, seconds: int, users: int) -> dict:
+    """One file per second of ``rate`` events for ``seconds``; per-file freshness, and samples of
+    memory, state and files while it runs."""
+    run = Workdir(root, name, stream={"max_files_per_trigger": scale.fresh_files_per_trigger})
+    run.generate("purchases", "--users", str(users), "--items", str(ITEMS), "--purchases", str(users * 5))
+    run.use_model(seed)
+    run.generate("events", "--files", "1", "--events-per-file", str(rate), "--files-per-second", "0",
+                 "--users", str(users), "--items", str(ITEMS), "--prefix", "warmup")
+    stream = run.start_stream()
+    started = time.monotonic()
+    samples: list[dict] = []
+    try:
+        while not run.batches():  # warm: the first batch is the JVM's slowest
+            if stream.poll() is not None or time.monotonic() - started > 600:
+                raise RuntimeError(f"stream did not start; see {run.log}")
+            time.sleep(1)
+        since = time.time()
+        generator = run.generator("events", "--duration", str(seconds), "--events-per-file", str(rate), "--files-per-second", "1",
+                                  "--users", str(users), "--items", str(ITEMS), "--start", "2024-03-01")
+        next_sample = time.monotonic()
+        expected = None
+        deadline = time.monotonic() + seconds * 4 + 600
+        while time.monotonic() < deadline:
+            if time.monotonic() >= next_sample:
+                samples.append(sample(run, stream, started))
+                next_sample += scale.sample_every_s
+            if expected is None and generator.poll() is not None:
+                expected = sum(1 for p in run.incoming.glob("*.csv")) * (rate + 1)  # + a header line each
+            if expected is not None and sum(n for _, n, _ in run.batches()) >= expected:
+                break
+            time.sleep(1)
+        samples.append(sample(run, stream, started))
+    finally:
+        stream.send_signal(signal.SIGTERM)
+        try:
+            stream.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            stream.kill()
+    delays = file_delays(spark, run.cfg(), since)
+    figures = summary(delays)
+    print(f"  {name}: " + ", ".join(f"{t} p50 {v.get('p50_s')} p95 {v.get('p95_s')} max {v.get('max_s')}" for t, v in figures.items()), flush=True)
+    return {
+        "rate_events_per_s": rate, "seconds": seconds, "users": users, "files": figures["enriched_events"]["files"],
+        "freshness": figures, "series": {t: [(round(l - since, 1), round(d, 2)) for l, d in s] for t, s in delays.items()},
+        "samples": samples, "stages_s": stage_seconds(spark, run), "batches": len(run.batches()),
+    }
+
+
+def scaling(root: Path, scale: Scale, spark) -> dict:
+    """Per-batch cost against users (same events) and against events per file (same users).
+    The first batch of each run pays for the JVM's warm-up and is left out."""
+    by_users = []
+    for users in scale.scale_users:
+        run = Workdir(root, f"scale_users_{users}")
+        run.generate("purchases", "--users", str(users), "--items", str(ITEMS), "--purchases", str(min(users * 5, 500_000)))
+        run.generate("events", "--files", str(scale.scale_user_files), "--events-per-file", str(scale.scale_user_events_per_file),
+                     "--files-per-second", "0", "--users", str(users), "--items", str(ITEMS))
+        run.job("jobs/stream.py", "--available-now")
+        warm = [(n, s) for b, n, s in run.batches() if b > 0]
+        by_users.append({"users": users, "events_per_batch": scale.scale_user_events_per_file,
+                         "median_batch_s": round(statistics.median(s for _, s in warm), 2),
+                         "events_per_s": round(sum(n for n, _ in warm) / sum(s for _, s in warm))})
+        print(f"  users {users}: {by_users[-1]}", flush=True)
+    run = Workdir(root, "scale_events")
+    run.generate("purchases", "--users", str(scale.catchup_users), "--items", str(ITEMS), "--purchases", str(scale.catchup_users * 5))
+    for size in scale.scale_events_per_file:
+        run.generate("events", "--files", str(scale.scale_files_per_size), "--events-per-file", str(size), "--files-per-second", "0",
+                     "--users", str(scale.catchup_users), "--items", str(ITEMS), "--prefix", f"size{size:07d}")
+    run.job("jobs/stream.py", "--available-now")
+    batches = run.batches()
+    by_events = []
+    for size in scale.scale_events_per_file:
+        warm = [s for b, n, s in batches if b > 0 and n == size + 1]
+        if warm:
+            by_events.append({"events_per_file": size, "batches": len(warm), "median_batch_s": round(statistics.median(warm), 2),
+                              "events_per_s": round(size / statistics.median(warm))})
+            print(f"  events per file {size}: {by_events[-1]}", flush=True)
+    return {"by_users": by_users, "by_events_per_file": by_events}
+
+
+# ---------------------------------------------------------------- report
+def markdown(results: dict) -> str:
+    lines = [f"machine: {results['machine']['cores']} cores, {results['machine']['memory_gb']} GB, "
+             f"pyspark {results['machine']['pyspark']}, delta-spark {results['machine']['delta_spark']}, duckdb {results['machine']['duckdb']}", ""]
+    if "catchup" in results:
+        c = results["catchup"]
+        lines += ["| catch-up | events | median wall s | events/s |", "|---|---|---|---|",
+                  f"| spark stream (all tables, {c['max_files_per_trigger']} files/batch) | {c['events']} | {c['spark_median_s']} | {c['spark_events_per_s']} |",
+                  f"| duckdb batch (enriched + session features) | {c['events']} | {c['duckdb_median_s']} | {c['duckdb_events_per_s']} |",
+                  f"| ratio spark/duckdb | | {c['spark_to_duckdb']} | |", ""]
+    loads = [v for k, v in results.items() if k.startswith("fresh_") or k == "soak"]
+    if loads:
+        lines += ["| load | events/s | users | files | table | p50 s | p95 s | max s |", "|---|---|---|---|---|---|---|---|"]
+        for load in loads:
+            for table, f in load["freshness"].items():
+                lines.append(f"| {load['seconds']} s | {load['rate_events_per_s']} | {load['users']} | {f['files']} | {table} | "
+                             f"{f.get('p50_s')} | {f.get('p95_s')} | {f.get('max_s')} |")
+        lines.append("")
+    if "soak" in results:
+        s = results["soak"]["samples"]
+        first, last = s[min(len(s) - 1, max(1, len(s) // 6))], s[-1]
+        lines += ["| soak (after warm-up -> end) | value |", "|---|---|",
+                  f"| JVM RSS MB | {first['jvm_rss_mb']} -> {last['jvm_rss_mb']} |",
+                  f"| driver RSS MB | {first['driver_rss_mb']} -> {last['driver_rss_mb']} |",
+                  f"| state rows | {first['state_rows']} -> {last['state_rows']} |",
+                  f"| checkpoint MB | {first['checkpoint_mb']} -> {last['checkpoint_mb']} |",
+                  f"| max active files per table | {max(first['active_files'].values())} -> {max(last['active_files'].values())} |", ""]
+    if "scaling" in results:
+        lines += ["| scaling | median batch s | events/s |", "|---|---|---|"]
+        lines += [f"| {r['users']} users, {r['events_per_batch']} events/batch | {r['median_batch_s']} | {r['events_per_s']} |"
+                  for r in results["scaling"]["by_users"]]
+        lines += [f"| {r['events_per_file']} events/file (1 file/batch) | {r['median_batch_s']} | {r['events_per_s']} |"
+                  for r in results["scaling"]["by_events_per_file"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5))
+    for key, load in results.items():
+        if key.startswith("fresh_") or key == "soak":
+            for table, series in load["series"].items():
+                if series:
+                    axes[0].plot([t for t, _ in series], [d for _, d in series], ".", ms=3, label=f"{key} {table}")
+    axes[0].set(title="freshness per file (landed -> visible)", xlabel="s since load start", ylabel="delay s", yscale="log")
+    axes[0].legend(fontsize=6)
+    samples = results.get("soak", next((v for k, v in results.items() if k.startswith("fresh_")), {})).get("samples", [])
+    if samples:
+        t = [s["t_s"] for s in samples]
+        axes[1].plot(t, [s["jvm_rss_mb"] for s in samples], label="JVM RSS MB")
+        axes[1].plot(t, [s["driver_rss_mb"] for s in samples], label="driver RSS MB")
+        axes[1].plot(t, [s["checkpoint_mb"] for s in samples], label="checkpoint MB")
+        axes[1].plot(t, [max(s["active_files"].values(), default=0) for s in samples], label="max active files/table")
+        axes[1].set(title="soak", xlabel="s")
+        axes[1].legend(fontsize=7)
+    if "scaling" in results:
+        users = results["scaling"]["by_users"]
+        sizes = results["scaling"]["by_events_per_file"]
+        axes[2].plot([r["users"] for r in users], [r["events_per_s"] for r in users], "o-", label="events/s vs users")
+        axes[2].plot([r["events_per_file"] for r in sizes], [r["events_per_s"] for r in sizes], "s-", label="events/s vs events per file")
+        axes[2].set(title="throughput against scale", xscale="log", xlabel="users / events per file", ylabel="events/s")
+        axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+SECTIONS = ("catchup", "freshness", "soak", "scaling")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small scale, a few minutes")
+    parser.add_argument("--only", help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    parser.add_argument("--rates", help="comma-separated events/s for the freshness runs (default: the scale's)")
+    parser.add_argument("--root", default="/tmp/streamrec-bench", help="scratch folder for the runs")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="where bench.json/md/png go")
+    args = parser.parse_args()
+    scale = QUICK if args.quick else FULL
+    if args.rates:
+        scale = replace(scale, fresh_rates=tuple(int(r) for r in args.rates.split(",")))
+    chosen = args.only.split(",") if args.only else list(SECTIONS)
+    unknown = set(chosen) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    root, out = Path(args.root), Path(args.out)
+    root.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"machine": machine(), "scale": asdict(scale), "quick": args.quick, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    from lib.spark import get_spark
+
+    spark = get_spark("streamrec-bench", {"spark.ui.enabled": "false", "spark.driver.memory": "1g"})
+    spark.sparkContext.setLogLevel("ERROR")
+    started = time.monotonic()
+    seed = seed_model(root, scale) if set(chosen) & {"catchup", "freshness", "soak"} else None
+    if "catchup" in chosen:
+        print("=== catch-up", flush=True)
+        results["catchup"] = catchup(root, scale, seed, spark)
+    if "freshness" in chosen:
+        for rate in scale.fresh_rates:
+            print(f"=== freshness at {rate} events/s", flush=True)
+            results[f"fresh_{rate}"] = steady_load(root, f"fresh_{rate}", scale, seed, spark, rate, scale.fresh_seconds, scale.catchup_users)
+    if "soak" in chosen and scale.soak_seconds:
+        print(f"=== soak: {scale.soak_seconds} s at {scale.soak_rate} events/s, {scale.soak_users} users", flush=True)
+        results["soak"] = steady_load(root, "soak", scale, seed, spark, scale.soak_rate, scale.soak_seconds, scale.soak_users)
+    if "scaling" in chosen:
+        print("=== scaling", flush=True)
+        results["scaling"] = scaling(root, scale, spark)
+    results["total_s"] = round(time.monotonic() - started, 1)
+    (out / "bench.json").write_text(json.dumps(results, indent=2, default=str))
+    (out / "bench.md").write_text(markdown(results))
+    plot(results, out / "bench.png")
+    print("\n" + markdown(results) + f"\ntotal {results['total_s']} s; results in {out}/bench.json, bench.md, bench.png")
+    spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
