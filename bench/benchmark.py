@@ -51,7 +51,9 @@ class Scale:
     catchup_files_per_trigger: int = 100
     fresh_rates: tuple[int, ...] = (1000, 2000, 5000)
     fresh_seconds: int = 300
-    fresh_files_per_trigger: int = 30
+    # No practical cap: under load each batch takes every file waiting (a cap below the backlog
+    # makes the stream fall behind, and Spark then plans from its cached listing).
+    fresh_files_per_trigger: int = 1000
     soak_seconds: int = 1800
     soak_rate: int = 2000
     soak_users: int = 100_000
@@ -77,23 +79,28 @@ QUICK = Scale(
 class Workdir:
     """One benchmark run's folder and config; the input folder may be shared between runs."""
 
-    def __init__(self, root: Path, name: str, incoming: Path | None = None, purchases: Path | None = None, stream: dict | None = None):
+    def __init__(self, root: Path, name: str, incoming: Path | None = None, purchases: Path | None = None,
+                 stream: dict | None = None, keep: bool = False):
+        """:param keep: use the folder as a previous run left it (else it starts empty)."""
         self.dir = root / name
-        shutil.rmtree(self.dir, ignore_errors=True)
-        self.dir.mkdir(parents=True)
+        if not keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.incoming = incoming or self.dir / "incoming"
         self.purchases = purchases or self.dir / "purchases"
         self.lake = self.dir / "lake"
         self.checkpoints = self.dir / "checkpoints"
         self.config = self.dir / "pipeline.toml"
+        self.log = self.dir / "stream.log"
         settings = {"max_files_per_trigger": 1, **(stream or {})}
+        if keep and self.config.exists():
+            return
         self.config.write_text(
             "[paths]\n"
             f'events_dir = "{self.incoming}"\npurchases = "{self.purchases}"\nlake = "{self.lake}"\n'
             f'checkpoints = "{self.checkpoints}"\n[stream]\n'
             + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
         )
-        self.log = self.dir / "stream.log"
 
     def cfg(self):
         return load_config(self.config)
@@ -262,8 +269,10 @@ def sample(work: Workdir, stream: subprocess.Popen, started: float) -> dict:
 
 
 # ---------------------------------------------------------------- the measurements
-def seed_model(root: Path, scale: Scale) -> Workdir:
+def seed_model(root: Path, scale: Scale, reuse: bool = False) -> Workdir:
     """A lake with a committed model, copied into every run so live_recommendations are produced."""
+    if reuse and any((root / "seed" / "lake" / "models").glob("*/_COMMITTED")):
+        return Workdir(root, "seed", keep=True)
     seed = Workdir(root, "seed", stream={"max_files_per_trigger": 50})
     seed.generate("purchases", "--users", str(scale.catchup_users), "--items", str(ITEMS), "--purchases", str(scale.catchup_users * 5))
     seed.generate("events", "--files", str(scale.seed_files), "--events-per-file", str(scale.seed_events_per_file),
@@ -315,9 +324,11 @@ def stage_seconds(spark, run: Workdir) -> dict[str, float]:
     return totals
 
 
-def steady_load(root: Path, name: str, scale: Scale, seed: Workdir, spark, rate: int, seconds: int, users: int) -> dict:
+def steady_load(root: Path, name: str, scale: Scale, seed: Workdir, spark, rate: int, seconds: int, users: int,
+                drain: bool = True) -> dict:
     """One file per second of ``rate`` events for ``seconds``; per-file freshness, and samples of
-    memory, state and files while it runs."""
+    memory, state and files while it runs. With ``drain`` the stream runs until it processed
+    every file; without, it stops after the batch running when the load ends (the soak)."""
     run = Workdir(root, name, stream={"max_files_per_trigger": scale.fresh_files_per_trigger})
     run.generate("purchases", "--users", str(users), "--items", str(ITEMS), "--purchases", str(users * 5))
     run.use_model(seed)
@@ -342,6 +353,11 @@ def steady_load(root: Path, name: str, scale: Scale, seed: Workdir, spark, rate:
                 samples.append(sample(run, stream, started))
                 next_sample += scale.sample_every_s
             if expected is None and generator.poll() is not None:
+                if not drain:
+                    batches_at_end = len(run.batches())
+                    while len(run.batches()) == batches_at_end and stream.poll() is None:
+                        time.sleep(1)
+                    break
                 expected = sum(1 for p in run.incoming.glob("*.csv")) * (rate + 1)  # + a header line each
             if expected is not None and sum(n for _, n, _ in run.batches()) >= expected:
                 break
@@ -355,9 +371,13 @@ def steady_load(root: Path, name: str, scale: Scale, seed: Workdir, spark, rate:
             stream.kill()
     delays = file_delays(spark, run.cfg(), since)
     figures = summary(delays)
+    # The generator shares the 2 cores with the stream: what it achieved is the load, not the ask.
+    landed = sorted(p.stat().st_mtime for p in run.incoming.glob("activity-*.csv"))
+    offered = round(len(landed) * rate / (landed[-1] - since)) if landed else 0
     print(f"  {name}: " + ", ".join(f"{t} p50 {v.get('p50_s')} p95 {v.get('p95_s')} max {v.get('max_s')}" for t, v in figures.items()), flush=True)
     return {
-        "rate_events_per_s": rate, "seconds": seconds, "users": users, "files": figures["enriched_events"]["files"],
+        "rate_events_per_s": rate, "offered_events_per_s": offered, "seconds": seconds, "users": users,
+        "files": figures["enriched_events"]["files"], "files_landed": len(landed),
         "freshness": figures, "series": {t: [(round(l - since, 1), round(d, 2)) for l, d in s] for t, s in delays.items()},
         "samples": samples, "stages_s": stage_seconds(spark, run), "batches": len(run.batches()),
     }
@@ -407,10 +427,11 @@ def markdown(results: dict) -> str:
                   f"| ratio spark/duckdb | | {c['spark_to_duckdb']} | |", ""]
     loads = [v for k, v in results.items() if k.startswith("fresh_") or k == "soak"]
     if loads:
-        lines += ["| load | events/s | users | files | table | p50 s | p95 s | max s |", "|---|---|---|---|---|---|---|---|"]
+        lines += ["| load | asked events/s | achieved events/s | users | files | table | p50 s | p95 s | max s |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for load in loads:
             for table, f in load["freshness"].items():
-                lines.append(f"| {load['seconds']} s | {load['rate_events_per_s']} | {load['users']} | {f['files']} | {table} | "
+                lines.append(f"| {load['seconds']} s | {load['rate_events_per_s']} | {load['offered_events_per_s']} | {load['users']} | {f['files']} | {table} | "
                              f"{f.get('p50_s')} | {f.get('p95_s')} | {f.get('max_s')} |")
         lines.append("")
     if "soak" in results:
@@ -472,6 +493,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small scale, a few minutes")
     parser.add_argument("--only", help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    parser.add_argument("--reuse-seed", action="store_true", help="keep the model of a previous run under --root")
     parser.add_argument("--rates", help="comma-separated events/s for the freshness runs (default: the scale's)")
     parser.add_argument("--root", default="/tmp/streamrec-bench", help="scratch folder for the runs")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="where bench.json/md/png go")
@@ -493,7 +515,7 @@ def main() -> int:
     spark = get_spark("streamrec-bench", {"spark.ui.enabled": "false", "spark.driver.memory": "1g"})
     spark.sparkContext.setLogLevel("ERROR")
     started = time.monotonic()
-    seed = seed_model(root, scale) if set(chosen) & {"catchup", "freshness", "soak"} else None
+    seed = seed_model(root, scale, args.reuse_seed) if set(chosen) & {"catchup", "freshness", "soak"} else None
     if "catchup" in chosen:
         print("=== catch-up", flush=True)
         results["catchup"] = catchup(root, scale, seed, spark)
@@ -503,7 +525,8 @@ def main() -> int:
             results[f"fresh_{rate}"] = steady_load(root, f"fresh_{rate}", scale, seed, spark, rate, scale.fresh_seconds, scale.catchup_users)
     if "soak" in chosen and scale.soak_seconds:
         print(f"=== soak: {scale.soak_seconds} s at {scale.soak_rate} events/s, {scale.soak_users} users", flush=True)
-        results["soak"] = steady_load(root, "soak", scale, seed, spark, scale.soak_rate, scale.soak_seconds, scale.soak_users)
+        results["soak"] = steady_load(root, "soak", scale, seed, spark, scale.soak_rate, scale.soak_seconds, scale.soak_users,
+                                      drain=False)
     if "scaling" in chosen:
         print("=== scaling", flush=True)
         results["scaling"] = scaling(root, scale, spark)

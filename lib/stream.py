@@ -379,8 +379,8 @@ class SessionBatchWriter:
                     USER_ID, F.explode(F.map_keys(ITEM_ENGAGEMENT)).alias(ITEM_ID)
                 )
                 excluded = excluded.unionByName(seen)
-            # The inputs are small; materialized without their lineage, the long plans below
-            # (re-ranking, then the MERGE) are planned in a fraction of the time.
+            # Small inputs, materialized without their lineage: the re-ranking and the MERGE
+            # (which reads its source twice) neither re-plan nor recompute the session lineage.
             context, excluded = context.localCheckpoint(), excluded.localCheckpoint()
             recs = live_recommendations(
                 context, model.user_scores, model.item_neighbours, model.popularity, excluded,
