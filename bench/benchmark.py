@@ -2,7 +2,7 @@
 throughput beside DuckDB, freshness under steady load, a soak, and scaling in users and in
 events per file. Every figure comes from running the real jobs through ./spark-submit.sh.
 
-  .venv/bin/python bench/benchmark.py                      # full scale, about 1.5 hours on 2 cores
+  .venv/bin/python bench/benchmark.py                      # full scale: more than an hour on 2 cores
   .venv/bin/python bench/benchmark.py --quick              # small scale: checks the plumbing, not the targets
   .venv/bin/python bench/benchmark.py --only catchup,scaling
 
