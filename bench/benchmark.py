@@ -294,7 +294,7 @@ def catchup(root: Path, scale: Scale, seed: Workdir, spark) -> dict:
                       stream={"max_files_per_trigger": scale.catchup_files_per_trigger})
         run.use_model(seed)
         wall = run.job("jobs/stream.py", "--available-now")
-        stages = stage_seconds(spark, run)
+        stages = stage_seconds(run)
         spark_runs.append({"wall_s": round(wall, 2), "batches": len(run.batches()),
                            "batch_s": round(sum(s for _, _, s in run.batches()), 2), "stages_s": stages})
         started = time.monotonic()
@@ -314,7 +314,7 @@ def catchup(root: Path, scale: Scale, seed: Workdir, spark) -> dict:
     }
 
 
-def stage_seconds(spark, run: Workdir) -> dict[str, float]:
+def stage_seconds(run: Workdir) -> dict[str, float]:
     """Seconds per stage of the batch, summed over the run's batches (from the stream's log)."""
     totals: dict[str, float] = {}
     for line in run.log.read_text(errors="replace").splitlines():
@@ -379,7 +379,7 @@ def steady_load(root: Path, name: str, scale: Scale, seed: Workdir, spark, rate:
         "rate_events_per_s": rate, "offered_events_per_s": offered, "seconds": seconds, "users": users,
         "files": figures["enriched_events"]["files"], "files_landed": len(landed),
         "freshness": figures, "series": {t: [(round(l - since, 1), round(d, 2)) for l, d in s] for t, s in delays.items()},
-        "samples": samples, "stages_s": stage_seconds(spark, run), "batches": len(run.batches()),
+        "samples": samples, "stages_s": stage_seconds(run), "batches": len(run.batches()),
     }
 
 

@@ -1,6 +1,8 @@
 """Helpers for driving the real stream over generated files."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import time
 from datetime import datetime
@@ -46,6 +48,19 @@ def write_lines(cfg, name: str, lines: list[str]) -> None:
     stamp = max(latest + 1.0, time.time())
     os.utime(hidden, (stamp, stamp))
     hidden.rename(folder / name)
+
+
+def write_manifest(rows, path: Path) -> str:
+    """The generator's ground truth as JSON lines, for ``lib.verify.read_manifest``."""
+    path.write_text("\n".join(json.dumps(dataclasses.asdict(r)) for r in rows) + "\n")
+    return str(path)
+
+
+def write_config_file(cfg, path: Path, extra: str = "") -> Path:
+    """A TOML file with the paths of ``cfg`` (plus ``extra`` TOML), for jobs run by spark-submit."""
+    keys = ("events_dir", "purchases", "lake", "checkpoints")
+    path.write_text("[paths]\n" + "".join(f'{k} = "{getattr(cfg.paths, k)}"\n' for k in keys) + extra)
+    return path
 
 
 def read(spark, cfg, table: str):

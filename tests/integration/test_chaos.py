@@ -3,8 +3,6 @@ kill -9 while files keep landing, and a lake whose disk fills up. Both end with 
 0 missing, 0 duplicated, sessions equal to a batch recomputation."""
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import random
 import subprocess
@@ -18,21 +16,12 @@ from bench.chaos import kill_tree
 from lib.stream import run_available_now
 from lib.verify import compare_lakes, read_manifest, verify
 from tests.conftest import make_config
-from tests.integration.conftest import activity_writer, generated_purchases, write_purchases
+from tests.integration.conftest import (
+    activity_writer, generated_purchases, write_config_file, write_manifest, write_purchases,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 BATCH_LINE = "INFO lib.stream: batch "
-
-
-def write_manifest(writer, path: Path) -> str:
-    path.write_text("\n".join(json.dumps(dataclasses.asdict(r)) for r in writer.manifest) + "\n")
-    return str(path)
-
-
-def config_file(cfg, path: Path) -> Path:
-    keys = ("events_dir", "purchases", "lake", "checkpoints")
-    path.write_text("[paths]\n" + "".join(f'{k} = "{getattr(cfg.paths, k)}"\n' for k in keys) + "[stream]\nmax_files_per_trigger = 1\n")
-    return path
 
 
 def batches_logged(log: Path) -> int:
@@ -49,7 +38,8 @@ def test_kill_9_of_the_whole_job_at_random_points_loses_and_duplicates_nothing(s
     more_files = threading.Thread(target=lambda: [(time.sleep(2), writer.write_file(150)) for _ in range(6)])
     more_files.start()
 
-    toml, log = config_file(cfg, tmp_path / "pipeline.toml"), tmp_path / "stream.log"
+    toml = write_config_file(cfg, tmp_path / "pipeline.toml", "[stream]\nmax_files_per_trigger = 1\n")
+    log = tmp_path / "stream.log"
     for kill in range(2):
         seen = batches_logged(log)
         with open(log, "a") as out:
@@ -72,7 +62,7 @@ def test_kill_9_of_the_whole_job_at_random_points_loses_and_duplicates_nothing(s
     # Restart once more on the same checkpoints and catch up (more files per batch: allowed).
     cfg = make_config(tmp_path, "stream.max_files_per_trigger=20")
     run_available_now(spark, cfg)
-    checks = verify(spark, cfg, read_manifest(spark, write_manifest(writer, tmp_path / "manifest.jsonl")))
+    checks = verify(spark, cfg, read_manifest(spark, write_manifest(writer.manifest, tmp_path / "manifest.jsonl")))
     assert all(c.ok for c in checks), checks
     assert {c.table: c.actual for c in checks}["enriched_events"] == sum(1 for r in writer.manifest if r.expected_reason is None)
 
@@ -108,6 +98,6 @@ def test_full_disk_fails_with_the_cause_and_the_restart_loses_nothing(spark, tmp
 
     resize("64m")
     run_available_now(spark, cfg)
-    checks = verify(spark, cfg, read_manifest(spark, write_manifest(writer, tmp_path / "manifest.jsonl")))
+    checks = verify(spark, cfg, read_manifest(spark, write_manifest(writer.manifest, tmp_path / "manifest.jsonl")))
     assert all(c.ok for c in checks), checks
     assert {c.table: c.actual for c in checks}["enriched_events"] == sum(1 for r in writer.manifest if r.expected_reason is None)

@@ -15,7 +15,7 @@ import pyspark
 import pytest
 
 from tests.conftest import make_config
-from tests.integration.conftest import activity_writer, generated_purchases, read, write_purchases
+from tests.integration.conftest import activity_writer, generated_purchases, read, write_config_file, write_purchases
 
 ROOT = Path(__file__).resolve().parents[2]
 SPARK_HOME = Path(pyspark.__file__).parent
@@ -86,13 +86,7 @@ def test_stream_job_runs_on_a_standalone_cluster(spark, tmp_path, standalone_clu
     writer = activity_writer(cfg, users=20, items=40, bad_share=0.02)
     for _ in range(2):
         writer.write_file(400)
-    config_file = tmp_path / "pipeline.toml"
-    config_file.write_text(
-        "\n".join(
-            ["[paths]"] + [f'{key} = "{getattr(cfg.paths, key)}"' for key in ("events_dir", "purchases", "lake", "checkpoints")]
-        )
-        + "\n"
-    )
+    config_file = write_config_file(cfg, tmp_path / "pipeline.toml")
     result = subprocess.run(
         [str(ROOT / "spark-submit.sh"), "--master", master_url, "--conf", "spark.executor.memory=768m",
          "--conf", "spark.cores.max=2", "jobs/stream.py", "--config", str(config_file), "--available-now",

@@ -35,20 +35,16 @@ def test_late_event_is_enriched_but_not_sessionized_and_is_counted(spark, tmp_pa
 def test_ten_percent_late_events_are_all_enriched_and_the_dropped_count_is_predicted(spark, tmp_path):
     """10% of events arrive up to twice the watermark delay late; the verifier replays the
     watermark rule over the stream's micro-batches and predicts exactly what was dropped."""
-    import dataclasses
-    import json
-
     from lib.verify import read_manifest, verify
-    from tests.integration.conftest import activity_writer
+    from tests.integration.conftest import activity_writer, write_manifest
 
     cfg = make_config(tmp_path)
     writer = activity_writer(cfg, users=150, items=30, out_of_order_share=0.10, max_out_of_order_s=1200.0)
     for _ in range(2):
         writer.write_file(200)
     stats = run_available_now(spark, cfg)
-    path = tmp_path / "manifest.jsonl"
-    path.write_text("\n".join(json.dumps(dataclasses.asdict(r)) for r in writer.manifest) + "\n")
-    checks = {c.table: c for c in verify(spark, cfg, read_manifest(spark, str(path)))}
+    manifest = read_manifest(spark, write_manifest(writer.manifest, tmp_path / "manifest.jsonl"))
+    checks = {c.table: c for c in verify(spark, cfg, manifest)}
     assert all(c.ok for c in checks.values()), checks
     assert checks["enriched_events"].actual == 400
     assert checks["late_rows_dropped"].expected == stats.late_rows_dropped_total > 0

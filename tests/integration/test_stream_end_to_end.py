@@ -2,8 +2,6 @@
 independent pandas reference computed from the generator's ground truth."""
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 from collections import Counter
@@ -21,7 +19,7 @@ from lib.stream import run_available_now
 from lib.verify import multiset_diff, read_manifest, verify
 from tests.conftest import make_config
 from tests.integration import reference
-from tests.integration.conftest import activity_writer, generated_purchases, read, write_purchases
+from tests.integration.conftest import activity_writer, generated_purchases, read, write_manifest, write_purchases
 
 GAP_S = 1800
 WATERMARK_S = 600
@@ -143,9 +141,8 @@ def test_stream_metrics_account_for_every_line(spark, pipeline):
 
 def test_verifier_agrees_and_catches_a_planted_duplicate_and_loss(spark, pipeline, tmp_path):
     cfg, manifest, _, _ = pipeline
-    path = tmp_path / "manifest.jsonl"
-    path.write_text("\n".join(json.dumps(dataclasses.asdict(r)) for r in manifest) + "\n")
-    checks = verify(spark, cfg, read_manifest(spark, str(path)))
+    path = write_manifest(manifest, tmp_path / "manifest.jsonl")
+    checks = verify(spark, cfg, read_manifest(spark, path))
     assert [(c.table, c.ok) for c in checks] == [
         ("enriched_events", True), ("quarantine", True), ("session_features", True), ("late_rows_dropped", True)
     ]
