@@ -5,18 +5,19 @@ Events are weighted by type and purchases count as the strongest signal (weights
 """
 from __future__ import annotations
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from lib.config import RecommendConfig
 from lib.schemas import EVENT_TS, EVENT_TYPE, ITEM_ID, LAST_TS, PURCHASE_DATE, STRENGTH, USER_ID
 
 
-def event_weight(rec: RecommendConfig, event_type: str = EVENT_TYPE):
+def event_weight(rec: RecommendConfig, event_type: str | Column = EVENT_TYPE) -> Column:
     """The weight of an event's type (0 for an unknown type), as a column."""
+    event_type = F.col(event_type) if isinstance(event_type, str) else event_type
     weight = F.lit(0.0)
     for name, value in rec.event_weights.items():
-        weight = F.when(F.col(event_type) == name, F.lit(value)).otherwise(weight)
+        weight = F.when(event_type == name, F.lit(value)).otherwise(weight)
     return weight
 
 

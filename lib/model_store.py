@@ -38,15 +38,6 @@ class StoredModel:
     popularity: DataFrame
     metadata: dict = field(default_factory=dict)
 
-    def persist(self) -> "StoredModel":
-        for part in (self.user_scores, self.item_neighbours, self.popularity):
-            part.persist()
-        return self
-
-    def unpersist(self) -> None:
-        for part in (self.user_scores, self.item_neighbours, self.popularity):
-            part.unpersist()
-
 
 class ModelStore:
     """Example::

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from contextlib import contextmanager
 
 from delta.tables import DeltaTable
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 
 _COMMIT_USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 _COMMIT_FILE = re.compile(r"^\d{20}\.json$")
+# A MERGE takes its commit's marker from the session conf, shared by every thread of the
+# session: two MERGEs at once could commit under each other's marker, or under none.
+_SESSION_CONF_COMMIT = threading.Lock()
 
 
 def ensure_delta_table(spark: SparkSession, path: str, schema: StructType) -> None:
@@ -122,11 +126,12 @@ class BatchSink:
     @contextmanager
     def _commit_metadata(self, value: str):
         """Delta DML (MERGE) takes its commit's user metadata from the session conf."""
-        self.spark.conf.set(_COMMIT_USER_METADATA, value)
-        try:
-            yield
-        finally:
-            self.spark.conf.unset(_COMMIT_USER_METADATA)
+        with _SESSION_CONF_COMMIT:
+            self.spark.conf.set(_COMMIT_USER_METADATA, value)
+            try:
+                yield
+            finally:
+                self.spark.conf.unset(_COMMIT_USER_METADATA)
 
 
 def compact(spark: SparkSession, path: str) -> None:

@@ -72,6 +72,10 @@ def get_spark(app_name: str = "streamrec", conf: dict[str, str] | None = None) -
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         # Python workers (pandas UDFs) need this interpreter's packages (numpy, pandas, pyarrow).
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        # ... and lib itself, wherever the driver was started from (spark-submit.sh ships it as --py-files).
+        paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+        if str(PROJECT_ROOT) not in paths:
+            os.environ["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), *filter(None, paths)])
         settings = {
             **read_spark_defaults(),
             "spark.master": os.environ.get("STREAMREC_MASTER", "local[2]"),

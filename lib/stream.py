@@ -17,6 +17,7 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,8 +30,8 @@ from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 from lib.config import Config
 from lib.checkpoint import CheckpointLock, acquire_lock, check_compatible_config
 from lib.enrich import with_purchase_history
-from lib.live import live_recommendations
-from lib.model_store import ModelStore, StoredModel
+from lib.live import LiveRanker
+from lib.model_store import ModelStore
 from lib.profiles import add_profile_totals, profile_totals, with_profile_metrics
 from lib.parsing import parse_activity_lines, quarantine_rows, valid_events
 from lib.schemas import (
@@ -210,7 +211,7 @@ class SessionBatchWriter:
         self._app_id = app_id
         self.fail_after = fail_after
         self.stop_requested = threading.Event()
-        self._model: StoredModel | None = None
+        self._ranker: tuple[str, LiveRanker] | None = None  # (model version, its ranker)
         self._purchase_files: list[str] | None = None  # as of the last profile update
 
     @property
@@ -227,20 +228,22 @@ class SessionBatchWriter:
     def state_store(self) -> SessionStateStore:
         return SessionStateStore(self.spark, self.cfg.paths.checkpoint(f"{SESSION_STATE_DIR}/{self.app_id()}"))
 
-    def current_model(self) -> StoredModel | None:
-        """The latest committed model, reloaded when ``jobs/train.py`` commits a new one."""
-        latest = ModelStore.for_config(self.spark, self.cfg).latest_version()
+    def current_ranker(self) -> tuple[str, LiveRanker] | None:
+        """The latest committed model's version and ranker, rebuilt when ``jobs/train.py``
+        commits a new one."""
+        store = ModelStore.for_config(self.spark, self.cfg)
+        latest = store.latest_version()
         if latest is None:
-            if self._model is None:
+            if self._ranker is None:
                 log.debug("no model yet: live_recommendations wait for jobs/train.py")
-            return self._model
-        if self._model is None or self._model.version != latest:
-            previous = self._model
-            self._model = ModelStore.for_config(self.spark, self.cfg).load(latest).persist()
+        elif self._ranker is None or self._ranker[0] != latest:
+            model = store.load(latest)
+            ranker = LiveRanker(self.spark, model.user_scores, model.item_neighbours, model.popularity, self.cfg.recommend)
+            if self._ranker is not None:
+                self._ranker[1].close()
+            self._ranker = (latest, ranker)
             log.info("live recommendations now use model %s", latest)
-            if previous is not None:
-                previous.unpersist()
-        return self._model
+        return self._ranker
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         if self.stop_requested.is_set():
@@ -295,18 +298,6 @@ class SessionBatchWriter:
             report.late_rows_dropped = counts["late"]
             events = valid_events(parsed)
             purchases = keep(read_purchases(spark, cfg.paths.purchases))
-
-        with report.stage("sessionize"):
-            max_end = max((t for t in (previous_max_end, counts["max_on_time"]) if t is not None), default=None)
-            report.watermark_micros = None if max_end is None else max_end - delay_micros
-            fragments = event_fragments(events.where(~late)).unionByName(state)
-            sessions = keep(
-                merge_sessions(fragments, gap_s).withColumn("_closed", is_closed(report.watermark_micros, gap_s))
-            )
-            outcome = sessions.agg(
-                F.count(F.when(F.col("_closed"), 1)).alias("closed"), F.count(F.when(~F.col("_closed"), 1)).alias("open")
-            ).first()
-            report.sessions_closed, report.open_sessions = outcome["closed"], outcome["open"]
 
         def write_enriched():
             if report.valid_rows:
@@ -364,9 +355,10 @@ class SessionBatchWriter:
             self._purchase_files = purchase_files
 
         def write_live_recommendations():
-            model = self.current_model()
-            if not report.valid_rows or model is None or not profile_rows:
+            current = self.current_ranker()
+            if not report.valid_rows or current is None or not profile_rows:
                 return
+            model_version, ranker = current
             active = events.select(USER_ID).distinct()
             context = (
                 latest_session_per_user(sessions.join(active, USER_ID, "left_semi"))
@@ -379,13 +371,10 @@ class SessionBatchWriter:
                     USER_ID, F.explode(F.map_keys(ITEM_ENGAGEMENT)).alias(ITEM_ID)
                 )
                 excluded = excluded.unionByName(seen)
-            # Small inputs, materialized without their lineage: the re-ranking and the MERGE
-            # (which reads its source twice) neither re-plan nor recompute the session lineage.
-            context, excluded = context.localCheckpoint(), excluded.localCheckpoint()
-            recs = live_recommendations(
-                context, model.user_scores, model.item_neighbours, model.popularity, excluded,
-                cfg.recommend, model.version, ingested_at,
-            ).localCheckpoint()
+            # Materialized without their lineage: the MERGE reads its source twice, and neither
+            # read may re-plan or recompute the session lineage or the re-ranking.
+            context = context.localCheckpoint()
+            recs = ranker.recommend(context, excluded, model_version, ingested_at).localCheckpoint()
             # Every rank slot of an active user: a slot without a new row is deleted.
             slots = context.select(USER_ID).crossJoin(
                 spark.range(1, cfg.recommend.top_k + 1).select(F.col("id").cast("int").alias(RANK))
@@ -398,21 +387,40 @@ class SessionBatchWriter:
         def write_state():
             state_store.write(sessions.where(~F.col("_closed")).select(*SESSION_STATE_SCHEMA.fieldNames()), batch_id)
 
+        def run(*writes) -> None:
+            for name, write in writes:
+                with report.stage(name):
+                    write()
+                if name == self.fail_after:
+                    raise InjectedFault(f"fault injected after the {name} write of batch {batch_id}")
+
         # Each write is exactly-once on its own (sinks skip what a crashed attempt committed;
-        # the state is per batch), so their order does not matter for correctness.
-        for name, write in (
-            ("enriched", write_enriched),
-            ("quarantine", write_quarantine),
-            ("session_features", write_session_features),
-            ("live_sessions", write_live_sessions),
-            ("user_profiles", write_user_profiles),
-            ("live_recommendations", write_live_recommendations),
-            ("state", write_state),
-        ):
-            with report.stage(name):
-                write()
-            if name == self.fail_after:
-                raise InjectedFault(f"fault injected after the {name} write of batch {batch_id}")
+        # the state is per batch), so neither their order nor a crash between them matters.
+        # The events and the quarantine go first: they need no session state.
+        run(("enriched", write_enriched), ("quarantine", write_quarantine))
+        with report.stage("sessionize"):
+            max_end = max((t for t in (previous_max_end, counts["max_on_time"]) if t is not None), default=None)
+            report.watermark_micros = None if max_end is None else max_end - delay_micros
+            fragments = event_fragments(events.where(~late)).unionByName(state)
+            sessions = keep(
+                merge_sessions(fragments, gap_s).withColumn("_closed", is_closed(report.watermark_micros, gap_s))
+            )
+            outcome = sessions.agg(
+                F.count(F.when(F.col("_closed"), 1)).alias("closed"), F.count(F.when(~F.col("_closed"), 1)).alias("open")
+            ).first()
+            report.sessions_closed, report.open_sessions = outcome["closed"], outcome["open"]
+        # The rest run side by side: a micro-batch's time is mostly planning and Delta's
+        # bookkeeping on the driver, not work on the executors' cores.
+        chains = (
+            (("live_sessions", write_live_sessions),),
+            (("user_profiles", write_user_profiles), ("live_recommendations", write_live_recommendations)),
+            (("session_features", write_session_features), ("state", write_state)),
+        )
+        with ThreadPoolExecutor(len(chains), thread_name_prefix=f"batch-{batch_id}") as pool:
+            outcomes = [pool.submit(run, *chain) for chain in chains]
+        failures = [f.exception() for f in outcomes if f.exception() is not None]
+        if failures:
+            raise failures[0]
         to_compact = table_to_compact(batch_id, cfg.stream.compact_every)
         if to_compact:
             with report.stage("compact"):

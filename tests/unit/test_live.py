@@ -1,10 +1,14 @@
-"""Live re-ranking on handcrafted neighbours, model scores and sessions."""
+"""Live re-ranking on handcrafted neighbours, model scores and sessions, and on random ones
+against a plain-Python reading of the documented rule."""
+import random
 from datetime import datetime, timedelta
+
+import pytest
 
 from pyspark.sql import functions as F
 
 from lib.config import load_config
-from lib.live import live_recommendations
+from lib.live import LiveRanker
 from lib.model_store import POPULARITY_SCHEMA
 from lib.recommend import ITEM_NEIGHBOURS_SCHEMA, USER_SCORES_SCHEMA
 from lib.schemas import LIVE_RECOMMENDATIONS_SCHEMA, RECENT_EVENT_TYPE
@@ -17,18 +21,30 @@ CONTEXT_SCHEMA = StructType(
 )
 
 
-def run(spark, context_rows, excluded_rows=()):
+NEIGHBOURS = [(1, 2, 0.9), (1, 3, 0.1), (4, 5, 1.0), (4, 2, 0.2)]
+USER_SCORES = [(1, 7, 10.0), (1, 3, 1.0)]
+POPULARITY = [(8, 0.9), (9, 0.5), (10, 0.4), (2, 0.3)]
+
+
+def run(spark, context_rows, excluded_rows=(), neighbours=NEIGHBOURS, user_scores=USER_SCORES, popularity=POPULARITY, rec=REC):
     context = spark.createDataFrame(context_rows, CONTEXT_SCHEMA)
-    neighbours = spark.createDataFrame([(1, 2, 0.9), (1, 3, 0.1), (4, 5, 1.0), (4, 2, 0.2)], ITEM_NEIGHBOURS_SCHEMA)
-    user_scores = spark.createDataFrame([(1, 7, 10.0), (1, 3, 1.0)], USER_SCORES_SCHEMA)
-    popularity = spark.createDataFrame([(8, 0.9), (9, 0.5), (10, 0.4), (2, 0.3)], POPULARITY_SCHEMA)
-    excluded = spark.createDataFrame(list(excluded_rows), "user_id int, item_id int")
-    rows = live_recommendations(context, user_scores, neighbours, popularity, excluded, REC, "v1", F.lit(T))
-    assert [(f.name, f.dataType) for f in rows.schema] == [(f.name, f.dataType) for f in LIVE_RECOMMENDATIONS_SCHEMA]
-    by_user = {}
-    for row in rows.orderBy("user_id", "rank").collect():
-        by_user.setdefault(row.user_id, []).append(row)
-    return by_user
+    ranker = LiveRanker(
+        spark,
+        spark.createDataFrame(user_scores, USER_SCORES_SCHEMA),
+        spark.createDataFrame(neighbours, ITEM_NEIGHBOURS_SCHEMA),
+        spark.createDataFrame(popularity, POPULARITY_SCHEMA),
+        rec,
+    )
+    try:
+        excluded = spark.createDataFrame(list(excluded_rows), "user_id int, item_id int")
+        rows = ranker.recommend(context, excluded, "v1", F.lit(T))
+        assert [(f.name, f.dataType) for f in rows.schema] == [(f.name, f.dataType) for f in LIVE_RECOMMENDATIONS_SCHEMA]
+        by_user = {}
+        for row in rows.orderBy("user_id", "rank").collect():
+            by_user.setdefault(row.user_id, []).append(row)
+        return by_user
+    finally:
+        ranker.close()
 
 
 def test_session_and_model_are_blended_and_purchases_excluded(spark):
@@ -64,3 +80,61 @@ def test_seen_items_are_excluded_when_passed_and_empty_context_gives_nothing(spa
     recs = run(spark, [(2, "2-0", [(T, 1, "view")])], excluded_rows=[(2, 2), (2, 8)])
     assert [r.item_id for r in recs[2]] == [3, 9, 10]
     assert run(spark, []) == {}
+
+
+def reference(context_rows, excluded_rows, neighbours, user_scores, popularity, rec):
+    """The module docstring's rule, user by user in plain Python: {user: [(item, score), ...]}."""
+    def scaled(scores):
+        top = max((abs(v) for v in scores.values()), default=0.0)
+        return {i: (v / top if top > 0 else 0.0) for i, v in scores.items()}
+
+    result = {}
+    for user, _, events in context_rows:
+        latest = max((ts for ts, _, _ in events), default=None)
+        session = {}
+        for ts, item, event_type in events:
+            vote = rec.event_weights.get(event_type, 0.0) * 0.5 ** ((latest - ts).total_seconds() / rec.session_half_life_seconds)
+            for source, neighbour, weight in neighbours:
+                if source == item:
+                    session[neighbour] = session.get(neighbour, 0.0) + vote * weight
+        modelled = {i: s for u, i, s in user_scores if u == user}
+        s, m = scaled(session), scaled(modelled)
+        excluded = {i for u, i in excluded_rows if u == user}
+        blended = {
+            i: rec.session_weight * s.get(i, 0.0) + (1 - rec.session_weight) * m.get(i, 0.0)
+            for i in set(s) | set(m) if i not in excluded
+        }
+        ranked = sorted(blended.items(), key=lambda p: (-p[1], p[0]))[: rec.top_k]
+        for item, score in sorted(popularity, key=lambda p: (-p[1], p[0])):
+            if len(ranked) < rec.top_k and item not in excluded and item not in blended:
+                ranked.append((item, score))
+        if ranked:
+            result[user] = ranked
+    return result
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_random_models_and_sessions_rank_as_the_documented_rule(spark, seed):
+    rng = random.Random(seed)
+    items = range(1, 41)
+    neighbours = [(i, j, round(rng.uniform(0.01, 1.0), 3)) for i in items for j in rng.sample(items, 6) if j != i]
+    # Model users 1-20 (some scores negative or tied), popularity over most items with ties.
+    user_scores = [(u, i, float(rng.choice([-1, 0, 1, 2, 2, 3, 5]))) for u in range(1, 21) for i in rng.sample(items, 8)]
+    popularity = [(i, rng.choice([0.1, 0.2, 0.3])) for i in items if i % 7]
+    types = ["view", "click", "add_to_cart", "unknown"]
+    context = [
+        (u, f"{u}-0", [(T - timedelta(minutes=rng.randint(0, 60)), rng.choice(list(items) + [99]), rng.choice(types))
+                       for _ in range(rng.randint(0, 20))])
+        for u in range(1, 41)
+    ]
+    excluded = sorted({(u, rng.choice(items)) for u in range(1, 41) for _ in range(rng.randint(0, 12))})
+    rec = load_config(None, ["recommend.top_k=5"]).recommend
+
+    got = run(spark, context, excluded, neighbours, user_scores, popularity, rec)
+    expected = reference(context, excluded, neighbours, user_scores, popularity, rec)
+
+    assert sorted(got) == sorted(expected)
+    for user, rows in got.items():
+        assert [r.rank for r in rows] == list(range(1, len(rows) + 1))
+        assert [r.item_id for r in rows] == [i for i, _ in expected[user]], f"user {user}"
+        assert [r.score for r in rows] == pytest.approx([s for _, s in expected[user]], rel=1e-9, abs=1e-12)
