@@ -68,11 +68,13 @@ class Scale:
 
 
 FULL = Scale()
+# Three stream JVMs (catch-up, freshness, scaling) and no model: each JVM's first batch is
+# slow (cold), and a model would cost a stream and a train job more. `--only freshness --quick`
+# builds one, so that live_recommendations are measured too.
 QUICK = Scale(
     repeats=1, catchup_files=10, catchup_events_per_file=2000, catchup_users=1000, catchup_files_per_trigger=10,
-    fresh_rates=(1000,), fresh_seconds=30, soak_seconds=0, sample_every_s=5.0,
-    scale_users=(2000,), scale_user_files=3, scale_user_events_per_file=2000,
-    scale_events_per_file=(500, 5000), scale_files_per_size=2, seed_files=2, seed_events_per_file=2000,
+    fresh_rates=(1000,), fresh_seconds=15, soak_seconds=0, sample_every_s=5.0, seed_files=2, seed_events_per_file=2000,
+    scale_users=(), scale_events_per_file=(500, 5000), scale_files_per_size=1,
 )
 
 
@@ -282,7 +284,7 @@ def seed_model(root: Path, scale: Scale, reuse: bool = False) -> Workdir:
     return seed
 
 
-def catchup(root: Path, scale: Scale, seed: Workdir, spark) -> dict:
+def catchup(root: Path, scale: Scale, seed: Workdir | None, spark) -> dict:
     data = Workdir(root, "catchup_input")
     data.generate("purchases", "--users", str(scale.catchup_users), "--items", str(ITEMS), "--purchases", str(scale.catchup_users * 5))
     data.generate("events", "--files", str(scale.catchup_files), "--events-per-file", str(scale.catchup_events_per_file),
@@ -292,7 +294,8 @@ def catchup(root: Path, scale: Scale, seed: Workdir, spark) -> dict:
     for attempt in range(scale.repeats):
         run = Workdir(root, f"catchup_{attempt}", incoming=data.incoming, purchases=data.purchases,
                       stream={"max_files_per_trigger": scale.catchup_files_per_trigger})
-        run.use_model(seed)
+        if seed is not None:
+            run.use_model(seed)
         wall = run.job("jobs/stream.py", "--available-now")
         stages = stage_seconds(run)
         spark_runs.append({"wall_s": round(wall, 2), "batches": len(run.batches()),
@@ -324,14 +327,15 @@ def stage_seconds(run: Workdir) -> dict[str, float]:
     return totals
 
 
-def steady_load(root: Path, name: str, scale: Scale, seed: Workdir, spark, rate: int, seconds: int, users: int,
+def steady_load(root: Path, name: str, scale: Scale, seed: Workdir | None, spark, rate: int, seconds: int, users: int,
                 drain: bool = True) -> dict:
     """One file per second of ``rate`` events for ``seconds``; per-file freshness, and samples of
     memory, state and files while it runs. With ``drain`` the stream runs until it processed
     every file; without, it stops after the batch running when the load ends (the soak)."""
     run = Workdir(root, name, stream={"max_files_per_trigger": scale.fresh_files_per_trigger})
     run.generate("purchases", "--users", str(users), "--items", str(ITEMS), "--purchases", str(users * 5))
-    run.use_model(seed)
+    if seed is not None:
+        run.use_model(seed)
     run.generate("events", "--files", "1", "--events-per-file", str(rate), "--files-per-second", "0",
                  "--users", str(users), "--items", str(ITEMS), "--prefix", "warmup")
     stream = run.start_stream()
@@ -400,6 +404,8 @@ def scaling(root: Path, scale: Scale, spark) -> dict:
         print(f"  users {users}: {by_users[-1]}", flush=True)
     run = Workdir(root, "scale_events")
     run.generate("purchases", "--users", str(scale.catchup_users), "--items", str(ITEMS), "--purchases", str(scale.catchup_users * 5))
+    run.generate("events", "--files", "1", "--events-per-file", "100", "--files-per-second", "0",
+                 "--users", str(scale.catchup_users), "--items", str(ITEMS), "--prefix", "a-warmup")
     for size in scale.scale_events_per_file:
         run.generate("events", "--files", str(scale.scale_files_per_size), "--events-per-file", str(size), "--files-per-second", "0",
                      "--users", str(scale.catchup_users), "--items", str(ITEMS), "--prefix", f"size{size:07d}")
@@ -515,9 +521,11 @@ def main() -> int:
     spark = get_spark("streamrec-bench", {"spark.ui.enabled": "false", "spark.driver.memory": "1g"})
     spark.sparkContext.setLogLevel("ERROR")
     started = time.monotonic()
-    seed = seed_model(root, scale, args.reuse_seed) if set(chosen) & {"catchup", "freshness", "soak"} else None
+    seed = None
+    if set(chosen) & {"catchup", "freshness", "soak"} and not (args.quick and "catchup" in chosen):
+        seed = seed_model(root, scale, args.reuse_seed)
     if "catchup" in chosen:
-        print("=== catch-up", flush=True)
+        print("=== catch-up" + (" (no model)" if seed is None else ""), flush=True)
         results["catchup"] = catchup(root, scale, seed, spark)
     if "freshness" in chosen:
         for rate in scale.fresh_rates:
