@@ -72,8 +72,8 @@ FULL = Scale()
 # slow (cold), and a model would cost a stream and a train job more. `--only freshness --quick`
 # builds one, so that live_recommendations are measured too.
 QUICK = Scale(
-    repeats=1, catchup_files=10, catchup_events_per_file=2000, catchup_users=1000, catchup_files_per_trigger=10,
-    fresh_rates=(1000,), fresh_seconds=15, soak_seconds=0, sample_every_s=5.0, seed_files=2, seed_events_per_file=2000,
+    repeats=1, catchup_files=5, catchup_events_per_file=2000, catchup_users=1000, catchup_files_per_trigger=5,
+    fresh_rates=(1000,), fresh_seconds=10, soak_seconds=0, sample_every_s=5.0, seed_files=2, seed_events_per_file=2000,
     scale_users=(), scale_events_per_file=(500, 5000), scale_files_per_size=1,
 )
 
@@ -438,7 +438,7 @@ def markdown(results: dict) -> str:
         for load in loads:
             for table, f in load["freshness"].items():
                 lines.append(f"| {load['seconds']} s | {load['rate_events_per_s']} | {load['offered_events_per_s']} | {load['users']} | {f['files']} | {table} | "
-                             f"{f.get('p50_s')} | {f.get('p95_s')} | {f.get('max_s')} |")
+                             f"{f.get('p50_s', '-')} | {f.get('p95_s', '-')} | {f.get('max_s', '-')} |")
         lines.append("")
     if "soak" in results:
         s = results["soak"]["samples"]
@@ -472,14 +472,15 @@ def plot(results: dict, path: Path) -> None:
                     axes[0].plot([t for t, _ in series], [d for _, d in series], ".", ms=3, label=f"{key} {table}")
     axes[0].set(title="freshness per file (landed -> visible)", xlabel="s since load start", ylabel="delay s", yscale="log")
     axes[0].legend(fontsize=6)
-    samples = results.get("soak", next((v for k, v in results.items() if k.startswith("fresh_")), {})).get("samples", [])
+    sampled = "soak" if "soak" in results else next((k for k in results if k.startswith("fresh_")), None)
+    samples = results[sampled]["samples"] if sampled else []
     if samples:
         t = [s["t_s"] for s in samples]
         axes[1].plot(t, [s["jvm_rss_mb"] for s in samples], label="JVM RSS MB")
         axes[1].plot(t, [s["driver_rss_mb"] for s in samples], label="driver RSS MB")
         axes[1].plot(t, [s["checkpoint_mb"] for s in samples], label="checkpoint MB")
         axes[1].plot(t, [max(s["active_files"].values(), default=0) for s in samples], label="max active files/table")
-        axes[1].set(title="soak", xlabel="s")
+        axes[1].set(title=f"memory, checkpoint and files over the run ({sampled})", xlabel="s")
         axes[1].legend(fontsize=7)
     if "scaling" in results:
         users = results["scaling"]["by_users"]

@@ -53,6 +53,7 @@ _RANKED_SCHEMA = StructType(
         StructField(SCORE, DoubleType()),
     ]
 )
+_PANDAS_TYPES = {USER_ID: np.int32, SESSION_ID: object, RANK: np.int32, ITEM_ID: np.int32, SCORE: np.float64}
 # Users x items cells scored at once in a Python worker (8 MB per float64 matrix).
 _CELLS_PER_CHUNK = 1 << 20
 
@@ -179,8 +180,6 @@ def rank_users(frame: pd.DataFrame, model: ModelArrays, k: int, session_weight: 
         }
     )
 
-
-_PANDAS_TYPES = {USER_ID: np.int32, SESSION_ID: object, RANK: np.int32, ITEM_ID: np.int32, SCORE: np.float64}
 
 
 class LiveRanker:
