@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import DoubleType, IntegerType, StringType, StructField, StructType
+from pyspark.sql.types import StructType
 
 from lib.config import RecommendConfig
 from lib.interactions import event_weight
@@ -44,15 +44,7 @@ from lib.schemas import (
 _EVENT_ITEMS, _VOTES, _MODEL_ITEMS, _MODEL_SCORES, _EXCLUDED = (
     "_event_items", "_votes", "_model_items", "_model_scores", "_excluded",
 )
-_RANKED_SCHEMA = StructType(
-    [
-        StructField(USER_ID, IntegerType()),
-        StructField(SESSION_ID, StringType()),
-        StructField(RANK, IntegerType()),
-        StructField(ITEM_ID, IntegerType()),
-        StructField(SCORE, DoubleType()),
-    ]
-)
+_RANKED_SCHEMA = StructType([LIVE_RECOMMENDATIONS_SCHEMA[c] for c in (USER_ID, SESSION_ID, RANK, ITEM_ID, SCORE)])
 _PANDAS_TYPES = {USER_ID: np.int32, SESSION_ID: object, RANK: np.int32, ITEM_ID: np.int32, SCORE: np.float64}
 # Users x items cells scored at once in a Python worker (8 MB per float64 matrix).
 _CELLS_PER_CHUNK = 1 << 20
@@ -104,12 +96,19 @@ class ModelArrays:
         return pos, self.item_ids[pos] == items
 
 
-def _flatten(column: pd.Series, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """(row of each element, elements) of a column of arrays; a null array is empty."""
-    arrays = [np.asarray(a if a is not None else (), dtype=dtype) for a in column]
-    lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
-    values = np.concatenate(arrays) if lengths.sum() else np.empty(0, dtype=dtype)
-    return np.repeat(np.arange(len(arrays)), lengths), values
+def _known_cells(model: ModelArrays, item_arrays: pd.Series, value_arrays: pd.Series | None = None):
+    """(row, item position, value) of every element of a column of item arrays that the model
+    knows; ``value_arrays`` holds a value per item (a null array is empty), else values are None."""
+    def flatten(column: pd.Series, dtype) -> tuple[np.ndarray, np.ndarray]:
+        arrays = [np.asarray(a if a is not None else (), dtype=dtype) for a in column]
+        lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+        values = np.concatenate(arrays) if lengths.sum() else np.empty(0, dtype=dtype)
+        return np.repeat(np.arange(len(arrays)), lengths), values
+
+    row, items = flatten(item_arrays, np.int64)
+    pos, known = model.positions(items)
+    values = None if value_arrays is None else flatten(value_arrays, np.float64)[1][known]
+    return row[known], pos[known], values
 
 
 def _scaled(scores: np.ndarray, present: np.ndarray) -> np.ndarray:
@@ -125,27 +124,21 @@ def rank_users(frame: pd.DataFrame, model: ModelArrays, k: int, session_weight: 
     if not n or not rows:
         return pd.DataFrame({f.name: pd.Series(dtype=_PANDAS_TYPES[f.name]) for f in _RANKED_SCHEMA})
 
-    user, items = _flatten(frame[_EVENT_ITEMS], np.int64)
-    _, votes = _flatten(frame[_VOTES], np.float64)
-    pos, known = model.positions(items)
-    user, pos, votes = user[known], pos[known], votes[known]
+    user, pos, votes = _known_cells(model, frame[_EVENT_ITEMS], frame[_VOTES])
     # Column n collects the padding of short neighbour lists and is dropped.
     cells = (user[:, None] * (n + 1) + model.neighbour_pos[pos]).ravel()
     size = rows * (n + 1)
     session = np.bincount(cells, (votes[:, None] * model.neighbour_weight[pos]).ravel(), size).reshape(rows, n + 1)[:, :n]
     session_hit = (np.bincount(cells, minlength=size) > 0).reshape(rows, n + 1)[:, :n]
 
-    user, items = _flatten(frame[_MODEL_ITEMS], np.int64)
-    _, values = _flatten(frame[_MODEL_SCORES], np.float64)
-    pos, known = model.positions(items)
+    user, pos, values = _known_cells(model, frame[_MODEL_ITEMS], frame[_MODEL_SCORES])
     modelled, modelled_hit = np.zeros((rows, n)), np.zeros((rows, n), dtype=bool)
-    modelled[user[known], pos[known]] = values[known]
-    modelled_hit[user[known], pos[known]] = True
+    modelled[user, pos] = values
+    modelled_hit[user, pos] = True
 
-    user, items = _flatten(frame[_EXCLUDED], np.int64)
-    pos, known = model.positions(items)
+    user, pos, _ = _known_cells(model, frame[_EXCLUDED])
     excluded = np.zeros((rows, n), dtype=bool)
-    excluded[user[known], pos[known]] = True
+    excluded[user, pos] = True
 
     blended = session_weight * _scaled(session, session_hit) + (1.0 - session_weight) * _scaled(modelled, modelled_hit)
     candidate = (session_hit | modelled_hit) & ~excluded
@@ -179,7 +172,6 @@ def rank_users(frame: pd.DataFrame, model: ModelArrays, k: int, session_weight: 
             SCORE: score.astype(np.float64),
         }
     )
-
 
 
 class LiveRanker:
