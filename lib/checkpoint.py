@@ -24,20 +24,45 @@ class CheckpointError(RuntimeError):
     """The stream must not start on this checkpoint; the message says why and what to do."""
 
 
-def _process_alive(pid: int) -> bool:
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first); None where
+    there is no such file (no /proc, or no such process)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _start_ticks(fields: list[str]) -> int | None:
+    return int(fields[19]) if len(fields) > 19 else None
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """When the process started (clock ticks since boot, Linux); None where unknown."""
+    fields = _proc_stat(pid)
+    return None if fields is None else _start_ticks(fields)
+
+
+def _process_alive(pid: int, started: int | None = None) -> bool:
+    """Whether the process ``pid`` that started at ``started`` (when known) still runs.
+
+    A pid is reused once its process is gone (pid_max is often only 32768, and every JVM
+    thread takes one), so a live pid with another start time is another process."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    fields = _proc_stat(pid)
+    if fields is None:
+        return True
     # A killed driver whose parent (spark-submit's JVM) died with it stays a zombie until
     # init reaps it: it exists for kill(0) but will never release the lock.
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return True
+    if fields[0] in ("Z", "X"):
+        return False
+    return started is None or _start_ticks(fields) in (None, started)
 
 
 @dataclass
@@ -60,7 +85,12 @@ def acquire_lock(spark: SparkSession, checkpoint_dir: str) -> CheckpointLock:
     fs = HadoopFS(spark)
     fs.mkdirs(checkpoint_dir)
     lock_path = f"{checkpoint_dir.rstrip('/')}/{LOCK_FILE}"
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    me = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "pid_start_ticks": process_start_ticks(os.getpid()),
+        "started_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     for _ in range(3):
         if fs.create_new(lock_path, json.dumps(me)):
             return CheckpointLock(fs, lock_path)
@@ -69,7 +99,9 @@ def acquire_lock(spark: SparkSession, checkpoint_dir: str) -> CheckpointLock:
             holder = json.loads(text) if text else {}
         except json.JSONDecodeError:
             holder = {}
-        if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _process_alive(holder["pid"]):
+        if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _process_alive(
+            holder["pid"], holder.get("pid_start_ticks")
+        ):
             log.warning("taking over the lock of a stream that died (pid %s) on %s", holder["pid"], checkpoint_dir)
             fs.delete(lock_path)
             continue

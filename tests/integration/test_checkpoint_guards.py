@@ -8,15 +8,15 @@ import subprocess
 
 import pytest
 
-from lib.checkpoint import LOCK_FILE, CheckpointError, acquire_lock, check_compatible_config
+from lib.checkpoint import LOCK_FILE, CheckpointError, acquire_lock, check_compatible_config, process_start_ticks
 from lib.stream import STREAM_CHECKPOINT, start_stream
 from tests.conftest import make_config
 
 
-def write_lock(folder, pid: int) -> None:
+def write_lock(folder, pid: int, start_ticks: int | None) -> None:
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, LOCK_FILE), "w") as out:
-        json.dump({"host": socket.gethostname(), "pid": pid, "started_at": "earlier"}, out)
+        json.dump({"host": socket.gethostname(), "pid": pid, "pid_start_ticks": start_ticks, "started_at": "earlier"}, out)
 
 
 def test_second_instance_is_refused_and_writes_nothing(spark, tmp_path):
@@ -24,11 +24,16 @@ def test_second_instance_is_refused_and_writes_nothing(spark, tmp_path):
     checkpoint = cfg.paths.checkpoint(STREAM_CHECKPOINT)
     other = subprocess.Popen(["sleep", "120"])
     try:
-        write_lock(checkpoint, other.pid)
+        started = process_start_ticks(other.pid)
+        assert started is not None
+        write_lock(checkpoint, other.pid, started)
         with pytest.raises(CheckpointError, match=rf"another stream is running .*pid {other.pid}"):
             start_stream(spark, cfg, available_now=True)
         assert not os.path.exists(cfg.paths.lake)
         assert spark.streams.active == []
+        # The same pid with another start time: the holder died and its pid went to a new process.
+        write_lock(checkpoint, other.pid, started - 1)
+        acquire_lock(spark, checkpoint).release()
     finally:
         other.kill()
         other.wait()
