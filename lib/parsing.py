@@ -31,7 +31,6 @@ MAX_FIELDS = 256
 # One CSV field: RFC 4180 quoted (a quote inside is doubled) or unquoted up to the next comma.
 _CSV_FIELD = r'(?:^|,)("(?:[^"]|"")*"|[^,]*)'
 TIMESTAMP_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?$"
-TIMESTAMP_FORMAT = "yyyy-MM-dd HH:mm:ss[.SSSSSS]"
 _INTEGER_PATTERN = r"^[+-]?[0-9]+$"
 _BOM = "\ufeff"
 
@@ -102,9 +101,9 @@ def _header_reason(header_fields: Column) -> Column:
     )
 
 
-def _id_reason(raw: Column, name: str) -> Column:
+def _id_reason(raw: Column, value: Column, name: str) -> Column:
+    """Why ``raw`` is not a positive id; ``value`` is its parsed form (``_parse_id``)."""
     text = F.trim(raw)
-    value = text.try_cast("int")
     return (
         F.when(raw.isNull() | (text == ""), F.lit(f"missing_{name}"))
         .when(~text.rlike(_INTEGER_PATTERN) | value.isNull(), F.concat(F.lit(f"bad_{name}: "), raw))
@@ -112,8 +111,7 @@ def _id_reason(raw: Column, name: str) -> Column:
     )
 
 
-def _event_type_reason(raw: Column) -> Column:
-    normalized = F.lower(F.trim(raw))
+def _event_type_reason(raw: Column, normalized: Column) -> Column:
     return (
         F.when(raw.isNull() | (normalized == ""), F.lit(f"missing_{EVENT_TYPE}"))
         .when(~normalized.isin(*EVENT_TYPES), F.concat(F.lit("unknown_event_type: "), raw))
@@ -121,18 +119,26 @@ def _event_type_reason(raw: Column) -> Column:
 
 
 def parse_timestamp(raw: Column) -> Column:
-    """``YYYY-MM-DD HH:MM:SS[.ffffff]`` (or with a ``T``) in UTC to a timestamp; null if invalid."""
+    """``YYYY-MM-DD HH:MM:SS[.ffffff]`` (or with a ``T``) in the session time zone (UTC) to a
+    timestamp; null if invalid."""
     text = F.trim(raw)
-    return F.when(
-        text.rlike(TIMESTAMP_PATTERN),
-        F.try_to_timestamp(F.regexp_replace(text, "T", " "), F.lit(TIMESTAMP_FORMAT)),
-    )
+    # The pattern fixes the shape (no zone, at most 6 fraction digits); the cast then checks the
+    # calendar (no February 30, no hour 24) and costs less than a parse driven by a format.
+    return F.when(text.rlike(TIMESTAMP_PATTERN), text.try_cast("timestamp"))
 
 
-def _timestamp_reason(raw: Column) -> Column:
+def _timestamp_reason(raw: Column, value: Column) -> Column:
     return F.when(raw.isNull() | (F.trim(raw) == ""), F.lit(f"missing_{TIMESTAMP}")).when(
-        parse_timestamp(raw).isNull(), F.concat(F.lit("bad_timestamp: "), raw)
+        value.isNull(), F.concat(F.lit("bad_timestamp: "), raw)
     )
+
+
+def _parse_id(raw: Column) -> Column:
+    return F.trim(raw).try_cast("int")
+
+
+def _normalize_event_type(raw: Column) -> Column:
+    return F.lower(F.trim(raw))
 
 
 def parse_activity_lines(lines: DataFrame, max_line_chars: int = 4096, unsafe_files: dict[str, str] | None = None) -> DataFrame:
@@ -165,13 +171,17 @@ def parse_activity_lines(lines: DataFrame, max_line_chars: int = 4096, unsafe_fi
         "_fields", F.when(~rejected_file & ~too_long, csv_fields(F.col("value")))
     )
     raw = {name: F.try_element_at(F.col("_fields"), F.col(f"pos_{name}")) for name in REQUIRED_EVENT_COLUMNS}
-    extracted = tokenized.select(
-        "*",
-        *[expr.alias(f"_raw_{name}") for name, expr in raw.items()],
-    )
+    extracted = tokenized.select("*", *[expr.alias(f"_raw_{name}") for name, expr in raw.items()])
+    # Typed in a select of their own, so that the value and its reason share one evaluation
+    # (the optimizer keeps a projection apart rather than repeat a costly expression).
+    parsers = {USER_ID: _parse_id, ITEM_ID: _parse_id, EVENT_TYPE: _normalize_event_type, TIMESTAMP: parse_timestamp}
+    typed = extracted.select("*", *[parsers[name](F.col(f"_raw_{name}")).alias(f"_typed_{name}") for name in REQUIRED_EVENT_COLUMNS])
 
     def raw_field(name: str) -> Column:
         return F.col(f"_raw_{name}")
+
+    def typed_field(name: str) -> Column:
+        return F.col(f"_typed_{name}")
 
     line_reason = (
         F.when(~F.is_valid_utf8("value"), F.lit("invalid_utf8"))
@@ -186,21 +196,21 @@ def parse_activity_lines(lines: DataFrame, max_line_chars: int = 4096, unsafe_fi
     )
     field_reasons = F.array_compact(
         F.array(
-            _id_reason(raw_field(USER_ID), USER_ID),
-            _id_reason(raw_field(ITEM_ID), ITEM_ID),
-            _event_type_reason(raw_field(EVENT_TYPE)),
-            _timestamp_reason(raw_field(TIMESTAMP)),
+            _id_reason(raw_field(USER_ID), typed_field(USER_ID), USER_ID),
+            _id_reason(raw_field(ITEM_ID), typed_field(ITEM_ID), ITEM_ID),
+            _event_type_reason(raw_field(EVENT_TYPE), typed_field(EVENT_TYPE)),
+            _timestamp_reason(raw_field(TIMESTAMP), typed_field(TIMESTAMP)),
         )
     )
-    return extracted.select(
+    return typed.select(
         F.when(~unsafe, F.col("value")).alias("value"),
         SOURCE_FILE,
         "file_block_start",
         "line_id",
-        F.trim(raw_field(USER_ID)).try_cast("int").alias(USER_ID),
-        F.trim(raw_field(ITEM_ID)).try_cast("int").alias(ITEM_ID),
-        F.lower(F.trim(raw_field(EVENT_TYPE))).alias(EVENT_TYPE),
-        parse_timestamp(raw_field(TIMESTAMP)).alias(EVENT_TS),
+        typed_field(USER_ID).alias(USER_ID),
+        typed_field(ITEM_ID).alias(ITEM_ID),
+        typed_field(EVENT_TYPE).alias(EVENT_TYPE),
+        typed_field(TIMESTAMP).alias(EVENT_TS),
         F.coalesce(
             F.col("file_reason"),
             line_reason,
