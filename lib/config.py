@@ -67,7 +67,7 @@ class StreamConfig:
     max_files_per_trigger: int = 1
     trigger_interval: str = "1 second"
     max_line_chars: int = 4096
-    # Every this many micro-batches the stream compacts one of its tables (round robin), so
+    # Every this many micro-batches the stream compacts its table with the most data files, so
     # small per-batch files do not pile up; 0 turns compaction off.
     compact_every: int = 10
 

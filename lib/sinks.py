@@ -134,6 +134,11 @@ class BatchSink:
                 self.spark.conf.unset(_COMMIT_USER_METADATA)
 
 
+def data_files(spark: SparkSession, path: str) -> int:
+    """How many data files the table's current snapshot has."""
+    return DeltaTable.forPath(spark, path).detail().select("numFiles").first()[0]
+
+
 def compact(spark: SparkSession, path: str) -> None:
     """Bin-pack the table's small files (OPTIMIZE). It changes no data, so a replayed batch may
     run it again harmlessly."""

@@ -67,7 +67,7 @@ from lib.schemas import (
     USER_PROFILES_SCHEMA,
 )
 from lib.sessions import event_fragments, is_closed, latest_session_per_user, merge_sessions, with_session_metrics
-from lib.sinks import BatchSink, compact, ensure_delta_table
+from lib.sinks import BatchSink, compact, data_files, ensure_delta_table
 from lib.state import SessionStateStore
 from lib.sources import activity_lines_stream, ensure_dir, read_purchases, unsafe_files
 
@@ -88,18 +88,27 @@ _TABLE_SCHEMAS = {
     LIVE_RECOMMENDATIONS: LIVE_RECOMMENDATIONS_SCHEMA,
 }
 
-# The tables only the stream writes, in the order compaction visits them (``recommendations``
-# is rewritten whole by jobs/train.py, which could run at the same time).
+# The tables only the stream writes, which it compacts (``recommendations`` is rewritten whole
+# by jobs/train.py, which could run at the same time). On a tie the first is compacted.
 COMPACTED_TABLES = (
     ENRICHED_EVENTS, LIVE_SESSIONS, USER_PROFILES, LIVE_RECOMMENDATIONS, SESSION_FEATURES, STREAM_METRICS, QUARANTINE,
 )
 
 
-def table_to_compact(batch_id: int, every: int) -> str | None:
-    """The table batch ``batch_id`` compacts: one every ``every`` batches, in turn (0: none)."""
-    if every <= 0 or batch_id == 0 or batch_id % every:
-        return None
-    return COMPACTED_TABLES[(batch_id // every - 1) % len(COMPACTED_TABLES)]
+def compaction_due(batch_id: int, every: int) -> bool:
+    """Whether batch ``batch_id`` compacts a table: one batch in ``every`` (0: never)."""
+    return every > 0 and batch_id > 0 and batch_id % every == 0
+
+
+def table_to_compact(data_files: dict[str, int]) -> str | None:
+    """The stream table with the most data files (``data_files``: table -> count), or None
+    when none has more than one.
+
+    Picking the most fragmented table rather than each in turn bounds every table by the
+    growth of all of them over a few compactions, not over a full round of seven.
+    """
+    name, files = max(((t, data_files.get(t, 0)) for t in COMPACTED_TABLES), key=lambda pair: pair[1])
+    return name if files > 1 else None
 
 
 # A profile row is rewritten when the batch touched its user or its purchase side changed.
@@ -421,10 +430,11 @@ class SessionBatchWriter:
         failures = [f.exception() for f in outcomes if f.exception() is not None]
         if failures:
             raise failures[0]
-        to_compact = table_to_compact(batch_id, cfg.stream.compact_every)
-        if to_compact:
+        if compaction_due(batch_id, cfg.stream.compact_every):
             with report.stage("compact"):
-                compact(spark, table(to_compact))
+                to_compact = table_to_compact({name: data_files(spark, table(name)) for name in COMPACTED_TABLES})
+                if to_compact:
+                    compact(spark, table(to_compact))
         with report.stage("metrics"):
             report.duration_s = time.time() - started_at / 1_000_000
             sink.append(_metrics_row(spark, report, started_at), table(STREAM_METRICS), batch_id)

@@ -9,7 +9,7 @@ HEADER = "user_id,item_id,event_type,timestamp"
 
 
 def test_late_event_is_enriched_but_not_sessionized_and_is_counted(spark, tmp_path):
-    cfg = make_config(tmp_path, "stream.compact_every=1")  # batch 1 compacts enriched_events, 2 live_sessions
+    cfg = make_config(tmp_path, "stream.compact_every=1")  # batches 1 and 2 compact the most fragmented tables
     write_lines(cfg, "f1.csv", [HEADER, "1,1,view,2024-01-01 10:00:00", "1,2,click,2024-01-01 10:05:00", "2,1,view,2024-01-01 10:00:00"])
     # Watermark after this file: 12:00 - 10 min = 11:50; closes both 10:0x sessions.
     write_lines(cfg, "f2.csv", [HEADER, "2,3,view,2024-01-01 12:00:00"])

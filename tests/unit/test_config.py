@@ -56,12 +56,13 @@ def test_unknown_section_in_file(tmp_path):
         load_config(tmp_path / "missing.toml")
 
 
-def test_compaction_visits_each_stream_table_in_turn_and_can_be_off():
-    from lib.stream import COMPACTED_TABLES, table_to_compact
+def test_compaction_takes_the_most_fragmented_stream_table_every_n_batches_and_can_be_off():
+    from lib.stream import COMPACTED_TABLES, compaction_due, table_to_compact
 
-    every = 3
-    chosen = [table_to_compact(b, every) for b in range(0, every * len(COMPACTED_TABLES) + 1)]
-    assert [t for t in chosen if t] == list(COMPACTED_TABLES)
-    assert chosen[0] is None and chosen[1] is None and chosen[every] == COMPACTED_TABLES[0]
+    assert [b for b in range(0, 10) if compaction_due(b, 3)] == [3, 6, 9]
+    assert not any(compaction_due(b, 0) for b in range(0, 10))
+    assert table_to_compact({"enriched_events": 5, "session_features": 9, "stream_metrics": 9, "live_sessions": 2}) == "session_features"
+    assert table_to_compact({t: 4 for t in COMPACTED_TABLES}) == COMPACTED_TABLES[0]
+    assert table_to_compact({"stream_metrics": 1, "quarantine": 0}) is None  # nothing to bin-pack
+    assert table_to_compact({"recommendations": 50}) is None
     assert "recommendations" not in COMPACTED_TABLES  # rewritten by train.py, maybe concurrently
-    assert table_to_compact(30, 0) is None
