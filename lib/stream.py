@@ -100,14 +100,14 @@ def compaction_due(batch_id: int, every: int) -> bool:
     return every > 0 and batch_id > 0 and batch_id % every == 0
 
 
-def table_to_compact(data_files: dict[str, int]) -> str | None:
-    """The stream table with the most data files (``data_files``: table -> count), or None
+def table_to_compact(file_counts: dict[str, int]) -> str | None:
+    """The stream table with the most data files (``file_counts``: table -> count), or None
     when none has more than one.
 
     Picking the most fragmented table rather than each in turn bounds every table by the
     growth of all of them over a few compactions, not over a full round of seven.
     """
-    name, files = max(((t, data_files.get(t, 0)) for t in COMPACTED_TABLES), key=lambda pair: pair[1])
+    name, files = max(((t, file_counts.get(t, 0)) for t in COMPACTED_TABLES), key=lambda pair: pair[1])
     return name if files > 1 else None
 
 
