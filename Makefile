@@ -5,14 +5,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test chaos bench movielens shell clean
+.PHONY: setup demo test lint serve chaos bench movielens shell clean
 
 setup: $(STAMP) .cache/jars/.fetched
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --editable .
 	touch $(STAMP)
 
 .cache/jars/.fetched: $(STAMP)
@@ -22,8 +23,15 @@ $(STAMP): requirements.txt
 demo: setup
 	$(PY) scripts/demo.py
 
-test: setup
+test: setup lint
 	$(PY) -m pytest -n 2 --dist loadfile
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+serve: setup
+	$(PY) jobs/serve.py $(ARGS)
 
 chaos: setup
 	$(PY) bench/chaos.py $(ARGS)
@@ -38,4 +46,4 @@ shell: setup
 	./pyspark.sh
 
 clean:
-	rm -rf data/stream data/lake data/checkpoints data/historical_purchases.parquet .cache/lib.zip
+	rm -rf data/stream data/lake data/checkpoints data/online data/historical_purchases.parquet .cache/lib-*.zip

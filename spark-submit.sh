@@ -30,16 +30,26 @@ job="$1"
 shift
 
 jars="$(cd "$ROOT" && "$VENV/bin/python" -c 'from lib.spark import delta_jar_paths; print(",".join(map(str, delta_jar_paths())))')"
-mkdir -p "$ROOT/.cache"
-libzip="$ROOT/.cache/lib.zip"
-rm -f "$libzip"
-(cd "$ROOT" && "$VENV/bin/python" - "$libzip" <<'PY'
-import sys, zipfile, pathlib
-with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED) as zf:
-    for path in sorted(pathlib.Path("lib").rglob("*.py")):
-        zf.write(path)
+# lib/ ships to the executors as a zip named for its content: built only when lib/ changed, and
+# written under a temporary name then renamed, so jobs started together never see half a zip.
+libzip="$(cd "$ROOT" && "$VENV/bin/python" - <<'PY'
+import hashlib, os, pathlib, tempfile, zipfile
+sources = sorted(pathlib.Path("lib").rglob("*.py"))
+digest = hashlib.sha256()
+for path in sources:
+    digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
+cache = pathlib.Path(".cache").resolve()
+cache.mkdir(exist_ok=True)
+target = cache / f"lib-{digest.hexdigest()[:16]}.zip"
+if not target.is_file():
+    fd, tmp = tempfile.mkstemp(dir=cache, prefix=".lib-", suffix=".zip")
+    with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sources:
+            zf.write(path)
+    os.replace(tmp, target)
+print(target)
 PY
-)
+)"
 
 umask 077  # tables, checkpoints and logs are for their owner only
 export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
@@ -47,10 +57,13 @@ export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$VENV/bin/python}"
 export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$VENV/bin/python}"
 log4j="-Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties"
 
-# spark-submit runs in its own process group, and SIGINT/SIGTERM are forwarded to the Python
-# driver only: the job then stops between micro-batches and exits, and the JVM with it. (Sent
-# to the JVM, they would shut Spark down under the running batch.)
-setsid "$VENV/bin/spark-submit" \
+# spark-submit runs in a session of its own, so a Ctrl-C typed in the terminal does not reach the
+# JVM (it would shut Spark down under the running batch): SIGINT/SIGTERM are forwarded to the
+# Python driver only, which stops between micro-batches and exits, and the JVM with it.
+# Leaving the process group must not let the job outlive this wrapper: the JVM gets SIGKILL when
+# the wrapper dies (setpriv --pdeathsig), and the Python driver when the JVM dies (jobs/_bootstrap.py),
+# so a kill -9 of the wrapper or of its process group ends the whole job.
+setsid setpriv --pdeathsig KILL "$VENV/bin/spark-submit" \
   --properties-file "$ROOT/conf/spark-defaults.conf" \
   --jars "$jars" \
   --py-files "$libzip" \

@@ -9,6 +9,7 @@ events per file. Every figure comes from running the real jobs through ./spark-s
 Results: <out>/bench.json (figures, machine, settings), bench.md (the printed tables) and
 bench.png (latency over time under load, memory over the soak, throughput against scale).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,28 +19,40 @@ import platform
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
+from bench.chaos import descendants
+from bench.freshness import file_delays, summary
+from bench.serving import ApiProcess, ServingProbe, api_load
+from lib.config import load_config
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import pyarrow.parquet as pq  # noqa: E402
-
-from bench.chaos import descendants  # noqa: E402
-from bench.freshness import file_delays, summary  # noqa: E402
-from lib.config import load_config  # noqa: E402
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 SUBMIT = str(ROOT / "spark-submit.sh")
 ITEMS = 1000
+# The API under load while the stream runs (issue target: 500 requests/s for 60 s, p99 <= 10 ms).
+API_LOAD_RATE = 500
+API_LOAD_SECONDS = 60
 BATCH_LINE = re.compile(r"INFO lib\.stream: batch (\d+): (\d+) rows in ([\d.]+) s")
-STREAM_TABLES = ("enriched_events", "session_features", "live_sessions", "quarantine", "stream_metrics",
-                 "user_profiles", "live_recommendations")
+STREAM_TABLES = (
+    "enriched_events",
+    "session_features",
+    "live_sessions",
+    "quarantine",
+    "stream_metrics",
+    "user_profiles",
+    "live_recommendations",
+)
 
 
 @dataclass(frozen=True)
@@ -72,17 +85,35 @@ FULL = Scale()
 # slow (cold), and a model would cost a stream and a train job more. `--only freshness --quick`
 # builds one, so that live_recommendations are measured too.
 QUICK = Scale(
-    repeats=1, catchup_files=5, catchup_events_per_file=2000, catchup_users=1000, catchup_files_per_trigger=5,
-    fresh_rates=(1000,), fresh_seconds=10, soak_seconds=0, sample_every_s=5.0, seed_files=2, seed_events_per_file=2000,
-    scale_users=(), scale_events_per_file=(500, 5000), scale_files_per_size=1,
+    repeats=1,
+    catchup_files=5,
+    catchup_events_per_file=2000,
+    catchup_users=1000,
+    catchup_files_per_trigger=5,
+    fresh_rates=(1000,),
+    fresh_seconds=10,
+    soak_seconds=0,
+    sample_every_s=5.0,
+    seed_files=2,
+    seed_events_per_file=2000,
+    scale_users=(),
+    scale_events_per_file=(500, 5000),
+    scale_files_per_size=1,
 )
 
 
 class Workdir:
     """One benchmark run's folder and config; the input folder may be shared between runs."""
 
-    def __init__(self, root: Path, name: str, incoming: Path | None = None, purchases: Path | None = None,
-                 stream: dict | None = None, keep: bool = False):
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        incoming: Path | None = None,
+        purchases: Path | None = None,
+        stream: dict | None = None,
+        keep: bool = False,
+    ):
         """:param keep: use the folder as a previous run left it (else it starts empty)."""
         self.dir = root / name
         if not keep:
@@ -92,6 +123,7 @@ class Workdir:
         self.purchases = purchases or self.dir / "purchases"
         self.lake = self.dir / "lake"
         self.checkpoints = self.dir / "checkpoints"
+        self.online_store = self.dir / "online" / "streamrec.sqlite"
         self.config = self.dir / "pipeline.toml"
         self.log = self.dir / "stream.log"
         settings = {"max_files_per_trigger": 1, **(stream or {})}
@@ -100,7 +132,7 @@ class Workdir:
         self.config.write_text(
             "[paths]\n"
             f'events_dir = "{self.incoming}"\npurchases = "{self.purchases}"\nlake = "{self.lake}"\n'
-            f'checkpoints = "{self.checkpoints}"\n[stream]\n'
+            f'checkpoints = "{self.checkpoints}"\nonline_store = "{self.online_store}"\n[stream]\n'
             + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
         )
 
@@ -108,22 +140,39 @@ class Workdir:
         return load_config(self.config)
 
     def generate(self, *args: str) -> None:
-        subprocess.run([PYTHON, "jobs/generate.py", "--config", str(self.config), "--log-level", "WARNING", *args], cwd=ROOT, check=True)
+        subprocess.run(
+            [PYTHON, "jobs/generate.py", "--config", str(self.config), "--log-level", "WARNING", *args],
+            cwd=ROOT,
+            check=True,
+        )
 
     def generator(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen([PYTHON, "jobs/generate.py", "--config", str(self.config), "--log-level", "WARNING", *args], cwd=ROOT)
+        return subprocess.Popen(
+            [PYTHON, "jobs/generate.py", "--config", str(self.config), "--log-level", "WARNING", *args], cwd=ROOT
+        )
 
     def job(self, script: str, *args: str) -> float:
         """Run a job to the end; returns its wall-clock seconds."""
         started = time.monotonic()
         with open(self.log, "a") as log:
-            subprocess.run([SUBMIT, script, "--config", str(self.config), *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
+            subprocess.run(
+                [SUBMIT, script, "--config", str(self.config), *args],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=True,
+            )
         return time.monotonic() - started
 
     def start_stream(self, *args: str) -> subprocess.Popen:
         log = open(self.log, "a")
-        return subprocess.Popen([SUBMIT, "jobs/stream.py", "--config", str(self.config), *args], cwd=ROOT,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [SUBMIT, "jobs/stream.py", "--config", str(self.config), *args],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def batches(self) -> list[tuple[int, int, float]]:
         """(batch id, input lines, seconds) of every batch the stream logged."""
@@ -134,14 +183,24 @@ class Workdir:
         shutil.copytree(seed.lake / "models", self.lake / "models")
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def machine() -> dict:
-    memory_kb = int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")))
+    memory_kb = int(next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal")))
     from importlib import metadata
 
     return {
-        "cores": os.cpu_count(), "memory_gb": round(memory_kb / 1024 / 1024, 1), "cpu": platform.processor() or platform.machine(),
-        "python": platform.python_version(), "pyspark": metadata.version("pyspark"),
-        "delta_spark": metadata.version("delta-spark"), "duckdb": metadata.version("duckdb"),
+        "cores": os.cpu_count(),
+        "memory_gb": round(memory_kb / 1024 / 1024, 1),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "pyspark": metadata.version("pyspark"),
+        "delta_spark": metadata.version("delta-spark"),
+        "duckdb": metadata.version("duckdb"),
         "spark_defaults": (ROOT / "conf" / "spark-defaults.conf").read_text().split("\n"),
     }
 
@@ -170,7 +229,7 @@ def duckdb_pipeline(incoming: Path, purchases: Path, out: Path, threads: int = 2
          GROUP BY k.user_id, k.as_of)"""
     con.execute(f"""
         COPY (SELECT e.*, h.avg_purchase_amount, h.past_purchases FROM events e
-              JOIN {history.format(ts='event_ts', source='events')} h ON h.user_id = e.user_id AND h.as_of = CAST(e.event_ts AS DATE))
+              JOIN {history.format(ts="event_ts", source="events")} h ON h.user_id = e.user_id AND h.as_of = CAST(e.event_ts AS DATE))
         TO '{out}/enriched_events.parquet' (FORMAT parquet)""")
     con.execute("""
         CREATE TEMP TABLE sessions AS
@@ -188,11 +247,13 @@ def duckdb_pipeline(incoming: Path, purchases: Path, out: Path, threads: int = 2
                      epoch_us(s.session_end - s.session_start) / 1e6 AS session_length_s,
                      CASE WHEN s.num_events > 1 THEN epoch_us(s.session_end - s.session_start) / 1e6 / (s.num_events - 1) END AS avg_time_gap_s,
                      h.avg_purchase_amount, h.past_purchases
-              FROM sessions s JOIN {history.format(ts='session_start', source='sessions')} h
+              FROM sessions s JOIN {history.format(ts="session_start", source="sessions")} h
                 ON h.user_id = s.user_id AND h.as_of = CAST(s.session_start AS DATE))
         TO '{out}/session_features.parquet' (FORMAT parquet)""")
-    counts = {"events": con.execute("SELECT count(*) FROM events").fetchone()[0],
-              "sessions": con.execute("SELECT count(*) FROM sessions").fetchone()[0]}
+    counts = {
+        "events": con.execute("SELECT count(*) FROM events").fetchone()[0],
+        "sessions": con.execute("SELECT count(*) FROM sessions").fetchone()[0],
+    }
     con.close()
     return counts
 
@@ -236,7 +297,7 @@ def folder_mb(path: Path) -> float:
 def rss_mb(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/status") as status:
-            return round(int(next(l.split()[1] for l in status if l.startswith("VmRSS"))) / 1024, 1)
+            return round(int(next(line.split()[1] for line in status if line.startswith("VmRSS"))) / 1024, 1)
     except (OSError, StopIteration):
         return 0.0
 
@@ -265,7 +326,9 @@ def sample(work: Workdir, stream: subprocess.Popen, started: float) -> dict:
         "state_rows": state_rows(work.checkpoints),
         "checkpoint_mb": folder_mb(work.checkpoints),
         "lake_mb": folder_mb(work.lake),
-        "active_files": {t: active_files(work.lake / t) for t in STREAM_TABLES if (work.lake / t / "_delta_log").exists()},
+        "active_files": {
+            t: active_files(work.lake / t) for t in STREAM_TABLES if (work.lake / t / "_delta_log").exists()
+        },
         "batches": len(work.batches()),
     }
 
@@ -276,9 +339,28 @@ def seed_model(root: Path, scale: Scale, reuse: bool = False) -> Workdir:
     if reuse and any((root / "seed" / "lake" / "models").glob("*/_COMMITTED")):
         return Workdir(root, "seed", keep=True)
     seed = Workdir(root, "seed", stream={"max_files_per_trigger": 50})
-    seed.generate("purchases", "--users", str(scale.catchup_users), "--items", str(ITEMS), "--purchases", str(scale.catchup_users * 5))
-    seed.generate("events", "--files", str(scale.seed_files), "--events-per-file", str(scale.seed_events_per_file),
-                  "--files-per-second", "0", "--users", str(scale.catchup_users), "--items", str(ITEMS))
+    seed.generate(
+        "purchases",
+        "--users",
+        str(scale.catchup_users),
+        "--items",
+        str(ITEMS),
+        "--purchases",
+        str(scale.catchup_users * 5),
+    )
+    seed.generate(
+        "events",
+        "--files",
+        str(scale.seed_files),
+        "--events-per-file",
+        str(scale.seed_events_per_file),
+        "--files-per-second",
+        "0",
+        "--users",
+        str(scale.catchup_users),
+        "--items",
+        str(ITEMS),
+    )
     seed.job("jobs/stream.py", "--available-now")
     seed.job("jobs/train.py")
     return seed
@@ -286,20 +368,52 @@ def seed_model(root: Path, scale: Scale, reuse: bool = False) -> Workdir:
 
 def catchup(root: Path, scale: Scale, seed: Workdir | None, spark) -> dict:
     data = Workdir(root, "catchup_input")
-    data.generate("purchases", "--users", str(scale.catchup_users), "--items", str(ITEMS), "--purchases", str(scale.catchup_users * 5))
-    data.generate("events", "--files", str(scale.catchup_files), "--events-per-file", str(scale.catchup_events_per_file),
-                  "--files-per-second", "0", "--users", str(scale.catchup_users), "--items", str(ITEMS), "--out-of-order-share", "0")
+    data.generate(
+        "purchases",
+        "--users",
+        str(scale.catchup_users),
+        "--items",
+        str(ITEMS),
+        "--purchases",
+        str(scale.catchup_users * 5),
+    )
+    data.generate(
+        "events",
+        "--files",
+        str(scale.catchup_files),
+        "--events-per-file",
+        str(scale.catchup_events_per_file),
+        "--files-per-second",
+        "0",
+        "--users",
+        str(scale.catchup_users),
+        "--items",
+        str(ITEMS),
+        "--out-of-order-share",
+        "0",
+    )
     events = scale.catchup_files * scale.catchup_events_per_file
     spark_runs, duckdb_runs = [], []
     for attempt in range(scale.repeats):
-        run = Workdir(root, f"catchup_{attempt}", incoming=data.incoming, purchases=data.purchases,
-                      stream={"max_files_per_trigger": scale.catchup_files_per_trigger})
+        run = Workdir(
+            root,
+            f"catchup_{attempt}",
+            incoming=data.incoming,
+            purchases=data.purchases,
+            stream={"max_files_per_trigger": scale.catchup_files_per_trigger},
+        )
         if seed is not None:
             run.use_model(seed)
         wall = run.job("jobs/stream.py", "--available-now")
         stages = stage_seconds(run)
-        spark_runs.append({"wall_s": round(wall, 2), "batches": len(run.batches()),
-                           "batch_s": round(sum(s for _, _, s in run.batches()), 2), "stages_s": stages})
+        spark_runs.append(
+            {
+                "wall_s": round(wall, 2),
+                "batches": len(run.batches()),
+                "batch_s": round(sum(s for _, _, s in run.batches()), 2),
+                "stages_s": stages,
+            }
+        )
         started = time.monotonic()
         counts = duckdb_pipeline(data.incoming, data.purchases, root / "catchup_duckdb")
         duckdb_runs.append({"wall_s": round(time.monotonic() - started, 2), **counts})
@@ -308,12 +422,18 @@ def catchup(root: Path, scale: Scale, seed: Workdir | None, spark) -> dict:
     duckdb_s = statistics.median(r["wall_s"] for r in duckdb_runs)
     rows = spark.read.format("delta").load(str(root / "catchup_0" / "lake" / "enriched_events")).count()
     return {
-        "events": events, "files": scale.catchup_files, "users": scale.catchup_users,
-        "max_files_per_trigger": scale.catchup_files_per_trigger, "enriched_rows": rows,
-        "spark_median_s": spark_s, "spark_events_per_s": round(events / spark_s),
+        "events": events,
+        "files": scale.catchup_files,
+        "users": scale.catchup_users,
+        "max_files_per_trigger": scale.catchup_files_per_trigger,
+        "enriched_rows": rows,
+        "spark_median_s": spark_s,
+        "spark_events_per_s": round(events / spark_s),
         "spark_processing_events_per_s": round(events / statistics.median(r["batch_s"] for r in spark_runs)),
-        "duckdb_median_s": duckdb_s, "duckdb_events_per_s": round(events / duckdb_s),
-        "spark_to_duckdb": round(spark_s / duckdb_s, 1), "runs": {"spark": spark_runs, "duckdb": duckdb_runs},
+        "duckdb_median_s": duckdb_s,
+        "duckdb_events_per_s": round(events / duckdb_s),
+        "spark_to_duckdb": round(spark_s / duckdb_s, 1),
+        "runs": {"spark": spark_runs, "duckdb": duckdb_runs},
     }
 
 
@@ -327,8 +447,17 @@ def stage_seconds(run: Workdir) -> dict[str, float]:
     return totals
 
 
-def steady_load(root: Path, name: str, scale: Scale, seed: Workdir | None, spark, rate: int, seconds: int, users: int,
-                drain: bool = True) -> dict:
+def steady_load(
+    root: Path,
+    name: str,
+    scale: Scale,
+    seed: Workdir | None,
+    spark,
+    rate: int,
+    seconds: int,
+    users: int,
+    drain: bool = True,
+) -> dict:
     """One file per second of ``rate`` events for ``seconds``; per-file freshness, and samples of
     memory, state and files while it runs. With ``drain`` the stream runs until it processed
     every file; without, it stops after the batch running when the load ends (the soak)."""
@@ -336,19 +465,55 @@ def steady_load(root: Path, name: str, scale: Scale, seed: Workdir | None, spark
     run.generate("purchases", "--users", str(users), "--items", str(ITEMS), "--purchases", str(users * 5))
     if seed is not None:
         run.use_model(seed)
-    run.generate("events", "--files", "1", "--events-per-file", str(rate), "--files-per-second", "0",
-                 "--users", str(users), "--items", str(ITEMS), "--prefix", "warmup")
+    run.generate(
+        "events",
+        "--files",
+        "1",
+        "--events-per-file",
+        str(rate),
+        "--files-per-second",
+        "0",
+        "--users",
+        str(users),
+        "--items",
+        str(ITEMS),
+        "--prefix",
+        "warmup",
+    )
     stream = run.start_stream()
     started = time.monotonic()
     samples: list[dict] = []
+    api = probe = load = None
     try:
         while not run.batches():  # warm: the first batch is the JVM's slowest
             if stream.poll() is not None or time.monotonic() - started > 600:
                 raise RuntimeError(f"stream did not start; see {run.log}")
             time.sleep(1)
         since = time.time()
-        generator = run.generator("events", "--duration", str(seconds), "--events-per-file", str(rate), "--files-per-second", "1",
-                                  "--users", str(users), "--items", str(ITEMS), "--start", "2024-03-01")
+        # The API serves the store the stream writes; a client probes it for every file, and
+        # (when the load lasts long enough) a second client sends API_LOAD_RATE requests a second.
+        api = ApiProcess(run.config, free_port(), run.dir / "serve.log")
+        probe = ServingProbe(run.incoming, api.port, since)
+        probe.start()
+        if seconds >= API_LOAD_SECONDS + 30:
+            load = ThreadPoolExecutor(1).submit(
+                lambda: (time.sleep(20), api_load(api.port, users, API_LOAD_RATE, API_LOAD_SECONDS))[1]
+            )
+        generator = run.generator(
+            "events",
+            "--duration",
+            str(seconds),
+            "--events-per-file",
+            str(rate),
+            "--files-per-second",
+            "1",
+            "--users",
+            str(users),
+            "--items",
+            str(ITEMS),
+            "--start",
+            "2024-03-01",
+        )
         next_sample = time.monotonic()
         expected = None
         deadline = time.monotonic() + seconds * 4 + 600
@@ -367,23 +532,43 @@ def steady_load(root: Path, name: str, scale: Scale, seed: Workdir | None, spark
                 break
             time.sleep(1)
         samples.append(sample(run, stream, started))
+        if probe is not None:  # let the probe see the last files served
+            time.sleep(min(30, max(5, seconds / 10)))
     finally:
+        if probe is not None:
+            probe.stop()
+        api_figures = load.result() if load is not None else None
+        if api is not None:
+            api.stop()
         stream.send_signal(signal.SIGTERM)
         try:
             stream.wait(timeout=300)
         except subprocess.TimeoutExpired:
             stream.kill()
-    delays = file_delays(spark, run.cfg(), since)
+    delays = {**file_delays(spark, run.cfg(), since), **probe.results}
     figures = summary(delays)
     # The generator shares the 2 cores with the stream: what it achieved is the load, not the ask.
     landed = sorted(p.stat().st_mtime for p in run.incoming.glob("activity-*.csv"))
     offered = round(len(landed) * rate / (landed[-1] - since)) if landed else 0
-    print(f"  {name}: " + ", ".join(f"{t} p50 {v.get('p50_s')} p95 {v.get('p95_s')} max {v.get('max_s')}" for t, v in figures.items()), flush=True)
+    print(
+        f"  {name}: "
+        + ", ".join(f"{t} p50 {v.get('p50_s')} p95 {v.get('p95_s')} max {v.get('max_s')}" for t, v in figures.items()),
+        flush=True,
+    )
     return {
-        "rate_events_per_s": rate, "offered_events_per_s": offered, "seconds": seconds, "users": users,
-        "files": figures["enriched_events"]["files"], "files_landed": len(landed),
-        "freshness": figures, "series": {t: [(round(l - since, 1), round(d, 2)) for l, d in s] for t, s in delays.items()},
-        "samples": samples, "stages_s": stage_seconds(run), "batches": len(run.batches()),
+        "rate_events_per_s": rate,
+        "offered_events_per_s": offered,
+        "seconds": seconds,
+        "users": users,
+        "files": figures["enriched_events"]["files"],
+        "files_landed": len(landed),
+        "freshness": figures,
+        "series": {t: [(round(landed - since, 1), round(d, 2)) for landed, d in s] for t, s in delays.items()},
+        "samples": samples,
+        "stages_s": stage_seconds(run),
+        "batches": len(run.batches()),
+        "api_unserved_files": probe.unserved,
+        "api_load": api_figures,
     }
 
 
@@ -393,68 +578,145 @@ def scaling(root: Path, scale: Scale, spark) -> dict:
     by_users = []
     for users in scale.scale_users:
         run = Workdir(root, f"scale_users_{users}")
-        run.generate("purchases", "--users", str(users), "--items", str(ITEMS), "--purchases", str(min(users * 5, 500_000)))
-        run.generate("events", "--files", str(scale.scale_user_files), "--events-per-file", str(scale.scale_user_events_per_file),
-                     "--files-per-second", "0", "--users", str(users), "--items", str(ITEMS))
+        run.generate(
+            "purchases", "--users", str(users), "--items", str(ITEMS), "--purchases", str(min(users * 5, 500_000))
+        )
+        run.generate(
+            "events",
+            "--files",
+            str(scale.scale_user_files),
+            "--events-per-file",
+            str(scale.scale_user_events_per_file),
+            "--files-per-second",
+            "0",
+            "--users",
+            str(users),
+            "--items",
+            str(ITEMS),
+        )
         run.job("jobs/stream.py", "--available-now")
         warm = [(n, s) for b, n, s in run.batches() if b > 0]
-        by_users.append({"users": users, "events_per_batch": scale.scale_user_events_per_file,
-                         "median_batch_s": round(statistics.median(s for _, s in warm), 2),
-                         "events_per_s": round(sum(n for n, _ in warm) / sum(s for _, s in warm))})
+        by_users.append(
+            {
+                "users": users,
+                "events_per_batch": scale.scale_user_events_per_file,
+                "median_batch_s": round(statistics.median(s for _, s in warm), 2),
+                "events_per_s": round(sum(n for n, _ in warm) / sum(s for _, s in warm)),
+            }
+        )
         print(f"  users {users}: {by_users[-1]}", flush=True)
     run = Workdir(root, "scale_events")
-    run.generate("purchases", "--users", str(scale.catchup_users), "--items", str(ITEMS), "--purchases", str(scale.catchup_users * 5))
-    run.generate("events", "--files", "1", "--events-per-file", "100", "--files-per-second", "0",
-                 "--users", str(scale.catchup_users), "--items", str(ITEMS), "--prefix", "a-warmup")
+    run.generate(
+        "purchases",
+        "--users",
+        str(scale.catchup_users),
+        "--items",
+        str(ITEMS),
+        "--purchases",
+        str(scale.catchup_users * 5),
+    )
+    run.generate(
+        "events",
+        "--files",
+        "1",
+        "--events-per-file",
+        "100",
+        "--files-per-second",
+        "0",
+        "--users",
+        str(scale.catchup_users),
+        "--items",
+        str(ITEMS),
+        "--prefix",
+        "a-warmup",
+    )
     for size in scale.scale_events_per_file:
-        run.generate("events", "--files", str(scale.scale_files_per_size), "--events-per-file", str(size), "--files-per-second", "0",
-                     "--users", str(scale.catchup_users), "--items", str(ITEMS), "--prefix", f"size{size:07d}")
+        run.generate(
+            "events",
+            "--files",
+            str(scale.scale_files_per_size),
+            "--events-per-file",
+            str(size),
+            "--files-per-second",
+            "0",
+            "--users",
+            str(scale.catchup_users),
+            "--items",
+            str(ITEMS),
+            "--prefix",
+            f"size{size:07d}",
+        )
     run.job("jobs/stream.py", "--available-now")
     batches = run.batches()
     by_events = []
     for size in scale.scale_events_per_file:
         warm = [s for b, n, s in batches if b > 0 and n == size + 1]
         if warm:
-            by_events.append({"events_per_file": size, "batches": len(warm), "median_batch_s": round(statistics.median(warm), 2),
-                              "events_per_s": round(size / statistics.median(warm))})
+            by_events.append(
+                {
+                    "events_per_file": size,
+                    "batches": len(warm),
+                    "median_batch_s": round(statistics.median(warm), 2),
+                    "events_per_s": round(size / statistics.median(warm)),
+                }
+            )
             print(f"  events per file {size}: {by_events[-1]}", flush=True)
     return {"by_users": by_users, "by_events_per_file": by_events}
 
 
 # ---------------------------------------------------------------- report
 def markdown(results: dict) -> str:
-    lines = [f"machine: {results['machine']['cores']} cores, {results['machine']['memory_gb']} GB, "
-             f"pyspark {results['machine']['pyspark']}, delta-spark {results['machine']['delta_spark']}, duckdb {results['machine']['duckdb']}", ""]
+    lines = [
+        f"machine: {results['machine']['cores']} cores, {results['machine']['memory_gb']} GB, "
+        f"pyspark {results['machine']['pyspark']}, delta-spark {results['machine']['delta_spark']}, duckdb {results['machine']['duckdb']}",
+        "",
+    ]
     if "catchup" in results:
         c = results["catchup"]
-        lines += ["| catch-up | events | median wall s | events/s |", "|---|---|---|---|",
-                  f"| spark stream (all tables, {c['max_files_per_trigger']} files/batch) | {c['events']} | {c['spark_median_s']} | {c['spark_events_per_s']} |",
-                  f"| duckdb batch (enriched + session features) | {c['events']} | {c['duckdb_median_s']} | {c['duckdb_events_per_s']} |",
-                  f"| ratio spark/duckdb | | {c['spark_to_duckdb']} | |", ""]
+        lines += [
+            "| catch-up | events | median wall s | events/s |",
+            "|---|---|---|---|",
+            f"| spark stream (all tables, {c['max_files_per_trigger']} files/batch) | {c['events']} | {c['spark_median_s']} | {c['spark_events_per_s']} |",
+            f"| duckdb batch (enriched + session features) | {c['events']} | {c['duckdb_median_s']} | {c['duckdb_events_per_s']} |",
+            f"| ratio spark/duckdb | | {c['spark_to_duckdb']} | |",
+            "",
+        ]
     loads = [v for k, v in results.items() if k.startswith("fresh_") or k == "soak"]
     if loads:
-        lines += ["| load | asked events/s | achieved events/s | users | files | table | p50 s | p95 s | max s |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| load | asked events/s | achieved events/s | users | files | table | p50 s | p95 s | max s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for load in loads:
             for table, f in load["freshness"].items():
-                lines.append(f"| {load['seconds']} s | {load['rate_events_per_s']} | {load['offered_events_per_s']} | {load['users']} | {f['files']} | {table} | "
-                             f"{f.get('p50_s', '-')} | {f.get('p95_s', '-')} | {f.get('max_s', '-')} |")
+                lines.append(
+                    f"| {load['seconds']} s | {load['rate_events_per_s']} | {load['offered_events_per_s']} | {load['users']} | {f['files']} | {table} | "
+                    f"{f.get('p50_s', '-')} | {f.get('p95_s', '-')} | {f.get('max_s', '-')} |"
+                )
         lines.append("")
     if "soak" in results:
         s = results["soak"]["samples"]
         first, last = s[min(len(s) - 1, max(1, len(s) // 6))], s[-1]
-        lines += ["| soak (after warm-up -> end) | value |", "|---|---|",
-                  f"| JVM RSS MB | {first['jvm_rss_mb']} -> {last['jvm_rss_mb']} |",
-                  f"| driver RSS MB | {first['driver_rss_mb']} -> {last['driver_rss_mb']} |",
-                  f"| state rows | {first['state_rows']} -> {last['state_rows']} |",
-                  f"| checkpoint MB | {first['checkpoint_mb']} -> {last['checkpoint_mb']} |",
-                  f"| max active files per table | {max(first['active_files'].values())} -> {max(last['active_files'].values())} |", ""]
+        lines += [
+            "| soak (after warm-up -> end) | value |",
+            "|---|---|",
+            f"| JVM RSS MB | {first['jvm_rss_mb']} -> {last['jvm_rss_mb']} |",
+            f"| driver RSS MB | {first['driver_rss_mb']} -> {last['driver_rss_mb']} |",
+            f"| state rows | {first['state_rows']} -> {last['state_rows']} |",
+            f"| checkpoint MB | {first['checkpoint_mb']} -> {last['checkpoint_mb']} |",
+            f"| max active files per table | {max(first['active_files'].values())} -> {max(last['active_files'].values())} |",
+            "",
+        ]
     if "scaling" in results:
         lines += ["| scaling | median batch s | events/s |", "|---|---|---|"]
-        lines += [f"| {r['users']} users, {r['events_per_batch']} events/batch | {r['median_batch_s']} | {r['events_per_s']} |"
-                  for r in results["scaling"]["by_users"]]
-        lines += [f"| {r['events_per_file']} events/file (1 file/batch) | {r['median_batch_s']} | {r['events_per_s']} |"
-                  for r in results["scaling"]["by_events_per_file"]]
+        lines += [
+            f"| {r['users']} users, {r['events_per_batch']} events/batch | {r['median_batch_s']} | {r['events_per_s']} |"
+            for r in results["scaling"]["by_users"]
+        ]
+        lines += [
+            f"| {r['events_per_file']} events/file (1 file/batch) | {r['median_batch_s']} | {r['events_per_s']} |"
+            for r in results["scaling"]["by_events_per_file"]
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -470,7 +732,9 @@ def plot(results: dict, path: Path) -> None:
             for table, series in load["series"].items():
                 if series:
                     axes[0].plot([t for t, _ in series], [d for _, d in series], ".", ms=3, label=f"{key} {table}")
-    axes[0].set(title="freshness per file (landed -> visible)", xlabel="s since load start", ylabel="delay s", yscale="log")
+    axes[0].set(
+        title="freshness per file (landed -> visible)", xlabel="s since load start", ylabel="delay s", yscale="log"
+    )
     axes[0].legend(fontsize=6)
     sampled = "soak" if "soak" in results else next((k for k in results if k.startswith("fresh_")), None)
     samples = results[sampled]["samples"] if sampled else []
@@ -486,7 +750,12 @@ def plot(results: dict, path: Path) -> None:
         users = results["scaling"]["by_users"]
         sizes = results["scaling"]["by_events_per_file"]
         axes[2].plot([r["users"] for r in users], [r["events_per_s"] for r in users], "o-", label="events/s vs users")
-        axes[2].plot([r["events_per_file"] for r in sizes], [r["events_per_s"] for r in sizes], "s-", label="events/s vs events per file")
+        axes[2].plot(
+            [r["events_per_file"] for r in sizes],
+            [r["events_per_s"] for r in sizes],
+            "s-",
+            label="events/s vs events per file",
+        )
         axes[2].set(title="throughput against scale", xscale="log", xlabel="users / events per file", ylabel="events/s")
         axes[2].legend(fontsize=7)
     fig.tight_layout()
@@ -502,12 +771,15 @@ def main() -> int:
     parser.add_argument("--only", help=f"comma-separated sections of {', '.join(SECTIONS)}")
     parser.add_argument("--reuse-seed", action="store_true", help="keep the model of a previous run under --root")
     parser.add_argument("--rates", help="comma-separated events/s for the freshness runs (default: the scale's)")
+    parser.add_argument("--seconds", type=int, help="seconds of load of each freshness run (default: the scale's)")
     parser.add_argument("--root", default="/tmp/streamrec-bench", help="scratch folder for the runs")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="where bench.json/md/png go")
     args = parser.parse_args()
     scale = QUICK if args.quick else FULL
     if args.rates:
         scale = replace(scale, fresh_rates=tuple(int(r) for r in args.rates.split(",")))
+    if args.seconds:
+        scale = replace(scale, fresh_seconds=args.seconds)
     chosen = args.only.split(",") if args.only else list(SECTIONS)
     unknown = set(chosen) - set(SECTIONS)
     if unknown:
@@ -515,7 +787,12 @@ def main() -> int:
     root, out = Path(args.root), Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"machine": machine(), "scale": asdict(scale), "quick": args.quick, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    results: dict = {
+        "machine": machine(),
+        "scale": asdict(scale),
+        "quick": args.quick,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
     from lib.spark import get_spark
 
@@ -531,11 +808,14 @@ def main() -> int:
     if "freshness" in chosen:
         for rate in scale.fresh_rates:
             print(f"=== freshness at {rate} events/s", flush=True)
-            results[f"fresh_{rate}"] = steady_load(root, f"fresh_{rate}", scale, seed, spark, rate, scale.fresh_seconds, scale.catchup_users)
+            results[f"fresh_{rate}"] = steady_load(
+                root, f"fresh_{rate}", scale, seed, spark, rate, scale.fresh_seconds, scale.catchup_users
+            )
     if "soak" in chosen and scale.soak_seconds:
         print(f"=== soak: {scale.soak_seconds} s at {scale.soak_rate} events/s, {scale.soak_users} users", flush=True)
-        results["soak"] = steady_load(root, "soak", scale, seed, spark, scale.soak_rate, scale.soak_seconds, scale.soak_users,
-                                      drain=False)
+        results["soak"] = steady_load(
+            root, "soak", scale, seed, spark, scale.soak_rate, scale.soak_seconds, scale.soak_users, drain=False
+        )
     if "scaling" in chosen:
         print("=== scaling", flush=True)
         results["scaling"] = scaling(root, scale, spark)
@@ -543,7 +823,9 @@ def main() -> int:
     (out / "bench.json").write_text(json.dumps(results, indent=2, default=str))
     (out / "bench.md").write_text(markdown(results))
     plot(results, out / "bench.png")
-    print("\n" + markdown(results) + f"\ntotal {results['total_s']} s; results in {out}/bench.json, bench.md, bench.png")
+    print(
+        "\n" + markdown(results) + f"\ntotal {results['total_s']} s; results in {out}/bench.json, bench.md, bench.png"
+    )
     spark.stop()
     return 0
 

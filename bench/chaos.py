@@ -8,6 +8,7 @@ prints its figures and a PASS/FAIL line; all results go to <root>/chaos.json.
   .venv/bin/python bench/chaos.py --quick         # small scale, a few minutes
   .venv/bin/python bench/chaos.py --only kill,late
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,8 @@ class Run:
         self.config.write_text(
             "[paths]\n"
             f'events_dir = "{self.incoming}"\npurchases = "{self.dir / "purchases"}"\n'
-            f'lake = "{lake or self.lake}"\ncheckpoints = "{checkpoints or self.dir / "checkpoints"}"\n' + extra
+            f'lake = "{lake or self.lake}"\ncheckpoints = "{checkpoints or self.dir / "checkpoints"}"\n'
+            f'online_store = "{lake or self.lake}-online.sqlite"\n' + extra
         )
 
     def job(self, *args: str) -> list[str]:
@@ -58,7 +60,9 @@ class Run:
 
     def stream(self, *args: str, log_name: str = "stream.log") -> subprocess.Popen:
         log = open(self.dir / log_name, "a")
-        return subprocess.Popen(self.job("jobs/stream.py", *args), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            self.job("jobs/stream.py", *args), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def run(self, *args: str, log_name: str = "jobs.log") -> subprocess.CompletedProcess:
         with open(self.dir / log_name, "a") as log:
@@ -67,7 +71,9 @@ class Run:
     def verify(self, *extra: str) -> tuple[bool, str]:
         result = subprocess.run(
             self.job("jobs/verify.py", "--manifest", str(self.manifest), "--log-level", "WARNING", *extra),
-            cwd=ROOT, capture_output=True, text=True,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
         )
         table = "\n".join(line for line in result.stdout.splitlines() if line.strip())
         return result.returncode == 0, table
@@ -105,7 +111,11 @@ def kill_tree(process: subprocess.Popen) -> int:
 
 
 def report(name: str, passed: bool, figures: dict, results: list) -> None:
-    print(f"\n[{'PASS' if passed else 'FAIL'}] {name}: " + ", ".join(f"{k}={v}" for k, v in figures.items() if k != "verify"), flush=True)
+    print(
+        f"\n[{'PASS' if passed else 'FAIL'}] {name}: "
+        + ", ".join(f"{k}={v}" for k, v in figures.items() if k != "verify"),
+        flush=True,
+    )
     if "verify" in figures:
         print(figures["verify"], flush=True)
     results.append({"scenario": name, "passed": passed, **figures})
@@ -118,9 +128,22 @@ def scenario_kill(root: Path, scale: dict, results: list) -> None:
     run.generate("purchases", "--users", "2000", "--items", "1000", "--purchases", "5000")
     started = time.monotonic()
     generator = run.generate(
-        "events", "--files", str(scale["files"]), "--events-per-file", str(scale["events_per_file"]),
-        "--files-per-second", str(scale["files_per_second"]), "--users", "2000", "--items", "1000",
-        "--bad-share", "0.01", "--manifest", str(run.manifest), background=True,
+        "events",
+        "--files",
+        str(scale["files"]),
+        "--events-per-file",
+        str(scale["events_per_file"]),
+        "--files-per-second",
+        str(scale["files_per_second"]),
+        "--users",
+        "2000",
+        "--items",
+        "1000",
+        "--bad-share",
+        "0.01",
+        "--manifest",
+        str(run.manifest),
+        background=True,
     )
     killed, batches_before_kill = [], []
     log = run.dir / "stream.log"
@@ -150,10 +173,17 @@ def scenario_kill(root: Path, scale: dict, results: list) -> None:
     report(
         "1 kill -9 and restart",
         ok and final.returncode == 0 and clean.returncode == 0,
-        {"events_in": events, "files": scale["files"], "kills": scale["kills"], "processes_killed": killed,
-         "batches_completed_before_each_kill": batches_before_kill,
-         "restarts": scale["kills"] + 1,
-         "final_catch_up_s": round(catch_up_s, 1), "total_s": round(time.monotonic() - started, 1), "verify": table},
+        {
+            "events_in": events,
+            "files": scale["files"],
+            "kills": scale["kills"],
+            "processes_killed": killed,
+            "batches_completed_before_each_kill": batches_before_kill,
+            "restarts": scale["kills"] + 1,
+            "final_catch_up_s": round(catch_up_s, 1),
+            "total_s": round(time.monotonic() - started, 1),
+            "verify": table,
+        },
         results,
     )
 
@@ -202,9 +232,9 @@ def scenario_hostile(root: Path, scale: dict, results: list) -> None:
     delivered = None
     while time.monotonic() - started < scale["hostile_timeout_s"] and stream.poll() is None:
         time.sleep(10)
-        counted = run.run("jobs/report.py", "--log-level", "ERROR", log_name="report.log")
+        run.run("jobs/report.py", "--log-level", "ERROR", log_name="report.log")
         text = (run.dir / "report.log").read_text().splitlines()
-        rows = [l for l in text if l.startswith("enriched_events")]
+        rows = [line for line in text if line.startswith("enriched_events")]
         if rows and rows[-1].split()[1].isdigit():
             delivered = int(rows[-1].split()[1])
             if delivered >= expected_valid:
@@ -215,26 +245,52 @@ def scenario_hostile(root: Path, scale: dict, results: list) -> None:
     report(
         "3 hostile files",
         alive and delivered == expected_valid,
-        {"valid_rows_expected": expected_valid, "valid_rows_delivered": delivered, "big_file_mb": scale["big_mb"],
-         "query_terminations": 0 if alive else 1, "seconds": round(time.monotonic() - started, 1),
-         "note": "per-row reasons are checked by tests/integration/test_hostile_input.py"},
+        {
+            "valid_rows_expected": expected_valid,
+            "valid_rows_delivered": delivered,
+            "big_file_mb": scale["big_mb"],
+            "query_terminations": 0 if alive else 1,
+            "seconds": round(time.monotonic() - started, 1),
+            "note": "per-row reasons are checked by tests/integration/test_hostile_input.py",
+        },
         results,
     )
 
 
 def scenario_late(root: Path, scale: dict, results: list) -> None:
     run = Run(root, "late", "[stream]\nmax_files_per_trigger = 2\n")
-    run.generate("events", "--files", str(scale["late_files"]), "--events-per-file", "2000", "--files-per-second", "0",
-                 "--users", "500", "--out-of-order-share", "0.10", "--max-out-of-order-s", "1200", "--manifest", str(run.manifest))
+    run.generate(
+        "events",
+        "--files",
+        str(scale["late_files"]),
+        "--events-per-file",
+        "2000",
+        "--files-per-second",
+        "0",
+        "--users",
+        "500",
+        "--out-of-order-share",
+        "0.10",
+        "--max-out-of-order-s",
+        "1200",
+        "--manifest",
+        str(run.manifest),
+    )
     result = run.run("jobs/stream.py", "--available-now")
     ok, table = run.verify()
-    report("4 late data (10%, up to 2x the watermark)", ok and result.returncode == 0,
-           {"events_in": scale["late_files"] * 2000, "verify": table}, results)
+    report(
+        "4 late data (10%, up to 2x the watermark)",
+        ok and result.returncode == 0,
+        {"events_in": scale["late_files"] * 2000, "verify": table},
+        results,
+    )
 
 
 def scenario_two_instances(root: Path, scale: dict, results: list) -> None:
     run = Run(root, "two")
-    run.generate("events", "--files", "2", "--events-per-file", "500", "--files-per-second", "0", "--manifest", str(run.manifest))
+    run.generate(
+        "events", "--files", "2", "--events-per-file", "500", "--files-per-second", "0", "--manifest", str(run.manifest)
+    )
     first = run.stream()
     time.sleep(40)
     before = sorted(p.name for p in (run.lake / "enriched_events" / "_delta_log").glob("*.json"))
@@ -242,13 +298,21 @@ def scenario_two_instances(root: Path, scale: dict, results: list) -> None:
     second = run.run("jobs/stream.py", log_name="second.log")
     refused_after = time.monotonic() - started
     after = sorted(p.name for p in (run.lake / "enriched_events" / "_delta_log").glob("*.json"))
-    message = [l for l in (run.dir / "second.log").read_text().splitlines() if "not starting" in l]
+    message = [line for line in (run.dir / "second.log").read_text().splitlines() if "not starting" in line]
     first.send_signal(signal.SIGTERM)
     first.wait(timeout=300)
     passed = second.returncode == 3 and refused_after < 60 and bool(message)
-    report("5 two instances", passed, {"exit_code": second.returncode, "refused_after_s": round(refused_after, 1),
-                                       "message": message[0].split("not starting: ", 1)[-1] if message else None,
-                                       "commits_by_second": len(after) - len(before)}, results)
+    report(
+        "5 two instances",
+        passed,
+        {
+            "exit_code": second.returncode,
+            "refused_after_s": round(refused_after, 1),
+            "message": message[0].split("not starting: ", 1)[-1] if message else None,
+            "commits_by_second": len(after) - len(before),
+        },
+        results,
+    )
 
 
 def scenario_disk_full(root: Path, scale: dict, results: list) -> None:
@@ -260,39 +324,88 @@ def scenario_disk_full(root: Path, scale: dict, results: list) -> None:
         return
     try:
         run.write_config("[stream]\nmax_files_per_trigger = 2\n", lake=mount / "lake")
-        run.generate("events", "--files", "6", "--events-per-file", "20000", "--files-per-second", "0", "--manifest", str(run.manifest))
+        run.generate(
+            "events",
+            "--files",
+            "6",
+            "--events-per-file",
+            "20000",
+            "--files-per-second",
+            "0",
+            "--manifest",
+            str(run.manifest),
+        )
         failed = run.run("jobs/stream.py", "--available-now", log_name="full.log")
         lines = (run.dir / "full.log").read_text().splitlines()
-        message = next((l for l in lines if "stream failed:" in l), None)
+        message = next((line for line in lines if "stream failed:" in line), None)
         subprocess.run(["mount", "-o", "remount,size=256m", str(mount)], check=True)
         started = time.monotonic()
         recovered = run.run("jobs/stream.py", "--available-now")
         recover_s = time.monotonic() - started
         ok, table = run.verify()
-        report("6 disk full", failed.returncode != 0 and "No space left" in (message or "") and recovered.returncode == 0 and ok,
-               {"first_exit_code": failed.returncode, "message": (message or "")[-200:], "recovery_run_s": round(recover_s, 1),
-                "verify": table}, results)
+        report(
+            "6 disk full",
+            failed.returncode != 0 and "No space left" in (message or "") and recovered.returncode == 0 and ok,
+            {
+                "first_exit_code": failed.returncode,
+                "message": (message or "")[-200:],
+                "recovery_run_s": round(recover_s, 1),
+                "verify": table,
+            },
+            results,
+        )
     finally:
         subprocess.run(["umount", "-l", str(mount)])
 
 
 def scenario_config_change(root: Path, scale: dict, results: list) -> None:
     run = Run(root, "config", "[stream]\nmax_files_per_trigger = 1\n")
-    run.generate("events", "--files", "4", "--events-per-file", "500", "--files-per-second", "0", "--manifest", str(run.manifest))
+    run.generate(
+        "events", "--files", "4", "--events-per-file", "500", "--files-per-second", "0", "--manifest", str(run.manifest)
+    )
     first = run.run("jobs/stream.py", "--available-now", "--set", "stream.max_files_per_trigger=1")
-    run.generate("events", "--files", "4", "--events-per-file", "500", "--files-per-second", "0", "--start", "2024-06-01",
-                 "--manifest", str(run.manifest))
+    run.generate(
+        "events",
+        "--files",
+        "4",
+        "--events-per-file",
+        "500",
+        "--files-per-second",
+        "0",
+        "--start",
+        "2024-06-01",
+        "--manifest",
+        str(run.manifest),
+    )
     # (sessions.watermark may change too, but the verifier predicts late drops with one value.)
-    changed = run.run("jobs/stream.py", "--available-now", "--set", "stream.max_files_per_trigger=3",
-                      "--set", "stream.trigger_interval=5 seconds")
+    changed = run.run(
+        "jobs/stream.py",
+        "--available-now",
+        "--set",
+        "stream.max_files_per_trigger=3",
+        "--set",
+        "stream.trigger_interval=5 seconds",
+    )
     refused = run.run("jobs/stream.py", "--available-now", "--set", "sessions.gap=45 minutes", log_name="refused.log")
-    message = [l for l in (run.dir / "refused.log").read_text().splitlines() if "not starting" in l]
+    message = [line for line in (run.dir / "refused.log").read_text().splitlines() if "not starting" in line]
     traceback = "Traceback" in (run.dir / "refused.log").read_text()
     ok, table = run.verify()
-    report("7 config change", first.returncode == 0 and changed.returncode == 0 and refused.returncode == 3 and bool(message)
-           and not traceback and ok,
-           {"allowed_change_exit": changed.returncode, "gap_change_exit": refused.returncode,
-            "message": message[0].split("not starting: ", 1)[-1] if message else None, "verify": table}, results)
+    report(
+        "7 config change",
+        first.returncode == 0
+        and changed.returncode == 0
+        and refused.returncode == 3
+        and bool(message)
+        and not traceback
+        and ok,
+        {
+            "allowed_change_exit": changed.returncode,
+            "gap_change_exit": refused.returncode,
+            "message": message[0].split("not starting: ", 1)[-1] if message else None,
+            "verify": table,
+        },
+        results,
+    )
 
 
 SCENARIOS = {
@@ -303,10 +416,26 @@ SCENARIOS = {
     "disk": scenario_disk_full,
     "config": scenario_config_change,
 }
-FULL = {"files": 200, "events_per_file": 500, "files_per_second": 0.5, "kills": 5, "kill_after_s": (0, 40),
-        "big_mb": 200, "hostile_timeout_s": 1800, "late_files": 20}
-QUICK = {"files": 24, "events_per_file": 200, "files_per_second": 0.5, "kills": 2, "kill_after_s": (0, 20),
-         "big_mb": 5, "hostile_timeout_s": 300, "late_files": 4}
+FULL = {
+    "files": 200,
+    "events_per_file": 500,
+    "files_per_second": 0.5,
+    "kills": 5,
+    "kill_after_s": (0, 40),
+    "big_mb": 200,
+    "hostile_timeout_s": 1800,
+    "late_files": 20,
+}
+QUICK = {
+    "files": 24,
+    "events_per_file": 200,
+    "files_per_second": 0.5,
+    "kills": 2,
+    "kill_after_s": (0, 20),
+    "big_mb": 5,
+    "hostile_timeout_s": 300,
+    "late_files": 4,
+}
 
 
 def main() -> int:

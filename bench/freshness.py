@@ -8,6 +8,7 @@ The micro-batch of a file is read from enriched_events (ingested_at = the batch'
 stream_metrics.started_at); each table's commit of that batch carries `<query id>:<batch id>`
 in its userMetadata, and the commit's timestamp is when readers could see it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,14 +17,12 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
-import numpy as np  # noqa: E402
-from pyspark.sql import SparkSession  # noqa: E402
-from pyspark.sql import functions as F  # noqa: E402
-
-from lib.config import Config, load_config  # noqa: E402
-from lib.spark import get_spark  # noqa: E402
+from lib.config import Config, load_config
+from lib.spark import get_spark
 
 TABLES = ("enriched_events", "live_sessions", "live_recommendations")
 
@@ -46,8 +45,10 @@ def file_delays(spark: SparkSession, cfg: Config, since: float = 0.0) -> dict[st
         for r in spark.read.format("delta").load(lake("stream_metrics")).select("batch_id", "started_at").collect()
     }
     files = (
-        spark.read.format("delta").load(lake("enriched_events"))
-        .groupBy("source_file").agg(F.min("ingested_at").alias("ingested_at"))
+        spark.read.format("delta")
+        .load(lake("enriched_events"))
+        .groupBy("source_file")
+        .agg(F.min("ingested_at").alias("ingested_at"))
         .collect()
     )
     commits = {table: commit_times(spark, lake(table)) for table in TABLES}

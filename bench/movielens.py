@@ -7,6 +7,7 @@ into .cache/ on first use.
 
 Usage: .venv/bin/python bench/movielens.py [--models ease,item_knn,als,popularity] [--set recommend.k=v]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,18 +16,16 @@ import sys
 import zipfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import pandas as pd
+from pyspark.sql import functions as F
 
-import pandas as pd  # noqa: E402
-from pyspark.sql import functions as F  # noqa: E402
-
-from lib.cli import setup_logging  # noqa: E402
-from lib.config import load_config  # noqa: E402
-from lib.evaluation import evaluate_models  # noqa: E402
-from lib.interactions import interactions_from  # noqa: E402
-from lib.report_files import markdown_table  # noqa: E402
-from lib.schemas import PURCHASES_SCHEMA  # noqa: E402
-from lib.spark import PROJECT_ROOT, get_spark  # noqa: E402
+from lib.cli import setup_logging
+from lib.config import load_config
+from lib.evaluation import evaluate_models
+from lib.interactions import interactions_from
+from lib.report_files import markdown_table
+from lib.schemas import PURCHASES_SCHEMA
+from lib.spark import PROJECT_ROOT, get_spark
 
 RECBOLE = "recbole==1.2.1"
 MEMBER = "recbole/dataset_example/ml-100k/ml-100k.inter"
@@ -37,7 +36,9 @@ def ratings_file() -> Path:
     target = cache / "ml-100k.inter"
     if not target.exists():
         cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", RECBOLE, "--no-deps", "-q", "-d", str(cache)], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", RECBOLE, "--no-deps", "-q", "-d", str(cache)], check=True
+        )
         wheel = next(cache.glob("recbole-*.whl"))
         with zipfile.ZipFile(wheel) as zf:
             target.write_bytes(zf.read(MEMBER))
@@ -62,7 +63,25 @@ def main() -> int:
     )
     interactions = interactions_from(events, spark.createDataFrame([], PURCHASES_SCHEMA), cfg.recommend).persist()
     results = evaluate_models(spark, interactions, cfg.recommend, args.models.split(","), ["random"])
-    print(markdown_table(results, ["split", "model", "k", "precision", "recall", "ndcg", "map", "hit_rate", "coverage", "users", "lambda", "seconds"]))
+    print(
+        markdown_table(
+            results,
+            [
+                "split",
+                "model",
+                "k",
+                "precision",
+                "recall",
+                "ndcg",
+                "map",
+                "hit_rate",
+                "coverage",
+                "users",
+                "lambda",
+                "seconds",
+            ],
+        )
+    )
     return 0
 
 

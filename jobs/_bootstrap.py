@@ -1,14 +1,34 @@
-"""Lets a job run as ``python jobs/x.py`` from a checkout: puts the project root on sys.path.
+"""Process set-up every job shares; imported first by each ``jobs/*.py``.
 
-Under spark-submit, ``lib`` arrives through ``--py-files`` and the path part is a no-op.
+- Whatever a job creates (input files, tables, checkpoints) is for its owner only.
+- Under spark-submit the Python driver is a child of spark-submit's JVM. It asks Linux to
+  SIGKILL it when that JVM dies, so a job killed with kill -9 leaves no driver behind holding
+  the checkpoint lock (``spark-submit.sh`` ties the JVM to the wrapper the same way).
 """
-import os
-import sys
-from pathlib import Path
 
-# Whatever a job creates (input files, tables, checkpoints) is for its owner only.
+import ctypes
+import os
+import signal
+import sys
+
 os.umask(0o077)
 
-_ROOT = str(Path(__file__).resolve().parent.parent)
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    parent = os.getppid()
+    if parent == 1:  # the JVM is already gone
+        sys.exit(1)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return  # not Linux: nothing to tie to
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return
+    if os.getppid() != parent:  # the JVM died before the request took effect
+        sys.exit(1)
+
+
+if "PYSPARK_GATEWAY_PORT" in os.environ and sys.platform.startswith("linux"):
+    _die_with_parent()

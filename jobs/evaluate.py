@@ -7,6 +7,7 @@ For each split (per-user random, per-user by time) each model is trained on the 
 scored on the rest: precision, recall, NDCG, MAP at recommend.top_k, hit rate and coverage.
 Prints a table and writes metrics.json, metrics.md and metrics.png to --out.
 """
+
 import logging
 import sys
 

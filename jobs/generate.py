@@ -6,6 +6,7 @@ Usage:
                             [--files-per-second 1] [--users 100 --items 500 --seed 42]
                             [--bad-share 0.01] [--out-of-order-share 0.02]
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,7 +18,6 @@ from datetime import date, datetime
 from pathlib import Path
 
 import _bootstrap  # noqa: F401
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -47,8 +47,15 @@ def parse_args(argv):
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--bad-share", type=float, default=0.0, help="share of malformed rows")
     p.add_argument("--out-of-order-share", type=float, default=0.02)
-    p.add_argument("--max-out-of-order-s", type=float, default=300.0, help="how late an out-of-order event arrives, at most")
-    p.add_argument("--start", type=datetime.fromisoformat, default=datetime(2024, 1, 1), help="event time of the first events (UTC)")
+    p.add_argument(
+        "--max-out-of-order-s", type=float, default=300.0, help="how late an out-of-order event arrives, at most"
+    )
+    p.add_argument(
+        "--start",
+        type=datetime.fromisoformat,
+        default=datetime(2024, 1, 1),
+        help="event time of the first events (UTC)",
+    )
     p.add_argument("--prefix", default="activity", help="file name prefix")
     p.add_argument("--manifest", help="append the ground truth of every line (JSON lines) to this file")
     args = parser.parse_args(argv)
@@ -82,7 +89,12 @@ def write_purchases(args, path: str) -> None:
 
 def write_events(args, events_dir: str) -> None:
     catalogue = Catalogue(num_users=args.users, num_items=args.items, seed=args.seed)
-    events = simulate_events(catalogue, ActivityProfile(start=args.start, out_of_order_share=args.out_of_order_share, max_out_of_order_s=args.max_out_of_order_s))
+    events = simulate_events(
+        catalogue,
+        ActivityProfile(
+            start=args.start, out_of_order_share=args.out_of_order_share, max_out_of_order_s=args.max_out_of_order_s
+        ),
+    )
     writer = ActivityWriter(Path(events_dir), events, prefix=args.prefix, bad_share=args.bad_share, seed=args.seed)
     started = time.monotonic()
     interval = 1.0 / args.files_per_second if args.files_per_second > 0 else 0.0

@@ -6,6 +6,7 @@ The stream keeps the profiles up to date by itself; this is for recovery or afte
 the profile settings. It takes the stream's checkpoint lock, so it refuses to run while the
 stream runs (their writes would interleave).
 """
+
 import logging
 import sys
 

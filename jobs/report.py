@@ -4,6 +4,7 @@ the tables are.
 
 Usage: ./spark-submit.sh jobs/report.py [--config PATH] [--user ID]
 """
+
 import sys
 
 import _bootstrap  # noqa: F401

@@ -1,4 +1,5 @@
 """Start-up of ./pyspark.sh: a SparkSession with Delta and the lake's tables registered by name."""
+
 import _bootstrap  # noqa: F401
 
 from lib.catalog import register_tables

@@ -2,6 +2,7 @@
 
 Usage: ./spark-submit.sh jobs/stream.py [--config PATH] [--set k=v] [--available-now] [--run-for SECONDS]
 """
+
 from __future__ import annotations
 
 import logging
@@ -10,12 +11,11 @@ import sys
 import time
 
 import _bootstrap  # noqa: F401
-
 from pyspark.errors import StreamingQueryException
 
+from lib.checkpoint import CheckpointError
 from lib.cli import base_parser, config_from_args, setup_logging
 from lib.spark import get_spark
-from lib.checkpoint import CheckpointError
 from lib.stream import start_stream
 
 log = logging.getLogger("stream")

@@ -5,6 +5,7 @@ Usage: ./spark-submit.sh jobs/train.py [--config PATH] [--model popularity|item_
 Commits a new model version under <lake>/models/ (a running stream switches to it at its next
 micro-batch) and rewrites the `recommendations` table: recommend.top_k items per known user.
 """
+
 import json
 import logging
 import sys

@@ -2,6 +2,7 @@
 
 Usage: ./spark-submit.sh jobs/verify.py --manifest PATH [--config PATH]   (exit 1 on any difference)
 """
+
 import sys
 
 import _bootstrap  # noqa: F401

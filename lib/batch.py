@@ -1,4 +1,5 @@
 """Batch jobs over the lake: train and publish the model, rebuild the user profiles."""
+
 from __future__ import annotations
 
 import logging
@@ -10,6 +11,8 @@ from pyspark.sql import functions as F
 from lib.config import Config
 from lib.interactions import interactions_from
 from lib.model_store import ModelStore
+from lib.online_sink import recommendation_docs
+from lib.online_store import SQLiteStore
 from lib.profiles import profile_totals, with_profile_metrics
 from lib.recommend import fit_model, top_k_recommendations
 from lib.schemas import (
@@ -54,11 +57,15 @@ def train_and_publish(spark: SparkSession, cfg: Config, model: str | None = None
     rec = cfg.recommend
     interactions = lake_interactions(spark, cfg).persist()
     try:
-        counts = interactions.agg(
-            F.count(F.lit(1)).alias("interactions"),
-            F.countDistinct(USER_ID).alias("users"),
-            F.countDistinct(ITEM_ID).alias("items"),
-        ).first().asDict()
+        counts = (
+            interactions.agg(
+                F.count(F.lit(1)).alias("interactions"),
+                F.countDistinct(USER_ID).alias("users"),
+                F.countDistinct(ITEM_ID).alias("items"),
+            )
+            .first()
+            .asDict()
+        )
         if counts["interactions"] == 0:
             raise LakeNotReadyError("the lake holds no interactions yet: nothing to train on")
         trained = fit_model(spark, interactions, rec, model)
@@ -82,7 +89,10 @@ def train_and_publish(spark: SparkSession, cfg: Config, model: str | None = None
             .option("overwriteSchema", "true")
             .save(cfg.paths.table(RECOMMENDATIONS))
         )
-        written = spark.read.format("delta").load(cfg.paths.table(RECOMMENDATIONS)).count()
+        published = spark.read.format("delta").load(cfg.paths.table(RECOMMENDATIONS))
+        docs = recommendation_docs(published)
+        SQLiteStore(cfg.paths.online_store).replace_batch_recommendations(version, docs)
+        written = published.count()
     finally:
         interactions.unpersist()
     return {"version": version, "model": trained.name, "params": trained.params, "recommendations": written, **counts}

@@ -1,4 +1,5 @@
 """Register the lake's Delta tables by name in the session catalog."""
+
 from __future__ import annotations
 
 import logging

@@ -1,5 +1,6 @@
 """Guards on a stream's checkpoint folder: one running instance at a time, and no restart with
 a config change the stored state cannot follow."""
+
 from __future__ import annotations
 
 import json
@@ -76,6 +77,10 @@ class CheckpointLock:
         self.fs.delete(self.path)
 
 
+# Seconds an empty lock file may stay empty before it counts as abandoned.
+_UNWRITTEN_LOCK_GRACE_S = 10
+
+
 def acquire_lock(spark: SparkSession, checkpoint_dir: str) -> CheckpointLock:
     """Take the checkpoint for this process, or refuse with who holds it.
 
@@ -91,7 +96,7 @@ def acquire_lock(spark: SparkSession, checkpoint_dir: str) -> CheckpointLock:
         "pid_start_ticks": process_start_ticks(os.getpid()),
         "started_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    for _ in range(3):
+    for _ in range(3 + _UNWRITTEN_LOCK_GRACE_S):
         if fs.create_new(lock_path, json.dumps(me)):
             return CheckpointLock(fs, lock_path)
         text = fs.read_text(lock_path)
@@ -99,14 +104,23 @@ def acquire_lock(spark: SparkSession, checkpoint_dir: str) -> CheckpointLock:
             holder = json.loads(text) if text else {}
         except json.JSONDecodeError:
             holder = {}
-        if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _process_alive(
-            holder["pid"], holder.get("pid_start_ticks")
+        if (
+            holder.get("host") == me["host"]
+            and isinstance(holder.get("pid"), int)
+            and not _process_alive(holder["pid"], holder.get("pid_start_ticks"))
         ):
             log.warning("taking over the lock of a stream that died (pid %s) on %s", holder["pid"], checkpoint_dir)
             fs.delete(lock_path)
             continue
         if not holder:
-            time.sleep(1)  # being written right now by another starter
+            # Being written right now by another starter, or left empty by one killed between
+            # creating the file and writing it (create_new is two steps): wait out the first.
+            modified = fs.modified_ms(lock_path)
+            if modified is not None and time.time() - modified / 1000 > _UNWRITTEN_LOCK_GRACE_S:
+                log.warning("taking over an empty lock left by a starter that died on %s", checkpoint_dir)
+                fs.delete(lock_path)
+            else:
+                time.sleep(1)
             continue
         raise CheckpointError(
             f"another stream is running on the checkpoint {checkpoint_dir} (pid {holder.get('pid')} on "

@@ -1,4 +1,5 @@
 """Shared command-line plumbing for jobs: --config / --set, logging."""
+
 from __future__ import annotations
 
 import argparse

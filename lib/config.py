@@ -5,6 +5,7 @@ Usage::
     cfg = load_config("conf/pipeline.toml", overrides=["stream.max_files_per_trigger=4"])
     cfg.sessions.gap_seconds  # 1800.0
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,9 +33,7 @@ def parse_duration(text: str, key: str) -> float:
     """Parse ``"30 minutes"``, ``"1 second"``, ``"500 ms"`` into seconds."""
     match = _DURATION_RE.match(str(text))
     if not match:
-        raise ConfigError(
-            f"{key} = {text!r} is not a duration; write e.g. \"30 minutes\", \"10 seconds\" or \"500 ms\""
-        )
+        raise ConfigError(f'{key} = {text!r} is not a duration; write e.g. "30 minutes", "10 seconds" or "500 ms"')
     amount, unit = float(match.group(1)), match.group(2).lower()
     factor = _UNIT_SECONDS["mil"] if unit.startswith("mil") or unit == "ms" else _UNIT_SECONDS[unit[0]]
     return amount * factor
@@ -53,6 +52,8 @@ class PathsConfig:
     purchases: str = "data/historical_purchases.parquet"
     lake: str = "data/lake"
     checkpoints: str = "data/checkpoints"
+    # The embedded online store (SQLite) the stream writes and the API reads: a local file.
+    online_store: str = "data/online/streamrec.sqlite"
 
     def table(self, name: str) -> str:
         """Location of the Delta table ``name`` under the lake."""
@@ -88,6 +89,25 @@ class SessionsConfig:
     @property
     def watermark_seconds(self) -> float:
         return parse_duration(self.watermark, "sessions.watermark")
+
+
+@dataclass(frozen=True)
+class LakeConfig:
+    # Files no table version within this period needs are deleted (Delta VACUUM), so the lake
+    # does not grow without bound; time travel reaches back this far.
+    retention: str = "168 hours"
+    # Every this many micro-batches the stream vacuums its tables; 0 leaves it to a maintenance job.
+    vacuum_every: int = 100
+
+    @property
+    def retention_hours(self) -> float:
+        return parse_duration(self.retention, "lake.retention") / 3600.0
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
 
 
 MODELS = ("popularity", "item_knn", "ease", "als")
@@ -140,7 +160,9 @@ class RecommendConfig:
         try:
             value = float(self.ease_lambda)
         except ValueError:
-            raise ConfigError(f'recommend.ease_lambda = {self.ease_lambda!r} must be "auto" or a positive number') from None
+            raise ConfigError(
+                f'recommend.ease_lambda = {self.ease_lambda!r} must be "auto" or a positive number'
+            ) from None
         if value <= 0:
             raise ConfigError(f'recommend.ease_lambda = {self.ease_lambda!r} must be "auto" or a positive number')
         return value
@@ -152,6 +174,8 @@ class Config:
     stream: StreamConfig = field(default_factory=StreamConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
+    lake: LakeConfig = field(default_factory=LakeConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def validate(self) -> "Config":
         if self.stream.max_files_per_trigger < 1:
@@ -163,9 +187,15 @@ class Config:
         if self.stream.max_line_chars < 64:
             raise ConfigError("stream.max_line_chars must be >= 64")
         if self.sessions.gap_seconds <= 0:
-            raise ConfigError("sessions.gap must be positive, e.g. \"30 minutes\"")
+            raise ConfigError('sessions.gap must be positive, e.g. "30 minutes"')
         if self.sessions.watermark_seconds < 0:
             raise ConfigError("sessions.watermark must not be negative")
+        if not 0 < self.serve.port < 65536:
+            raise ConfigError(f"serve.port = {self.serve.port} must be a TCP port (1-65535)")
+        if self.lake.vacuum_every < 0:
+            raise ConfigError("lake.vacuum_every must be >= 0 (0 leaves VACUUM to a maintenance job)")
+        if self.lake.retention_hours <= 0:
+            raise ConfigError('lake.retention must be positive, e.g. "168 hours"')
         rec = self.recommend
         if rec.top_k < 1:
             raise ConfigError("recommend.top_k must be >= 1")
@@ -195,6 +225,8 @@ _SECTION_CLASSES = {
     "stream": StreamConfig,
     "sessions": SessionsConfig,
     "recommend": RecommendConfig,
+    "lake": LakeConfig,
+    "serve": ServeConfig,
 }
 
 
@@ -265,7 +297,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         unknown = set(values) - set(known)
         if unknown:
             raise ConfigError(f"unknown key(s) {sorted(unknown)} in [{name}] of {path}; known: {sorted(known)}")
-        types = {f.name: {"int": int, "str": str, "bool": bool, "float": float}[f.type] for f in dataclasses.fields(cls)}
+        types = {
+            f.name: {"int": int, "str": str, "bool": bool, "float": float}[f.type] for f in dataclasses.fields(cls)
+        }
         kwargs = {k: _coerce(name, k, v, types[k]) for k, v in values.items()}
         if name == "paths":
             kwargs = {k: _resolve_path(v) for k, v in {**dataclasses.asdict(cls()), **kwargs}.items()}
@@ -273,4 +307,5 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     config = Config(**sections)
     # Touch every duration so a typo fails here, not hours into a run.
     config.stream.trigger_interval_seconds, config.sessions.gap_seconds, config.sessions.watermark_seconds
+    config.lake.retention_hours
     return config.validate()

@@ -4,6 +4,7 @@ For a row with an as-of timestamp ``t``, ``past_purchases`` counts the user's pu
 ``purchase_date < to_date(t)`` (UTC) and ``avg_purchase_amount`` is the mean amount of exactly
 those purchases (null when there are none, and then ``past_purchases`` is 0).
 """
+
 from __future__ import annotations
 
 from pyspark.sql import DataFrame
@@ -44,6 +45,8 @@ def with_purchase_history(df: DataFrame, purchases: DataFrame, as_of: str) -> Da
     """
     keyed = df.withColumn(_AS_OF_DATE, F.to_date(F.col(as_of)))
     features = purchase_history_as_of(keyed, purchases)
-    return keyed.join(features, [USER_ID, _AS_OF_DATE], "left").drop(_AS_OF_DATE).withColumn(
-        PAST_PURCHASES, F.coalesce(F.col(PAST_PURCHASES), F.lit(0).cast("long"))
+    return (
+        keyed.join(features, [USER_ID, _AS_OF_DATE], "left")
+        .drop(_AS_OF_DATE)
+        .withColumn(PAST_PURCHASES, F.coalesce(F.col(PAST_PURCHASES), F.lit(0).cast("long")))
     )

@@ -1,5 +1,6 @@
 """Driver-side file operations on whatever file system a path names (local, HDFS, s3a, ...),
 through Hadoop's FileSystem API in the JVM. Paths are strings throughout."""
+
 from __future__ import annotations
 
 from pyspark.sql import SparkSession
@@ -8,9 +9,9 @@ from pyspark.sql import SparkSession
 class HadoopFS:
     """Example::
 
-        fs = HadoopFS(spark)
-        if not fs.exists("/lake/enriched_events/_delta_log"):
-            ...
+    fs = HadoopFS(spark)
+    if not fs.exists("/lake/enriched_events/_delta_log"):
+        ...
     """
 
     def __init__(self, spark: SparkSession):
@@ -52,6 +53,13 @@ class HadoopFS:
         finally:
             out.close()
         return True
+
+    def modified_ms(self, path: str) -> int | None:
+        """The file's modification time in epoch milliseconds; None when it does not exist."""
+        jvm_path, fs = self._resolve(path)
+        if not fs.exists(jvm_path):
+            return None
+        return fs.getFileStatus(jvm_path).getModificationTime()
 
     def read_text(self, path: str) -> str | None:
         """The file's content as UTF-8 text; None when it does not exist."""

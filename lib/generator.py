@@ -5,6 +5,7 @@ a burst of events seconds to minutes apart (view -> maybe click -> maybe add_to_
 same item), followed by a pause longer than the session gap. A small share of events arrives
 out of order. Everything is deterministic for a seed.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -45,10 +46,13 @@ class Tastes:
         items = list(range(1, catalogue.num_items + 1))
         ranks = items[:]
         rng.shuffle(ranks)
-        self.popularity = {item: 1.0 / (rank ** catalogue.popularity_exponent) for item, rank in zip(items, ranks)}
+        self.popularity = {item: 1.0 / (rank**catalogue.popularity_exponent) for item, rank in zip(items, ranks)}
         groups = max(1, min(catalogue.num_groups, catalogue.num_items))
         self.group_items = {g: [i for i in items if (i - 1) % groups == g] for g in range(groups)}
-        self.group_weights = {g: list(itertools.accumulate(self.popularity[i] for i in members)) for g, members in self.group_items.items()}
+        self.group_weights = {
+            g: list(itertools.accumulate(self.popularity[i] for i in members))
+            for g, members in self.group_items.items()
+        }
         self.all_items = items
         self.all_weights = list(itertools.accumulate(self.popularity[i] for i in items))
         self.user_groups = {
@@ -63,7 +67,10 @@ class Tastes:
 
 
 def generate_purchases(
-    catalogue: Catalogue, num_purchases: int = 500, start: date = date(2023, 1, 1), end: date = date(2023, 12, 31),
+    catalogue: Catalogue,
+    num_purchases: int = 500,
+    start: date = date(2023, 1, 1),
+    end: date = date(2023, 12, 31),
     amount_range: tuple[float, float] = (10.0, 500.0),
 ) -> list[tuple[int, int, float, date]]:
     """Purchase rows ``(user_id, item_id, purchase_amount, purchase_date)`` consistent with tastes."""
@@ -74,7 +81,12 @@ def generate_purchases(
     for _ in range(num_purchases):
         user = rng.randint(1, catalogue.num_users)
         rows.append(
-            (user, tastes.item_for(user, rng), round(rng.uniform(*amount_range), 2), start + timedelta(days=rng.randint(0, days)))
+            (
+                user,
+                tastes.item_for(user, rng),
+                round(rng.uniform(*amount_range), 2),
+                start + timedelta(days=rng.randint(0, days)),
+            )
         )
     return rows
 
@@ -188,7 +200,9 @@ class ManifestRow:
 class ActivityWriter:
     """Writes activity files from an event stream and keeps the ground truth of every line."""
 
-    def __init__(self, folder: Path, events: Iterator[tuple], prefix: str = "activity", bad_share: float = 0.0, seed: int = 42):
+    def __init__(
+        self, folder: Path, events: Iterator[tuple], prefix: str = "activity", bad_share: float = 0.0, seed: int = 42
+    ):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.events = events
@@ -213,7 +227,9 @@ class ActivityWriter:
                 line = format_event(event)
                 user, item, event_type, ts = event
                 self.manifest.append(
-                    ManifestRow(name, len(lines) + 1, line, None, user, item, event_type, ts.strftime("%Y-%m-%d %H:%M:%S"))
+                    ManifestRow(
+                        name, len(lines) + 1, line, None, user, item, event_type, ts.strftime("%Y-%m-%d %H:%M:%S")
+                    )
                 )
             lines.append(line)
         return write_atomically(self.folder, name, lines)

@@ -3,6 +3,7 @@
 Events are weighted by type and purchases count as the strongest signal (weights in
 ``[recommend]``); each user-item pair is kept once, with its strongest signal.
 """
+
 from __future__ import annotations
 
 from pyspark.sql import Column, DataFrame
@@ -33,7 +34,10 @@ def interactions_from(events: DataFrame, purchases: DataFrame, rec: RecommendCon
         USER_ID, ITEM_ID, event_weight(rec).alias(STRENGTH), F.col(EVENT_TS).alias(LAST_TS)
     ).unionByName(
         purchases.select(
-            USER_ID, ITEM_ID, F.lit(rec.purchase_weight).alias(STRENGTH), F.col(PURCHASE_DATE).cast("timestamp").alias(LAST_TS)
+            USER_ID,
+            ITEM_ID,
+            F.lit(rec.purchase_weight).alias(STRENGTH),
+            F.col(PURCHASE_DATE).cast("timestamp").alias(LAST_TS),
         )
     )
     return (

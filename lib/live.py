@@ -14,6 +14,7 @@ neighbour lists and popularity order are broadcast once per model version (``Liv
 so a micro-batch does not join (recent events x neighbours) rows in Spark: that join, its
 aggregation and the ranking windows were 64% of the stream's time under steady load.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,7 +43,11 @@ from lib.schemas import (
 )
 
 _EVENT_ITEMS, _VOTES, _MODEL_ITEMS, _MODEL_SCORES, _EXCLUDED = (
-    "_event_items", "_votes", "_model_items", "_model_scores", "_excluded",
+    "_event_items",
+    "_votes",
+    "_model_items",
+    "_model_scores",
+    "_excluded",
 )
 _RANKED_SCHEMA = StructType([LIVE_RECOMMENDATIONS_SCHEMA[c] for c in (USER_ID, SESSION_ID, RANK, ITEM_ID, SCORE)])
 _PANDAS_TYPES = {USER_ID: np.int32, SESSION_ID: object, RANK: np.int32, ITEM_ID: np.int32, SCORE: np.float64}
@@ -65,9 +70,9 @@ class ModelArrays:
         neighbours = neighbours.dropna()
         popularity = popularity.dropna()
         item_ids = np.unique(
-            np.concatenate(
-                [neighbours[ITEM_ID], neighbours[NEIGHBOUR_ID], popularity[ITEM_ID], scored_items]
-            ).astype(np.int64)
+            np.concatenate([neighbours[ITEM_ID], neighbours[NEIGHBOUR_ID], popularity[ITEM_ID], scored_items]).astype(
+                np.int64
+            )
         )
         n = len(item_ids)
         source = np.searchsorted(item_ids, neighbours[ITEM_ID].to_numpy())
@@ -99,6 +104,7 @@ class ModelArrays:
 def _known_cells(model: ModelArrays, item_arrays: pd.Series, value_arrays: pd.Series | None = None):
     """(row, item position, value) of every element of a column of item arrays that the model
     knows; ``value_arrays`` holds a value per item (a null array is empty), else values are None."""
+
     def flatten(column: pd.Series, dtype) -> tuple[np.ndarray, np.ndarray]:
         arrays = [np.asarray(a if a is not None else (), dtype=dtype) for a in column]
         lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
@@ -128,7 +134,9 @@ def rank_users(frame: pd.DataFrame, model: ModelArrays, k: int, session_weight: 
     # Column n collects the padding of short neighbour lists and is dropped.
     cells = (user[:, None] * (n + 1) + model.neighbour_pos[pos]).ravel()
     size = rows * (n + 1)
-    session = np.bincount(cells, (votes[:, None] * model.neighbour_weight[pos]).ravel(), size).reshape(rows, n + 1)[:, :n]
+    session = np.bincount(cells, (votes[:, None] * model.neighbour_weight[pos]).ravel(), size).reshape(rows, n + 1)[
+        :, :n
+    ]
     session_hit = (np.bincount(cells, minlength=size) > 0).reshape(rows, n + 1)[:, :n]
 
     user, pos, values = _known_cells(model, frame[_MODEL_ITEMS], frame[_MODEL_SCORES])
@@ -185,13 +193,18 @@ class LiveRanker:
     """
 
     def __init__(
-        self, spark: SparkSession, user_scores: DataFrame, neighbours: DataFrame, popularity: DataFrame,
+        self,
+        spark: SparkSession,
+        user_scores: DataFrame,
+        neighbours: DataFrame,
+        popularity: DataFrame,
         rec: RecommendConfig,
     ):
         self._rec = rec
         scored_items = np.array([r[0] for r in user_scores.select(ITEM_ID).distinct().collect()], dtype=np.int64)
         arrays = ModelArrays.build(
-            neighbours.select(ITEM_ID, NEIGHBOUR_ID, WEIGHT).toPandas(), popularity.select(ITEM_ID, SCORE).toPandas(),
+            neighbours.select(ITEM_ID, NEIGHBOUR_ID, WEIGHT).toPandas(),
+            popularity.select(ITEM_ID, SCORE).toPandas(),
             scored_items,
         )
         self._arrays = spark.sparkContext.broadcast(arrays)
@@ -221,15 +234,20 @@ class LiveRanker:
         k, session_weight = rec.top_k, rec.session_weight
         events = F.filter(RECENT_EVENTS, lambda e: e[ITEM_ID].isNotNull() & e[EVENT_TS].isNotNull())
         latest = F.array_max(F.transform(events, lambda e: F.unix_micros(e[EVENT_TS])))
-        vote = lambda e: event_weight(rec, e[EVENT_TYPE]) * F.pow(  # noqa: E731
-            F.lit(0.5), (latest - F.unix_micros(e[EVENT_TS])) / F.lit(1_000_000.0 * rec.session_half_life_seconds)
-        )
-        excluded_items = excluded.where(F.col(ITEM_ID).isNotNull()).groupBy(USER_ID).agg(
-            F.collect_set(ITEM_ID).alias(_EXCLUDED)
+
+        def vote(e):
+            age_micros = latest - F.unix_micros(e[EVENT_TS])
+            return event_weight(rec, e[EVENT_TYPE]) * F.pow(
+                F.lit(0.5), age_micros / F.lit(1_000_000.0 * rec.session_half_life_seconds)
+            )
+
+        excluded_items = (
+            excluded.where(F.col(ITEM_ID).isNotNull()).groupBy(USER_ID).agg(F.collect_set(ITEM_ID).alias(_EXCLUDED))
         )
         inputs = (
             context.select(
-                USER_ID, SESSION_ID,
+                USER_ID,
+                SESSION_ID,
                 F.transform(events, lambda e: e[ITEM_ID]).alias(_EVENT_ITEMS),
                 F.transform(events, vote).alias(_VOTES),
             )
@@ -250,4 +268,3 @@ class LiveRanker:
             .withColumn(GENERATED_AT, generated_at)
             .select(*LIVE_RECOMMENDATIONS_SCHEMA.fieldNames())
         )
-

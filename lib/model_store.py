@@ -6,6 +6,7 @@ reader never sees half a model. Versions sort by time (``20261126T101500123456Z-
 latest committed one is the current model, which the stream picks up between micro-batches
 without restarting. The newest ``KEEP_VERSIONS`` are kept.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,11 @@ MODELS_DIR = "models"
 COMMITTED = "_COMMITTED"
 KEEP_VERSIONS = 3
 POPULARITY_SCHEMA = StructType([StructField(ITEM_ID, IntegerType()), StructField(SCORE, DoubleType())])
-_PART_SCHEMAS = {"user_scores": USER_SCORES_SCHEMA, "item_neighbours": ITEM_NEIGHBOURS_SCHEMA, "popularity": POPULARITY_SCHEMA}
+_PART_SCHEMAS = {
+    "user_scores": USER_SCORES_SCHEMA,
+    "item_neighbours": ITEM_NEIGHBOURS_SCHEMA,
+    "popularity": POPULARITY_SCHEMA,
+}
 
 
 @dataclass
@@ -42,9 +47,9 @@ class StoredModel:
 class ModelStore:
     """Example::
 
-        store = ModelStore.for_config(spark, cfg)
-        version = store.save(trained, {"interactions": 1234})
-        model = store.load(store.latest_version())
+    store = ModelStore.for_config(spark, cfg)
+    version = store.save(trained, {"interactions": 1234})
+    model = store.load(store.latest_version())
     """
 
     def __init__(self, spark: SparkSession, root: str):
@@ -71,7 +76,11 @@ class ModelStore:
     def save(self, model: TrainedModel, metadata: dict) -> str:
         """Write the model's parts, then commit the version; returns it."""
         version = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%fZ}-{model.name}"
-        parts = {"user_scores": model.user_scores, "item_neighbours": model.item_neighbours, "popularity": model.popularity}
+        parts = {
+            "user_scores": model.user_scores,
+            "item_neighbours": model.item_neighbours,
+            "popularity": model.popularity,
+        }
         for name, df in parts.items():
             df.select(*_PART_SCHEMAS[name].fieldNames()).write.mode("overwrite").parquet(f"{self._dir(version)}/{name}")
         document = {"version": version, "model": model.name, "params": model.params, **metadata}

@@ -9,6 +9,7 @@ Reason codes: ``missing_columns``, ``duplicate_columns`` (file rejected whole),
 ``invalid_utf8``, ``line_too_long``, ``field_count``, ``missing_<field>``, ``bad_<field>``,
 ``non_positive_<field>``, ``unknown_event_type``.
 """
+
 from __future__ import annotations
 
 from pyspark.sql import Column, DataFrame
@@ -78,10 +79,7 @@ def file_headers(lines: DataFrame) -> DataFrame:
         "header_line_id",
         "header",
         F.size("header_fields").alias("header_width"),
-        *[
-            F.array_position("header_fields", name).cast("int").alias(f"pos_{name}")
-            for name in REQUIRED_EVENT_COLUMNS
-        ],
+        *[F.array_position("header_fields", name).cast("int").alias(f"pos_{name}") for name in REQUIRED_EVENT_COLUMNS],
         _header_reason(F.col("header_fields")).alias("file_reason"),
         "file_data_lines",
     )
@@ -112,9 +110,8 @@ def _id_reason(raw: Column, value: Column, name: str) -> Column:
 
 
 def _event_type_reason(raw: Column, normalized: Column) -> Column:
-    return (
-        F.when(raw.isNull() | (normalized == ""), F.lit(f"missing_{EVENT_TYPE}"))
-        .when(~normalized.isin(*EVENT_TYPES), F.concat(F.lit("unknown_event_type: "), raw))
+    return F.when(raw.isNull() | (normalized == ""), F.lit(f"missing_{EVENT_TYPE}")).when(
+        ~normalized.isin(*EVENT_TYPES), F.concat(F.lit("unknown_event_type: "), raw)
     )
 
 
@@ -141,7 +138,9 @@ def _normalize_event_type(raw: Column) -> Column:
     return F.lower(F.trim(raw))
 
 
-def parse_activity_lines(lines: DataFrame, max_line_chars: int = 4096, unsafe_files: dict[str, str] | None = None) -> DataFrame:
+def parse_activity_lines(
+    lines: DataFrame, max_line_chars: int = 4096, unsafe_files: dict[str, str] | None = None
+) -> DataFrame:
     """Parse raw lines into events with a rejection ``reason`` (null when the row is valid).
 
     Returns one row per data line of an accepted file and one row per rejected file (its header
@@ -157,25 +156,25 @@ def parse_activity_lines(lines: DataFrame, max_line_chars: int = 4096, unsafe_fi
     if unsafe_files:
         unsafe = F.col(SOURCE_FILE).isin(list(unsafe_files))
         reasons = F.create_map(*[F.lit(x) for pair in unsafe_files.items() for x in pair])
-        headers = headers.withColumn("file_reason", F.when(unsafe, reasons[F.col(SOURCE_FILE)]).otherwise(F.col("file_reason")))
+        headers = headers.withColumn(
+            "file_reason", F.when(unsafe, reasons[F.col(SOURCE_FILE)]).otherwise(F.col("file_reason"))
+        )
     joined = lines.join(F.broadcast(headers), SOURCE_FILE, "left")
     is_header = (F.col("file_block_start") == 0) & (F.col("line_id") == F.col("header_line_id"))
     rejected_file = F.col("file_reason").isNotNull()
     # Header lines of accepted files are not data; the data lines of a rejected file are
     # represented by its header's single quarantine row.
-    kept = joined.where(
-        F.when(rejected_file, is_header).otherwise(~is_header & (F.trim("value") != ""))
-    )
+    kept = joined.where(F.when(rejected_file, is_header).otherwise(~is_header & (F.trim("value") != "")))
     too_long = F.length("value") > max_line_chars
-    tokenized = kept.withColumn(
-        "_fields", F.when(~rejected_file & ~too_long, csv_fields(F.col("value")))
-    )
+    tokenized = kept.withColumn("_fields", F.when(~rejected_file & ~too_long, csv_fields(F.col("value"))))
     raw = {name: F.try_element_at(F.col("_fields"), F.col(f"pos_{name}")) for name in REQUIRED_EVENT_COLUMNS}
     extracted = tokenized.select("*", *[expr.alias(f"_raw_{name}") for name, expr in raw.items()])
     # Typed in a select of their own, so that the value and its reason share one evaluation
     # (the optimizer keeps a projection apart rather than repeat a costly expression).
     parsers = {USER_ID: _parse_id, ITEM_ID: _parse_id, EVENT_TYPE: _normalize_event_type, TIMESTAMP: parse_timestamp}
-    typed = extracted.select("*", *[parsers[name](F.col(f"_raw_{name}")).alias(f"_typed_{name}") for name in REQUIRED_EVENT_COLUMNS])
+    typed = extracted.select(
+        "*", *[parsers[name](F.col(f"_raw_{name}")).alias(f"_typed_{name}") for name in REQUIRED_EVENT_COLUMNS]
+    )
 
     def raw_field(name: str) -> Column:
         return F.col(f"_raw_{name}")

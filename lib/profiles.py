@@ -15,6 +15,7 @@ The event and session parts are *running totals* (``profile_totals``) that add u
 gets the same table as a rebuild from scratch (``jobs/profiles.py``). The purchase part is
 recomputed from the whole purchase history each time, since that history changes on its own.
 """
+
 from __future__ import annotations
 
 from pyspark.sql import Column, DataFrame
@@ -70,7 +71,9 @@ def _engagement_map(pairs: DataFrame, weight: str) -> DataFrame:
 def _add_maps(left: Column, right: Column) -> Column:
     empty = F.create_map().cast(_ENGAGEMENT_TYPE)
     return F.map_zip_with(
-        F.coalesce(left, empty), F.coalesce(right, empty), lambda _k, a, b: F.coalesce(a, F.lit(0.0)) + F.coalesce(b, F.lit(0.0))
+        F.coalesce(left, empty),
+        F.coalesce(right, empty),
+        lambda _k, a, b: F.coalesce(a, F.lit(0.0)) + F.coalesce(b, F.lit(0.0)),
     )
 
 
@@ -80,17 +83,22 @@ def profile_totals(events: DataFrame, closed_sessions: DataFrame, rec: Recommend
     :param events: ``user_id, item_id, event_type, event_ts`` rows.
     :param closed_sessions: ``user_id, session_start, session_end`` rows.
     """
+
     def count_of(event_type: str) -> Column:
         return F.count(F.when(F.col(EVENT_TYPE) == event_type, 1))
 
-    event_part = events.groupBy(USER_ID).agg(
-        F.count(F.lit(1)).alias(NUM_EVENTS),
-        count_of(VIEW).alias(NUM_VIEWS),
-        count_of(CLICK).alias(NUM_CLICKS),
-        count_of(ADD_TO_CART).alias(NUM_ADD_TO_CART),
-        F.min(EVENT_TS).alias(FIRST_SEEN),
-        F.max(EVENT_TS).alias(LAST_SEEN),
-    ).join(_engagement_map(events.withColumn("_w", event_weight(rec)), "_w"), USER_ID, "left")
+    event_part = (
+        events.groupBy(USER_ID)
+        .agg(
+            F.count(F.lit(1)).alias(NUM_EVENTS),
+            count_of(VIEW).alias(NUM_VIEWS),
+            count_of(CLICK).alias(NUM_CLICKS),
+            count_of(ADD_TO_CART).alias(NUM_ADD_TO_CART),
+            F.min(EVENT_TS).alias(FIRST_SEEN),
+            F.max(EVENT_TS).alias(LAST_SEEN),
+        )
+        .join(_engagement_map(events.withColumn("_w", event_weight(rec)), "_w"), USER_ID, "left")
+    )
     session_part = closed_sessions.groupBy(USER_ID).agg(
         F.count(F.lit(1)).alias(NUM_SESSIONS),
         F.sum(F.unix_micros(SESSION_END) - F.unix_micros(SESSION_START)).alias(TOTAL_SESSION_MICROS),
@@ -110,10 +118,15 @@ def add_profile_totals(stored: DataFrame, increments: DataFrame) -> DataFrame:
     s, i = stored.select(*TOTALS_COLUMNS).alias("s"), increments.select(*TOTALS_COLUMNS).alias("i")
     return s.join(i, F.col(f"s.{USER_ID}") == F.col(f"i.{USER_ID}"), "full").select(
         F.coalesce(F.col(f"s.{USER_ID}"), F.col(f"i.{USER_ID}")).alias(USER_ID),
-        *[(F.coalesce(F.col(f"s.{c}"), F.lit(0)) + F.coalesce(F.col(f"i.{c}"), F.lit(0))).cast("long").alias(c) for c in _COUNTS],
+        *[
+            (F.coalesce(F.col(f"s.{c}"), F.lit(0)) + F.coalesce(F.col(f"i.{c}"), F.lit(0))).cast("long").alias(c)
+            for c in _COUNTS
+        ],
         F.least(F.col(f"s.{FIRST_SEEN}"), F.col(f"i.{FIRST_SEEN}")).alias(FIRST_SEEN),
         F.greatest(F.col(f"s.{LAST_SEEN}"), F.col(f"i.{LAST_SEEN}")).alias(LAST_SEEN),
-        _add_maps(F.col(f"s.{ITEM_ENGAGEMENT}"), F.col(f"i.{ITEM_ENGAGEMENT}")).cast(_ENGAGEMENT_TYPE).alias(ITEM_ENGAGEMENT),
+        _add_maps(F.col(f"s.{ITEM_ENGAGEMENT}"), F.col(f"i.{ITEM_ENGAGEMENT}"))
+        .cast(_ENGAGEMENT_TYPE)
+        .alias(ITEM_ENGAGEMENT),
     )
 
 
@@ -134,25 +147,33 @@ def _top_keys(engagement: Column, n: int) -> Column:
     return F.slice(F.transform(F.array_sort(F.map_entries(engagement), best_first), lambda e: e["key"]), 1, n)
 
 
-def with_profile_metrics(totals: DataFrame, purchases: DataFrame, rec: RecommendConfig, updated_at: Column) -> DataFrame:
+def with_profile_metrics(
+    totals: DataFrame, purchases: DataFrame, rec: RecommendConfig, updated_at: Column
+) -> DataFrame:
     """The ``user_profiles`` rows of the users in ``totals`` or ``purchases``.
 
     ``totals`` holds the stored running totals; ``purchases`` the whole purchase history (or
     at least every purchase of the users concerned).
     """
     bought = purchases.where(F.col(USER_ID).isNotNull())
-    purchase_part = bought.groupBy(USER_ID).agg(
-        F.count(F.lit(1)).alias(PAST_PURCHASES), F.avg(PURCHASE_AMOUNT).alias(AVG_PURCHASE_AMOUNT)
-    ).join(
-        _engagement_map(bought.where(F.col(ITEM_ID).isNotNull()).withColumn("_w", F.lit(rec.purchase_weight)), "_w")
-        .withColumnRenamed(ITEM_ENGAGEMENT, "_bought"),
-        USER_ID,
-        "left",
+    purchase_part = (
+        bought.groupBy(USER_ID)
+        .agg(F.count(F.lit(1)).alias(PAST_PURCHASES), F.avg(PURCHASE_AMOUNT).alias(AVG_PURCHASE_AMOUNT))
+        .join(
+            _engagement_map(
+                bought.where(F.col(ITEM_ID).isNotNull()).withColumn("_w", F.lit(rec.purchase_weight)), "_w"
+            ).withColumnRenamed(ITEM_ENGAGEMENT, "_bought"),
+            USER_ID,
+            "left",
+        )
     )
     profiles = totals.select(*TOTALS_COLUMNS).join(purchase_part, USER_ID, "full")
     return profiles.select(
         USER_ID,
-        *[F.coalesce(F.col(c), F.lit(0)).cast("long").alias(c) for c in (NUM_SESSIONS, NUM_EVENTS, NUM_VIEWS, NUM_CLICKS, NUM_ADD_TO_CART)],
+        *[
+            F.coalesce(F.col(c), F.lit(0)).cast("long").alias(c)
+            for c in (NUM_SESSIONS, NUM_EVENTS, NUM_VIEWS, NUM_CLICKS, NUM_ADD_TO_CART)
+        ],
         (_ratio(TOTAL_SESSION_MICROS, NUM_SESSIONS) / F.lit(1_000_000.0)).alias(AVG_SESSION_LENGTH_S),
         _ratio(NUM_CLICKS, NUM_VIEWS).alias(CLICK_THROUGH_RATE),
         _ratio(NUM_ADD_TO_CART, NUM_CLICKS).alias(CART_RATE),

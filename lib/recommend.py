@@ -21,6 +21,7 @@ Models (``recommend.model``):
   ``item_knn`` is used instead. Scoring runs in Spark (``mapInPandas``), the weights broadcast.
 - ``als``: Spark MLlib's implicit-feedback ALS (Hu, Koren, Volinsky 2008).
 """
+
 from __future__ import annotations
 
 import logging
@@ -137,7 +138,9 @@ def dense_gram(interactions: DataFrame, item_ids: np.ndarray) -> np.ndarray:
     return gram
 
 
-def ease_weights(gram: np.ndarray, penalty: float, dropout: float = 0.0, popularity_exponent: float = 0.0) -> np.ndarray:
+def ease_weights(
+    gram: np.ndarray, penalty: float, dropout: float = 0.0, popularity_exponent: float = 0.0
+) -> np.ndarray:
     """EASE's item-item weights ``B`` (zero diagonal) for the Gram matrix ``X'X``.
 
     ``penalty`` is the L2 penalty lambda; ``dropout`` in [0, 1) adds ``dropout / (1 - dropout)``
@@ -166,7 +169,9 @@ def _ndcg_at_k(scores: np.ndarray, held_out: list[np.ndarray], k: int) -> float:
     return total / max(len(held_out), 1)
 
 
-def choose_ease_penalty(interactions: DataFrame, item_ids: np.ndarray, k: int, seed: int) -> tuple[float, float, float, dict]:
+def choose_ease_penalty(
+    interactions: DataFrame, item_ids: np.ndarray, k: int, seed: int
+) -> tuple[float, float, float, dict]:
     """Pick EASE's ``(lambda factor, dropout, popularity exponent)`` by NDCG@k on a per-user random 20% of the
     interactions. The factor multiplies the mean diagonal of whatever Gram matrix the model
     is then fitted on.
@@ -215,7 +220,10 @@ def choose_ease_penalty(interactions: DataFrame, item_ids: np.ndarray, k: int, s
     factor, dropout, exponent = (float(v) for v in best.replace("x", "").split("/"))
     log.info(
         "EASE penalty search (NDCG@%d on %d validation users; lambda factor/dropout/popularity exponent): %s -> %s",
-        k, len(users), results, best,
+        k,
+        len(users),
+        results,
+        best,
     )
     return factor, dropout, exponent, results
 
@@ -274,17 +282,19 @@ def ease_neighbours(spark: SparkSession, weights: np.ndarray, item_ids: np.ndarr
 # --- fitting --------------------------------------------------------------------------------
 
 
-def fit_model(spark: SparkSession, interactions: DataFrame, rec: RecommendConfig, model: str | None = None) -> TrainedModel:
+def fit_model(
+    spark: SparkSession, interactions: DataFrame, rec: RecommendConfig, model: str | None = None
+) -> TrainedModel:
     """Train ``model`` (default ``rec.model``) on ``interactions`` (``INTERACTIONS_SCHEMA``)."""
     name = model or rec.model
     interactions = interactions.select(USER_ID, ITEM_ID, STRENGTH).persist()
-    item_ids = np.sort(
-        np.array([r[0] for r in interactions.select(ITEM_ID).distinct().collect()], dtype=np.int64)
-    )
+    item_ids = np.sort(np.array([r[0] for r in interactions.select(ITEM_ID).distinct().collect()], dtype=np.int64))
     if name == "ease" and len(item_ids) > rec.ease_max_items:
         log.warning(
             "EASE needs a dense %d x %d system, above recommend.ease_max_items = %d; using item_knn instead",
-            len(item_ids), len(item_ids), rec.ease_max_items,
+            len(item_ids),
+            len(item_ids),
+            rec.ease_max_items,
         )
         name = "item_knn"
     popularity = item_popularity(interactions)
@@ -325,16 +335,25 @@ def _als_scores(interactions: DataFrame, rec: RecommendConfig, num_items: int, s
     from pyspark.ml.recommendation import ALS
 
     als = ALS(
-        rank=rec.als_rank, maxIter=rec.als_max_iter, regParam=rec.als_reg, alpha=rec.als_alpha,
-        implicitPrefs=True, userCol=USER_ID, itemCol=ITEM_ID, ratingCol=STRENGTH,
-        coldStartStrategy="drop", seed=rec.seed,
+        rank=rec.als_rank,
+        maxIter=rec.als_max_iter,
+        regParam=rec.als_reg,
+        alpha=rec.als_alpha,
+        implicitPrefs=True,
+        userCol=USER_ID,
+        itemCol=ITEM_ID,
+        ratingCol=STRENGTH,
+        coldStartStrategy="drop",
+        seed=rec.seed,
     )
     fitted = als.fit(interactions)
     most_seen = interactions.groupBy(USER_ID).count().agg(F.max("count")).first()[0] or 0
     depth = min(num_items, rec.candidates + (most_seen if rec.exclude_seen else 0))
-    scores = fitted.recommendForAllUsers(depth).select(
-        USER_ID, F.explode("recommendations").alias("r")
-    ).select(USER_ID, F.col(f"r.{ITEM_ID}").alias(ITEM_ID), F.col("r.rating").cast("double").alias(SCORE))
+    scores = (
+        fitted.recommendForAllUsers(depth)
+        .select(USER_ID, F.explode("recommendations").alias("r"))
+        .select(USER_ID, F.col(f"r.{ITEM_ID}").alias(ITEM_ID), F.col("r.rating").cast("double").alias(SCORE))
+    )
     return top_candidates(seen_filter(scores), rec.candidates)
 
 

@@ -1,4 +1,5 @@
 """Summaries of the lake for people: row counts, sample sessions, quarantine reasons."""
+
 from __future__ import annotations
 
 from pyspark.sql import DataFrame, SparkSession

@@ -1,4 +1,5 @@
 """Result files of the evaluation (and benchmark): JSON, a Markdown table and a PNG plot."""
+
 from __future__ import annotations
 
 import json

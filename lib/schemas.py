@@ -1,4 +1,5 @@
 """Column names, event types and the schemas of every input and table, defined once."""
+
 from __future__ import annotations
 
 from pyspark.sql.types import (
@@ -173,8 +174,7 @@ SESSION_FEATURES_SCHEMA = StructType(
 )
 
 LIVE_SESSIONS_SCHEMA = StructType(
-    SESSION_FEATURES_SCHEMA.fields
-    + [StructField(IS_OPEN, BooleanType()), StructField(UPDATED_AT, TimestampType())]
+    SESSION_FEATURES_SCHEMA.fields + [StructField(IS_OPEN, BooleanType()), StructField(UPDATED_AT, TimestampType())]
 )
 
 QUARANTINE_SCHEMA = StructType(
@@ -250,3 +250,6 @@ RECOMMENDATIONS_SCHEMA = StructType(
 )
 
 LIVE_RECOMMENDATIONS_SCHEMA = StructType(RECOMMENDATIONS_SCHEMA.fields + [StructField(SESSION_ID, StringType())])
+
+# The contract's user_profiles columns (the table also keeps running totals for the stream).
+PROFILE_COLUMNS = USER_PROFILES_SCHEMA.fieldNames()[: USER_PROFILES_SCHEMA.fieldNames().index(UPDATED_AT) + 1]

@@ -6,6 +6,7 @@ session carried over from an earlier micro-batch is a fragment too. Merging frag
 the same sessions as sessionizing all their events at once, which is what makes the
 incremental stream agree with a batch recomputation.
 """
+
 from __future__ import annotations
 
 from pyspark.sql import DataFrame, Window
@@ -17,6 +18,7 @@ from lib.schemas import (
     CLICK,
     EVENT_TS,
     EVENT_TYPE,
+    ITEM_ID,
     LAST_EVENT,
     LAST_EVENT_KEY,
     NUM_ADD_TO_CART,
@@ -24,7 +26,6 @@ from lib.schemas import (
     NUM_EVENTS,
     NUM_VIEWS,
     RECENT_EVENTS,
-    ITEM_ID,
     SESSION_END,
     SESSION_ID,
     SESSION_LENGTH_S,
@@ -47,6 +48,7 @@ def _micros(column: str):
 
 def event_fragments(events: DataFrame) -> DataFrame:
     """One single-event session fragment per event (``SESSION_STATE_SCHEMA``)."""
+
     def count_of(event_type: str):
         return (F.col(EVENT_TYPE) == event_type).cast("long")
 
@@ -78,14 +80,18 @@ def merge_sessions(fragments: DataFrame, gap_seconds: float) -> DataFrame:
     numbered = fragments.withColumn("_starts", starts_session).withColumn(
         "_session_seq", F.sum("_starts").over(ordered.rowsBetween(Window.unboundedPreceding, 0))
     )
-    return numbered.groupBy(USER_ID, "_session_seq").agg(
-        F.min(SESSION_START).alias(SESSION_START),
-        F.max(SESSION_END).alias(SESSION_END),
-        *[F.sum(c).alias(c) for c in _COUNT_COLUMNS],
-        F.max_by(LAST_EVENT, LAST_EVENT_KEY).alias(LAST_EVENT),
-        F.max(LAST_EVENT_KEY).alias(LAST_EVENT_KEY),
-        _latest(F.array_sort(F.flatten(F.collect_list(RECENT_EVENTS))), RECENT_EVENTS_KEPT).alias(RECENT_EVENTS),
-    ).select(*SESSION_STATE_SCHEMA.fieldNames())
+    return (
+        numbered.groupBy(USER_ID, "_session_seq")
+        .agg(
+            F.min(SESSION_START).alias(SESSION_START),
+            F.max(SESSION_END).alias(SESSION_END),
+            *[F.sum(c).alias(c) for c in _COUNT_COLUMNS],
+            F.max_by(LAST_EVENT, LAST_EVENT_KEY).alias(LAST_EVENT),
+            F.max(LAST_EVENT_KEY).alias(LAST_EVENT_KEY),
+            _latest(F.array_sort(F.flatten(F.collect_list(RECENT_EVENTS))), RECENT_EVENTS_KEPT).alias(RECENT_EVENTS),
+        )
+        .select(*SESSION_STATE_SCHEMA.fieldNames())
+    )
 
 
 def sessionize(events: DataFrame, gap_seconds: float) -> DataFrame:
@@ -121,4 +127,3 @@ def latest_session_per_user(sessions: DataFrame) -> DataFrame:
     """The session with the latest start for each user."""
     newest_first = Window.partitionBy(USER_ID).orderBy(F.col(SESSION_START).desc())
     return sessions.withColumn("_rank", F.row_number().over(newest_first)).where("_rank = 1").drop("_rank")
-

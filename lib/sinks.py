@@ -8,6 +8,7 @@ Each table has one writing stream (the checkpoint lock guarantees it), so this i
 Delta's ``txnAppId``/``txnVersion`` guarantee, without the full state reconstruction (three
 Spark jobs per write) that Delta needs to look those up.
 """
+
 from __future__ import annotations
 
 import json
@@ -75,7 +76,7 @@ class BatchSink:
                 action = json.loads(line)
                 metadata = action.get("commitInfo", {}).get("userMetadata") if "commitInfo" in action else None
                 if metadata and metadata.startswith(prefix):
-                    return int(metadata[len(prefix):])
+                    return int(metadata[len(prefix) :])
         return -1
 
     def committed(self, path: str, batch_id: int) -> bool:
@@ -145,3 +146,21 @@ def compact(spark: SparkSession, path: str) -> None:
     metrics = DeltaTable.forPath(spark, path).optimize().executeCompaction().select("metrics").first()
     if metrics is not None:
         log.info("compacted %s: %s files removed, %s added", path, metrics[0].numFilesRemoved, metrics[0].numFilesAdded)
+
+
+# Delta refuses a VACUUM retention shorter than the tables' own (7 days) unless told otherwise.
+_RETENTION_CHECK = "spark.databricks.delta.retentionDurationCheck.enabled"
+_DEFAULT_DELETED_FILE_RETENTION_HOURS = 168.0
+
+
+def vacuum(spark: SparkSession, path: str, retention_hours: float) -> None:
+    """Delete the files of the table at ``path`` that no version within ``retention_hours``
+    needs (VACUUM). It changes no data, so a replayed batch may run it again harmlessly.
+
+    A retention shorter than Delta's default of 7 days is the operator's choice
+    (``lake.retention``): readers and time travel slower than that may then miss files.
+    """
+    if retention_hours < _DEFAULT_DELETED_FILE_RETENTION_HOURS:
+        spark.conf.set(_RETENTION_CHECK, "false")
+    DeltaTable.forPath(spark, path).vacuum(retention_hours)
+    log.info("vacuumed %s (retention %.4g hours)", path, retention_hours)

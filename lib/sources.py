@@ -1,4 +1,5 @@
 """Sources: the watched folder of activity CSVs (streaming) and the purchase history (batch)."""
+
 from __future__ import annotations
 
 import logging

@@ -5,6 +5,7 @@ come from the command line and this only attaches to the session. Anywhere else 
 shell, a plain ``python``) it starts a local session configured exactly like spark-submit.sh
 would: ``conf/spark-defaults.conf``, the Delta jars from ``.cache/jars`` and ``local[2]``.
 """
+
 from __future__ import annotations
 
 import logging

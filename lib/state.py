@@ -5,6 +5,7 @@ Batch ``b`` reads exactly the state batch ``b - 1`` wrote, so a batch replayed a
 recomputes the same result whatever it had written before dying. A folder counts once its
 ``_SUCCESS`` marker exists; folders older than ``b - 1`` are deleted once ``b`` is written.
 """
+
 from __future__ import annotations
 
 import logging

@@ -11,29 +11,33 @@ batch. Events older than it are late: still written to ``enriched_events``, but 
 session state and counted. A session closes when the watermark after the batch has passed
 ``session_end + sessions.gap``.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.errors import StreamingQueryException
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
-from lib.config import Config
 from lib.checkpoint import CheckpointLock, acquire_lock, check_compatible_config
+from lib.config import Config
 from lib.enrich import with_purchase_history
+from lib.interactions import event_weight
 from lib.live import LiveRanker
 from lib.model_store import ModelStore
-from lib.profiles import add_profile_totals, profile_totals, with_profile_metrics
+from lib.online_sink import recommendation_docs, user_docs
+from lib.online_store import SQLiteStore
 from lib.parsing import parse_activity_lines, quarantine_rows, valid_events
+from lib.profiles import add_profile_totals, profile_totals, with_profile_metrics
 from lib.schemas import (
     ENRICHED_EVENTS,
     ENRICHED_EVENTS_SCHEMA,
@@ -46,6 +50,7 @@ from lib.schemas import (
     LIVE_RECOMMENDATIONS_SCHEMA,
     LIVE_SESSIONS,
     LIVE_SESSIONS_SCHEMA,
+    PROFILE_COLUMNS,
     QUARANTINE,
     QUARANTINE_SCHEMA,
     RANK,
@@ -67,9 +72,9 @@ from lib.schemas import (
     USER_PROFILES_SCHEMA,
 )
 from lib.sessions import event_fragments, is_closed, latest_session_per_user, merge_sessions, with_session_metrics
-from lib.sinks import BatchSink, compact, data_files, ensure_delta_table
-from lib.state import SessionStateStore
+from lib.sinks import BatchSink, compact, data_files, ensure_delta_table, vacuum
 from lib.sources import activity_lines_stream, ensure_dir, read_purchases, unsafe_files
+from lib.state import SessionStateStore
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +96,18 @@ _TABLE_SCHEMAS = {
 # The tables only the stream writes, which it compacts (``recommendations`` is rewritten whole
 # by jobs/train.py, which could run at the same time). On a tie the first is compacted.
 COMPACTED_TABLES = (
-    ENRICHED_EVENTS, LIVE_SESSIONS, USER_PROFILES, LIVE_RECOMMENDATIONS, SESSION_FEATURES, STREAM_METRICS, QUARANTINE,
+    ENRICHED_EVENTS,
+    LIVE_SESSIONS,
+    USER_PROFILES,
+    LIVE_RECOMMENDATIONS,
+    SESSION_FEATURES,
+    STREAM_METRICS,
+    QUARANTINE,
 )
 
 
-def compaction_due(batch_id: int, every: int) -> bool:
-    """Whether batch ``batch_id`` compacts a table: one batch in ``every`` (0: never)."""
+def due(batch_id: int, every: int) -> bool:
+    """Whether batch ``batch_id`` runs a task done one batch in ``every`` (0: never)."""
     return every > 0 and batch_id > 0 and batch_id % every == 0
 
 
@@ -123,7 +134,28 @@ class InjectedFault(RuntimeError):
 
 
 class StopRequested(RuntimeError):
-    """Ends the query before a micro-batch writes anything, after a stop was requested."""
+    """Ends a micro-batch that started after a stop was requested, before it writes anything.
+
+    Its message has the shape Spark's stream execution recognises as "interrupted by stop()"
+    in a Python ``foreachBatch`` (a Py4J call that raised ``InterruptedException``, SPARK-39218),
+    so the query ends as stopped, not failed, and nothing logs an error. It is kept short: Spark
+    matches it with a regular expression that overflows the stack on a long Java trace.
+    """
+
+    MESSAGE = (
+        "py4j.protocol.Py4JJavaError: An error occurred while calling z:java.lang.Thread.sleep.\n"
+        ": java.lang.InterruptedException: stop requested; batch {batch_id} is left for the next run"
+    )
+
+
+class _QuietStopRequested(logging.Filter):
+    """Drops py4j's ERROR report of a ``StopRequested``: a planned stop is not a failure."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], StopRequested))
+
+
+logging.getLogger("py4j.clientserver").addFilter(_QuietStopRequested())
 
 
 @dataclass
@@ -220,6 +252,14 @@ class SessionBatchWriter:
         self._app_id = app_id
         self.fail_after = fail_after
         self.stop_requested = threading.Event()
+        # Guards stop_requested against a batch starting: a batch is either running (and the
+        # stop waits for it) or saw the request (and ends without writing).
+        self._batch_gate = threading.Condition()
+        self._batch_running = False
+        self.parked_for_stop = threading.Event()  # a batch waits in _end_for_stop
+        self._maintenance = ThreadPoolExecutor(1, thread_name_prefix="maintenance")
+        self._vacuum: Future | None = None
+        self.store = SQLiteStore(cfg.paths.online_store)
         self._ranker: tuple[str, LiveRanker] | None = None  # (model version, its ranker)
         self._purchase_files: list[str] | None = None  # as of the last profile update
 
@@ -247,7 +287,9 @@ class SessionBatchWriter:
                 log.debug("no model yet: live_recommendations wait for jobs/train.py")
         elif self._ranker is None or self._ranker[0] != latest:
             model = store.load(latest)
-            ranker = LiveRanker(self.spark, model.user_scores, model.item_neighbours, model.popularity, self.cfg.recommend)
+            ranker = LiveRanker(
+                self.spark, model.user_scores, model.item_neighbours, model.popularity, self.cfg.recommend
+            )
             if self._ranker is not None:
                 self._ranker[1].close()
             self._ranker = (latest, ranker)
@@ -255,9 +297,11 @@ class SessionBatchWriter:
         return self._ranker
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
-        if self.stop_requested.is_set():
-            # Nothing written: the batch is planned again, whole, on the next start.
-            raise StopRequested(f"stop requested; batch {batch_id} left for the next run")
+        with self._batch_gate:
+            stopping = self.stop_requested.is_set()
+            self._batch_running = not stopping
+        if stopping:
+            self._end_for_stop(batch_id)
         started = time.monotonic()
         started_at = int(time.time() * 1_000_000)
         report = BatchReport(batch_id)
@@ -267,8 +311,53 @@ class SessionBatchWriter:
         finally:
             for df in cached:
                 df.unpersist()
+            with self._batch_gate:
+                self._batch_running = False
+                self._batch_gate.notify_all()
         report.duration_s = time.monotonic() - started
         self.stats.record(report)
+
+    def _start_vacuum(self) -> None:
+        """VACUUM the stream's tables in the background: it takes seconds a table and changes no
+        data, so no micro-batch waits for it. One run at a time; a run still going skips this one."""
+        if self._vacuum is not None and not self._vacuum.done():
+            log.info("the previous VACUUM is still running; skipping this one")
+            return
+
+        def vacuum_tables():
+            try:
+                for name in COMPACTED_TABLES:
+                    vacuum(self.spark, self.cfg.paths.table(name), self.cfg.lake.retention_hours)
+            except Exception:
+                log.exception("VACUUM failed; the stream goes on and tries again later")
+
+        self._vacuum = self._maintenance.submit(vacuum_tables)
+
+    def close(self) -> None:
+        """Wait for background maintenance (a VACUUM) to end."""
+        self._maintenance.shutdown(wait=True)
+
+    def request_stop(self) -> None:
+        """From now on a starting batch writes nothing (see ``_end_for_stop``)."""
+        with self._batch_gate:
+            self.stop_requested.set()
+
+    def wait_until_idle(self, timeout_s: float) -> bool:
+        """Wait for the running batch, if any, to return; True when none runs."""
+        with self._batch_gate:
+            return self._batch_gate.wait_for(lambda: not self._batch_running, timeout_s)
+
+    def _end_for_stop(self, batch_id: int) -> None:
+        """Wait, writing nothing, for ``query.stop()`` to interrupt this (the stream execution)
+        thread, then end the batch as interrupted: it is planned again, whole, on the next start.
+        Python's calls into the JVM from ``foreachBatch`` run on that thread, so a sleep there
+        is where the interrupt arrives."""
+        self.parked_for_stop.set()
+        try:
+            while True:
+                self.spark._jvm.java.lang.Thread.sleep(100)
+        except Exception:  # the InterruptedException, through Py4J
+            raise StopRequested(StopRequested.MESSAGE.format(batch_id=batch_id)) from None
 
     def _process(self, batch_df, batch_id, started_at, report: BatchReport, cached: list[DataFrame]) -> None:
         spark, cfg = self.spark, self.cfg
@@ -291,9 +380,7 @@ class SessionBatchWriter:
             state = keep(state_store.read_before(batch_id))
             previous_max_end = state.agg(F.max(F.unix_micros(SESSION_END))).first()[0]
             watermark_before = None if previous_max_end is None else previous_max_end - delay_micros
-            late = (
-                F.unix_micros(EVENT_TS) < F.lit(watermark_before) if watermark_before is not None else F.lit(False)
-            )
+            late = F.unix_micros(EVENT_TS) < F.lit(watermark_before) if watermark_before is not None else F.lit(False)
             valid = F.col("reason").isNull()
             counts = parsed.agg(
                 F.count(F.lit(1)).alias("rows"),
@@ -337,11 +424,26 @@ class SessionBatchWriter:
                     .withColumn(UPDATED_AT, ingested_at)
                     .select(*LIVE_SESSIONS_SCHEMA.fieldNames())
                 )
+                live = keep(live)
+                self.store.put_sessions(batch_id, user_docs(live, LIVE_SESSIONS_SCHEMA.fieldNames()))
                 sink.upsert(live, table(LIVE_SESSIONS), [USER_ID], batch_id)
 
+        def write_item_popularity():
+            if report.valid_rows:
+                engagement = events.groupBy(ITEM_ID).agg(F.sum(event_weight(cfg.recommend)).alias("engagement"))
+                self.store.add_item_engagement(batch_id, [(r[0], r[1]) for r in engagement.collect()])
+
+        # The profiles' rows, once computed (the live recommendations exclude the items they hold).
         profile_rows: list[DataFrame] = []
+        profiles_ready = threading.Event()
 
         def write_user_profiles():
+            try:
+                update_user_profiles()
+            finally:
+                profiles_ready.set()
+
+        def update_user_profiles():
             if not (report.valid_rows or report.sessions_closed):
                 return
             closed = sessions.where("_closed").select(USER_ID, SESSION_START, SESSION_END)
@@ -359,12 +461,15 @@ class SessionBatchWriter:
                 .join(increments.select(USER_ID, F.lit(True).alias("_touched")), USER_ID, "left")
                 .fillna(False, ["_touched"])
             )
+            self.store.put_profiles(batch_id, user_docs(rows, PROFILE_COLUMNS))
             profile_rows.append(rows)
+            profiles_ready.set()
             sink.upsert(rows, table(USER_PROFILES), [USER_ID], batch_id, update_condition=_PROFILE_CHANGED)
             self._purchase_files = purchase_files
 
         def write_live_recommendations():
             current = self.current_ranker()
+            profiles_ready.wait()
             if not report.valid_rows or current is None or not profile_rows:
                 return
             model_version, ranker = current
@@ -376,21 +481,28 @@ class SessionBatchWriter:
             )
             excluded = purchases.select(USER_ID, ITEM_ID).join(active, USER_ID, "left_semi")
             if cfg.recommend.exclude_seen:
-                seen = profile_rows[0].join(active, USER_ID, "left_semi").select(
-                    USER_ID, F.explode(F.map_keys(ITEM_ENGAGEMENT)).alias(ITEM_ID)
+                seen = (
+                    profile_rows[0]
+                    .join(active, USER_ID, "left_semi")
+                    .select(USER_ID, F.explode(F.map_keys(ITEM_ENGAGEMENT)).alias(ITEM_ID))
                 )
                 excluded = excluded.unionByName(seen)
             # Materialized without their lineage: the MERGE reads its source twice, and neither
             # read may re-plan or recompute the session lineage or the re-ranking.
             context = context.localCheckpoint()
             recs = ranker.recommend(context, excluded, model_version, ingested_at).localCheckpoint()
+            self.store.put_live_recommendations(batch_id, recommendation_docs(recs))
             # Every rank slot of an active user: a slot without a new row is deleted.
             slots = context.select(USER_ID).crossJoin(
                 spark.range(1, cfg.recommend.top_k + 1).select(F.col("id").cast("int").alias(RANK))
             )
             sink.upsert(
-                slots.join(recs, [USER_ID, RANK], "left"), table(LIVE_RECOMMENDATIONS), [USER_ID, RANK], batch_id,
-                delete_condition=f"s.{ITEM_ID} IS NULL", insert_condition=f"s.{ITEM_ID} IS NOT NULL",
+                slots.join(recs, [USER_ID, RANK], "left"),
+                table(LIVE_RECOMMENDATIONS),
+                [USER_ID, RANK],
+                batch_id,
+                delete_condition=f"s.{ITEM_ID} IS NULL",
+                insert_condition=f"s.{ITEM_ID} IS NOT NULL",
             )
 
         def write_state():
@@ -415,14 +527,16 @@ class SessionBatchWriter:
                 merge_sessions(fragments, gap_s).withColumn("_closed", is_closed(report.watermark_micros, gap_s))
             )
             outcome = sessions.agg(
-                F.count(F.when(F.col("_closed"), 1)).alias("closed"), F.count(F.when(~F.col("_closed"), 1)).alias("open")
+                F.count(F.when(F.col("_closed"), 1)).alias("closed"),
+                F.count(F.when(~F.col("_closed"), 1)).alias("open"),
             ).first()
             report.sessions_closed, report.open_sessions = outcome["closed"], outcome["open"]
         # The rest run side by side: a micro-batch's time is mostly planning and Delta's
         # bookkeeping on the driver, not work on the executors' cores.
         chains = (
-            (("live_sessions", write_live_sessions),),
-            (("user_profiles", write_user_profiles), ("live_recommendations", write_live_recommendations)),
+            (("live_sessions", write_live_sessions), ("item_popularity", write_item_popularity)),
+            (("user_profiles", write_user_profiles),),
+            (("live_recommendations", write_live_recommendations),),
             (("session_features", write_session_features), ("state", write_state)),
         )
         with ThreadPoolExecutor(len(chains), thread_name_prefix=f"batch-{batch_id}") as pool:
@@ -430,14 +544,17 @@ class SessionBatchWriter:
         failures = [f.exception() for f in outcomes if f.exception() is not None]
         if failures:
             raise failures[0]
-        if compaction_due(batch_id, cfg.stream.compact_every):
+        if due(batch_id, cfg.stream.compact_every):
             with report.stage("compact"):
                 to_compact = table_to_compact({name: data_files(spark, table(name)) for name in COMPACTED_TABLES})
                 if to_compact:
                     compact(spark, table(to_compact))
+        if due(batch_id, cfg.lake.vacuum_every):
+            self._start_vacuum()
         with report.stage("metrics"):
             report.duration_s = time.time() - started_at / 1_000_000
             sink.append(_metrics_row(spark, report, started_at), table(STREAM_METRICS), batch_id)
+        self.store.finish_batch(batch_id, datetime.now(timezone.utc))
 
 
 def _metrics_row(spark: SparkSession, report: BatchReport, started_at: int) -> DataFrame:
@@ -515,18 +632,26 @@ class StreamHandle:
     lock: CheckpointLock
 
     def request_stop(self, timeout_s: float = 300.0) -> None:
-        """Stop between micro-batches: no batch is interrupted halfway.
+        """Stop between micro-batches, quietly: no batch is interrupted halfway.
 
-        The running batch (if any) finishes; the next one ends the query before writing.
-        Interrupting would be safe too (a batch is replayed exactly once on restart), but this
-        keeps a planned stop quiet. After ``timeout_s`` the query is stopped regardless.
+        The running batch (if any) finishes and commits; a batch that starts after the request
+        writes nothing and ends as interrupted (``StopRequested``). Interrupting a batch would be
+        safe too (it is replayed exactly once on restart), but it would waste its work and log
+        errors. After ``timeout_s`` the query is stopped regardless.
         """
-        self.writer.stop_requested.set()
-        deadline = time.monotonic() + timeout_s
-        while self.query.isActive and self.query.status.get("isTriggerActive") and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if self.query.isActive:
-            self.query.stop()
+        self.writer.request_stop()
+        if not self.writer.wait_until_idle(timeout_s):
+            log.warning("the running micro-batch did not finish within %.0f s; interrupting it", timeout_s)
+        # Let Spark record the finished batch in its commit log before the interrupt arrives.
+        deadline = time.monotonic() + 5.0
+        while (
+            self.query.isActive
+            and self.query.status.get("isTriggerActive")
+            and not self.writer.parked_for_stop.is_set()
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+        self.query.stop()
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Wait for the query to end; True if it ended. Raises if it failed (not on a requested stop)."""
@@ -544,6 +669,7 @@ class StreamHandle:
         """Release the checkpoint and unregister the listener once it logged the last events."""
         if self.query.isActive:
             self.query.stop()
+        self.writer.close()
         self.lock.release()
         self.listener.terminated.wait(drain_timeout_s)
         self.spark.streams.removeListener(self.listener)

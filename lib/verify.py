@@ -2,6 +2,7 @@
 multisets of keys: missing, duplicated and unexpected rows per table, and closed sessions
 against a batch recomputation from the manifest (without the events the watermark rule drops,
 whose number must equal what the stream reported)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,7 +27,16 @@ MANIFEST_SCHEMA = StructType(
         StructField("event_ts", StringType()),
     ]
 )
-SESSION_KEYS = ["user_id", "session_start", "session_end", "num_events", "num_views", "num_clicks", "num_add_to_cart", "last_event"]
+SESSION_KEYS = [
+    "user_id",
+    "session_start",
+    "session_end",
+    "num_events",
+    "num_views",
+    "num_clicks",
+    "num_add_to_cart",
+    "last_event",
+]
 
 
 @dataclass(frozen=True)
@@ -55,7 +65,9 @@ def multiset_diff(table: str, expected: DataFrame, actual: DataFrame) -> TableCh
         F.sum("e").alias("expected"),
         F.sum("a").alias("actual"),
         F.sum(F.when(F.col("a") < F.col("e"), F.col("e") - F.col("a")).otherwise(0)).alias("missing"),
-        F.sum(F.when((F.col("e") > 0) & (F.col("a") > F.col("e")), F.col("a") - F.col("e")).otherwise(0)).alias("duplicated"),
+        F.sum(F.when((F.col("e") > 0) & (F.col("a") > F.col("e")), F.col("a") - F.col("e")).otherwise(0)).alias(
+            "duplicated"
+        ),
         F.sum(F.when(F.col("e") == 0, F.col("a")).otherwise(0)).alias("unexpected"),
     ).first()
     return TableCheck(table, *[int(row[c] or 0) for c in ("expected", "actual", "missing", "duplicated", "unexpected")])
@@ -77,8 +89,11 @@ def verify(spark: SparkSession, cfg: Config, manifest: DataFrame) -> list[TableC
         "enriched_events",
         valid.select("user_id", "item_id", "event_type", "event_ts", F.col("file").alias("source_file")),
         table("enriched_events").select(
-            "user_id", "item_id", "event_type",
-            F.date_format("event_ts", "yyyy-MM-dd HH:mm:ss").alias("event_ts"), _basename("source_file").alias("source_file"),
+            "user_id",
+            "item_id",
+            "event_type",
+            F.date_format("event_ts", "yyyy-MM-dd HH:mm:ss").alias("event_ts"),
+            _basename("source_file").alias("source_file"),
         ),
     )
     quarantine = multiset_diff(
@@ -87,25 +102,40 @@ def verify(spark: SparkSession, cfg: Config, manifest: DataFrame) -> list[TableC
             F.col("file").alias("source_file"), "raw", F.col("expected_reason").alias("code")
         ),
         table("quarantine").select(
-            _basename("source_file").alias("source_file"), "raw", F.split(F.split("reason", ";")[0], ":")[0].alias("code")
+            _basename("source_file").alias("source_file"),
+            "raw",
+            F.split(F.split("reason", ";")[0], ":")[0].alias("code"),
         ),
     )
     events = valid.select(
-        "user_id", "item_id", "event_type", parse_timestamp(F.col("event_ts")).alias("event_ts"),
-        F.col("file").alias("source_file"), F.lit(0).cast("long").alias("file_block_start"), F.col("line").cast("long").alias("line_id"),
+        "user_id",
+        "item_id",
+        "event_type",
+        parse_timestamp(F.col("event_ts")).alias("event_ts"),
+        F.col("file").alias("source_file"),
+        F.lit(0).cast("long").alias("file_block_start"),
+        F.col("line").cast("long").alias("line_id"),
     )
     events = with_late_flag(events, table("enriched_events"), cfg.sessions.watermark_seconds).persist()
     on_time = events.where(~F.col("_late")).drop("_late")
     final_watermark = on_time.agg(F.max(F.unix_micros("event_ts"))).first()[0]
     watermark = None if final_watermark is None else final_watermark - int(cfg.sessions.watermark_seconds * 1_000_000)
-    expected_sessions = sessionize(on_time, cfg.sessions.gap_seconds).where(is_closed(watermark, cfg.sessions.gap_seconds))
+    expected_sessions = sessionize(on_time, cfg.sessions.gap_seconds).where(
+        is_closed(watermark, cfg.sessions.gap_seconds)
+    )
     sessions = multiset_diff(
         "session_features", expected_sessions.select(*SESSION_KEYS), table("session_features").select(*SESSION_KEYS)
     )
     predicted_late = events.where("_late").count()
     reported_late = table("stream_metrics").agg(F.sum("late_rows_dropped")).first()[0] or 0
-    late = TableCheck("late_rows_dropped", predicted_late, reported_late, max(predicted_late - reported_late, 0), 0,
-                      max(reported_late - predicted_late, 0))
+    late = TableCheck(
+        "late_rows_dropped",
+        predicted_late,
+        reported_late,
+        max(predicted_late - reported_late, 0),
+        0,
+        max(reported_late - predicted_late, 0),
+    )
     events.unpersist()
     return [enriched, quarantine, sessions, late]
 
@@ -118,8 +148,12 @@ def with_late_flag(events: DataFrame, enriched: DataFrame, watermark_seconds: fl
     delay; late events never raise that maximum (they are older than it), so it does not
     matter that they are dropped.
     """
-    batches = enriched.select(_basename("source_file").alias("source_file"), F.col("ingested_at").alias("_batch")).distinct()
-    per_batch = events.join(batches, "source_file").groupBy("_batch").agg(F.max(F.unix_micros("event_ts")).alias("_max"))
+    batches = enriched.select(
+        _basename("source_file").alias("source_file"), F.col("ingested_at").alias("_batch")
+    ).distinct()
+    per_batch = (
+        events.join(batches, "source_file").groupBy("_batch").agg(F.max(F.unix_micros("event_ts")).alias("_max"))
+    )
     before = per_batch.withColumn(
         "_max_before", F.max("_max").over(Window.orderBy("_batch").rowsBetween(Window.unboundedPreceding, -1))
     )
@@ -138,6 +172,7 @@ LIVE_SESSION_KEYS = [*SESSION_KEYS, "session_id", "is_open"]
 def compare_lakes(spark: SparkSession, cfg: Config, other_lake: str) -> list[TableCheck]:
     """``live_sessions`` and ``session_features`` of this lake against another lake's (e.g. a
     run of the same input without faults); ``updated_at`` and ingestion times aside."""
+
     def load(lake: str, name: str) -> DataFrame:
         return spark.read.format("delta").load(f"{lake.rstrip('/')}/{name}")
 

@@ -1,12 +1,14 @@
 """The demo behind `make demo`: a fresh run of the whole pipeline on the embedded defaults.
 
 1. clears the runtime folders of conf/pipeline.toml (data/stream, data/lake, data/checkpoints,
-   the purchase history), 2. generates the purchase history, 3. runs the generator and the
+   data/online, the purchase history), 2. generates the purchase history, 3. runs the generator and the
    stream side by side for --duration seconds (one progress line per micro-batch), 4. drains
    what the stream has not reached yet in one catch-up run, 5. trains the model (batch
-   recommendations), 6. streams again for a while, now with live recommendations from that
-   model, 7. prints the report.
+   recommendations), 6. starts the HTTP API and streams again for a while, now with live
+   recommendations from that model, 7. asks the API for a user's recommendations and session, as
+   an application would (and prints the curl commands), 8. prints the report.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,11 +16,13 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+from lib.config import load_config
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from lib.config import load_config  # noqa: E402
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 SUBMIT = str(ROOT / "spark-submit.sh")
@@ -26,6 +30,23 @@ SUBMIT = str(ROOT / "spark-submit.sh")
 
 def banner(text: str) -> None:
     print(f"\n=== {text}", flush=True)
+
+
+def fetch(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.read().decode()
+    except urllib.error.HTTPError as error:
+        return f"{error.code} {error.read().decode()}"
+
+
+def latest_active_user(base: str) -> int:
+    """A user with live recommendations: among the first users of the generator, the first the API
+    serves live."""
+    for user in range(1, 101):
+        if '"source":"live"' in fetch(f"{base}/users/{user}/recommendations?k=1"):
+            return user
+    return 1
 
 
 def main() -> int:
@@ -38,10 +59,18 @@ def main() -> int:
     data_dir = ROOT / "data"
 
     banner("resetting the demo's runtime folders under data/")
-    for path in (cfg.paths.events_dir, cfg.paths.lake, cfg.paths.checkpoints, cfg.paths.purchases):
+    for path in (
+        cfg.paths.events_dir,
+        cfg.paths.lake,
+        cfg.paths.checkpoints,
+        cfg.paths.purchases,
+        cfg.paths.online_store,
+    ):
         target = Path(path)
         if data_dir not in target.parents:
             sys.exit(f"refusing to delete {target}: the demo only clears folders under {data_dir}")
+        if target.is_file():
+            target.unlink()
         shutil.rmtree(target, ignore_errors=True)
 
     started = time.monotonic()
@@ -49,17 +78,21 @@ def main() -> int:
     subprocess.run([PYTHON, "jobs/generate.py", "purchases"], cwd=ROOT, check=True)
 
     banner(f"stream + generator side by side for {args.duration:.0f} s")
-    stream = subprocess.Popen(
-        [SUBMIT, "jobs/stream.py", "--run-for", str(args.duration + 30)], cwd=ROOT
-    )
+    stream = subprocess.Popen([SUBMIT, "jobs/stream.py", "--run-for", str(args.duration + 30)], cwd=ROOT)
     time.sleep(15)  # let Spark start before files arrive, so the first batches are live
     generator = subprocess.run(
         [
-            PYTHON, "jobs/generate.py", "events",
-            "--duration", str(args.duration),
-            "--events-per-file", str(args.events_per_file),
-            "--files-per-second", str(args.files_per_second),
-            "--bad-share", "0.01",
+            PYTHON,
+            "jobs/generate.py",
+            "events",
+            "--duration",
+            str(args.duration),
+            "--events-per-file",
+            str(args.events_per_file),
+            "--files-per-second",
+            str(args.files_per_second),
+            "--bad-share",
+            "0.01",
         ],
         cwd=ROOT,
     )
@@ -77,17 +110,40 @@ def main() -> int:
     banner("training the recommendation model on the lake")
     subprocess.run([SUBMIT, "jobs/train.py"], cwd=ROOT, check=True)
 
-    banner("streaming again: live recommendations re-ranked from each session")
+    banner(f"starting the HTTP API on http://{cfg.serve.host}:{cfg.serve.port} (jobs/serve.py, no Spark)")
+    api = subprocess.Popen([PYTHON, "jobs/serve.py"], cwd=ROOT)
+
+    banner("streaming again: live recommendations re-ranked from each session, served as they are computed")
     stream = subprocess.Popen([SUBMIT, "jobs/stream.py", "--run-for", "50"], cwd=ROOT)
     time.sleep(15)
     generator = subprocess.run(
-        [PYTHON, "jobs/generate.py", "events", "--duration", "20", "--events-per-file", str(args.events_per_file),
-         "--files-per-second", str(args.files_per_second), "--start", "2024-03-01T00:00:00"],
+        [
+            PYTHON,
+            "jobs/generate.py",
+            "events",
+            "--duration",
+            "20",
+            "--events-per-file",
+            str(args.events_per_file),
+            "--files-per-second",
+            str(args.files_per_second),
+            "--start",
+            "2024-03-01T00:00:00",
+        ],
         cwd=ROOT,
     )
     if stream.wait() != 0 or generator.returncode != 0:
+        api.terminate()
         print("the stream or the generator failed; see the log above", file=sys.stderr)
         return 1
+
+    banner("asking the API, as an application would")
+    base = f"http://{cfg.serve.host}:{cfg.serve.port}"
+    user = latest_active_user(base)
+    for path in (f"/users/{user}/recommendations?k=5", f"/users/{user}/session", "/health"):
+        print(f"$ curl '{base}{path}'\n{fetch(base + path)}", flush=True)
+    api.terminate()
+    api.wait()
 
     banner("what the pipeline produced")
     subprocess.run([SUBMIT, "jobs/report.py", "--log-level", "WARNING"], cwd=ROOT, check=True)

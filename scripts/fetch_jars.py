@@ -3,15 +3,14 @@
 Run once by ``make setup``; later runs find them in ``.cache/jars`` and do nothing, so no test
 or job ever downloads at run time. Checksums are verified against Maven Central's ``.sha1``.
 """
+
 from __future__ import annotations
 
 import hashlib
-import sys
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from lib.spark import JARS_DIR, delta_maven_coordinates  # noqa: E402
+from lib.spark import JARS_DIR, delta_maven_coordinates
 
 MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
 

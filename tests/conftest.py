@@ -1,4 +1,5 @@
 """Shared fixtures: one SparkSession for the whole run, and per-test pipeline configs in tmp dirs."""
+
 from __future__ import annotations
 
 import logging
@@ -36,6 +37,7 @@ def make_config(root: Path, *overrides: str):
             f"paths.purchases={root / 'purchases'}",
             f"paths.lake={root / 'lake'}",
             f"paths.checkpoints={root / 'checkpoints'}",
+            f"paths.online_store={root / 'online' / 'streamrec.sqlite'}",
             *overrides,
         ],
     )

@@ -1,10 +1,16 @@
 """Helpers for driving the real stream over generated files."""
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import socket
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 
@@ -31,7 +37,9 @@ def generated_purchases(users: int, items: int, count: int, seed: int = 7):
     return generate_purchases(Catalogue(num_users=users, num_items=items, seed=seed), count)
 
 
-def activity_writer(cfg, users=30, items=60, seed=7, bad_share=0.0, start=datetime(2024, 1, 1), **profile) -> ActivityWriter:
+def activity_writer(
+    cfg, users=30, items=60, seed=7, bad_share=0.0, start=datetime(2024, 1, 1), **profile
+) -> ActivityWriter:
     catalogue = Catalogue(num_users=users, num_items=items, seed=seed)
     events = simulate_events(catalogue, ActivityProfile(start=start, **profile))
     return ActivityWriter(Path(cfg.paths.events_dir), events, bad_share=bad_share, seed=seed)
@@ -58,7 +66,7 @@ def write_manifest(rows, path: Path) -> str:
 
 def write_config_file(cfg, path: Path, extra: str = "") -> Path:
     """A TOML file with the paths of ``cfg`` (plus ``extra`` TOML), for jobs run by spark-submit."""
-    keys = ("events_dir", "purchases", "lake", "checkpoints")
+    keys = ("events_dir", "purchases", "lake", "checkpoints", "online_store")
     path.write_text("[paths]\n" + "".join(f'{k} = "{getattr(cfg.paths, k)}"\n' for k in keys) + extra)
     return path
 
@@ -72,5 +80,54 @@ def assert_same_profiles(actual, expected) -> None:
     from chispa import assert_df_equality
 
     assert_df_equality(
-        actual.drop("updated_at").orderBy("user_id"), expected.drop("updated_at").orderBy("user_id"), ignore_nullable=True
+        actual.drop("updated_at").orderBy("user_id"),
+        expected.drop("updated_at").orderBy("user_id"),
+        ignore_nullable=True,
     )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ApiServer:
+    """``jobs/serve.py`` as a user runs it: a real uvicorn process on a free port of 127.0.0.1."""
+
+    def __init__(self, cfg, folder: Path):
+        self.port = free_port()
+        self.config = write_config_file(cfg, folder / "serve.toml")
+        self.log = folder / "serve.log"
+        self.process = None
+
+    def __enter__(self) -> "ApiServer":
+        root = Path(__file__).resolve().parents[2]
+        with open(self.log, "w") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "jobs/serve.py", "--config", str(self.config), "--set", f"serve.port={self.port}"],
+                cwd=root,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"the API did not listen on port {self.port} within 30 s: {self.log.read_text()}")
+
+    def __exit__(self, *exc) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=15)
+
+    def get(self, path: str) -> tuple[int, dict]:
+        """(status, JSON body) of ``GET path``."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())

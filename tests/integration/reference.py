@@ -1,5 +1,6 @@
 """An independent reference implementation of the contract's semantics, in pandas, computed
 from the generator's ground truth. The stream's tables are compared against it."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -48,8 +49,10 @@ def sessions(events: pd.DataFrame, gap_s: float) -> pd.DataFrame:
         last_event=("event_type", "last"),
     ).reset_index()
     result["session_length_s"] = (result.session_end - result.session_start).dt.total_seconds()
-    gaps_in_session = ordered.assign(gap=gaps.where(ordered["seq"].eq(ordered.groupby("user_id")["seq"].shift()))).groupby(
-        ["user_id", "seq"]
-    )["gap"].mean()
+    gaps_in_session = (
+        ordered.assign(gap=gaps.where(ordered["seq"].eq(ordered.groupby("user_id")["seq"].shift())))
+        .groupby(["user_id", "seq"])["gap"]
+        .mean()
+    )
     result["avg_time_gap_s"] = gaps_in_session.values
     return result.drop(columns="seq")

@@ -1,5 +1,6 @@
 """The benchmark's plumbing at a tiny scale (not its timings): the DuckDB baseline computes what
 the stream computes, and the soak's observers read the lake and the checkpoints correctly."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,10 +1,13 @@
-"""Chaos scenarios at small scale (the full scale is `make chaos`): the whole job killed with
-kill -9 while files keep landing, and a lake whose disk fills up. Both end with the verifier:
-0 missing, 0 duplicated, sessions equal to a batch recomputation."""
+"""Chaos scenarios at small scale (the full scale is `make chaos`): the job stopped with SIGTERM,
+then killed with kill -9 (its process group, then the wrapper alone) while files keep landing,
+and a lake whose disk fills up. Both end with the verifier: 0 missing, 0 duplicated, sessions
+equal to a batch recomputation."""
+
 from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import threading
 import time
@@ -12,23 +15,40 @@ from pathlib import Path
 
 import pytest
 
-from bench.chaos import kill_tree
+from bench.chaos import descendants
 from lib.stream import run_available_now
 from lib.verify import compare_lakes, read_manifest, verify
 from tests.conftest import make_config
 from tests.integration.conftest import (
-    activity_writer, generated_purchases, write_config_file, write_manifest, write_purchases,
+    activity_writer,
+    generated_purchases,
+    write_config_file,
+    write_manifest,
+    write_purchases,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
 BATCH_LINE = "INFO lib.stream: batch "
 
 
+def running(pids: list[int]) -> list[int]:
+    """Those of ``pids`` that are still running (a zombie has ended)."""
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
 def batches_logged(log: Path) -> int:
     return log.read_text(errors="replace").count(BATCH_LINE) if log.exists() else 0
 
 
-def test_kill_9_of_the_whole_job_at_random_points_loses_and_duplicates_nothing(spark, tmp_path):
+def test_planned_stop_is_quiet_and_kill_9_of_the_group_or_wrapper_ends_the_job_and_loses_nothing(spark, tmp_path):
     rng = random.Random(11)
     cfg = make_config(tmp_path)
     write_purchases(cfg.paths.purchases, generated_purchases(users=40, items=40, count=120))
@@ -40,23 +60,47 @@ def test_kill_9_of_the_whole_job_at_random_points_loses_and_duplicates_nothing(s
 
     toml = write_config_file(cfg, tmp_path / "pipeline.toml", "[stream]\nmax_files_per_trigger = 1\n")
     log = tmp_path / "stream.log"
-    for kill in range(2):
-        seen = batches_logged(log)
+
+    def start() -> subprocess.Popen:
+        # In a process group of its own, as a supervisor, `timeout` or Airflow would start it.
         with open(log, "a") as out:
-            job = subprocess.Popen([str(ROOT / "spark-submit.sh"), "jobs/stream.py", "--config", str(toml)], cwd=ROOT,
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        if kill == 0:
-            # First after a completed micro-batch, so that the restarts resume from committed progress...
-            deadline = time.monotonic() + 240
-            while batches_logged(log) == seen and job.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.5)
-            assert job.poll() is None and batches_logged(log) > seen, log.read_text()[-3000:]
-            time.sleep(rng.uniform(0, 4))
-        else:
-            time.sleep(rng.uniform(15, 35))  # ...then anywhere in start-up, planning or a batch's writes
-        # The wrapper, spark-submit's JVM and the Python driver; a survivor would hold the
-        # checkpoint lock and the next start would be refused.
-        assert kill_tree(job) >= 3
+            return subprocess.Popen(
+                [str(ROOT / "spark-submit.sh"), "jobs/stream.py", "--config", str(toml)],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    # A planned stop after a completed micro-batch (so that the kills below resume from committed
+    # progress): SIGTERM to the wrapper ends the job with 0 and logs no error.
+    seen, logged_before = batches_logged(log), len(log.read_text()) if log.exists() else 0
+    job = start()
+    deadline = time.monotonic() + 240
+    while batches_logged(log) == seen and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert job.poll() is None and batches_logged(log) > seen, log.read_text()[-3000:]
+    time.sleep(rng.uniform(0, 4))
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=240) == 0, log.read_text()[-3000:]
+    this_run = log.read_text()[logged_before:]
+    assert "stopped" in this_run and " ERROR " not in this_run and "Traceback" not in this_run, this_run[-3000:]
+
+    # Then SIGKILL, anywhere in start-up, planning or a batch's writes: first to the job's process
+    # group, then to the wrapper alone. Either ends every process of the job (the wrapper, the
+    # JVM, the Python driver and its workers); a survivor would hold the checkpoint lock and the
+    # next start would be refused.
+    for kill in (lambda job: os.killpg(job.pid, signal.SIGKILL), lambda job: job.kill()):
+        job = start()
+        time.sleep(rng.uniform(15, 35))
+        processes = [job.pid, *descendants(job.pid)]
+        assert len(processes) >= 3, processes  # the wrapper, the JVM and the driver at least
+        kill(job)
+        job.wait()
+        deadline = time.monotonic() + 15
+        while running(processes) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not running(processes), f"left running after the kill: {running(processes)}"
     more_files.join()
 
     # Restart once more on the same checkpoints and catch up (more files per batch: allowed).
@@ -64,11 +108,17 @@ def test_kill_9_of_the_whole_job_at_random_points_loses_and_duplicates_nothing(s
     run_available_now(spark, cfg)
     checks = verify(spark, cfg, read_manifest(spark, write_manifest(writer.manifest, tmp_path / "manifest.jsonl")))
     assert all(c.ok for c in checks), checks
-    assert {c.table: c.actual for c in checks}["enriched_events"] == sum(1 for r in writer.manifest if r.expected_reason is None)
+    assert {c.table: c.actual for c in checks}["enriched_events"] == sum(
+        1 for r in writer.manifest if r.expected_reason is None
+    )
 
     # live_sessions and session_features equal those of one run over the same input without faults.
-    clean = make_config(tmp_path / "clean", f"paths.events_dir={cfg.paths.events_dir}", f"paths.purchases={cfg.paths.purchases}",
-                        "stream.max_files_per_trigger=20")
+    clean = make_config(
+        tmp_path / "clean",
+        f"paths.events_dir={cfg.paths.events_dir}",
+        f"paths.purchases={cfg.paths.purchases}",
+        "stream.max_files_per_trigger=20",
+    )
     run_available_now(spark, clean)
     assert all(c.ok for c in compare_lakes(spark, cfg, clean.paths.lake)), compare_lakes(spark, cfg, clean.paths.lake)
 
@@ -100,4 +150,6 @@ def test_full_disk_fails_with_the_cause_and_the_restart_loses_nothing(spark, tmp
     run_available_now(spark, cfg)
     checks = verify(spark, cfg, read_manifest(spark, write_manifest(writer.manifest, tmp_path / "manifest.jsonl")))
     assert all(c.ok for c in checks), checks
-    assert {c.table: c.actual for c in checks}["enriched_events"] == sum(1 for r in writer.manifest if r.expected_reason is None)
+    assert {c.table: c.actual for c in checks}["enriched_events"] == sum(
+        1 for r in writer.manifest if r.expected_reason is None
+    )

@@ -1,5 +1,6 @@
 """The same job on a real Spark standalone cluster (a master and two workers on 127.0.0.1),
 submitted through ./spark-submit.sh --master spark://...: the proof that it scales out."""
+
 from __future__ import annotations
 
 import json
@@ -34,14 +35,30 @@ def master_state(ui_port: int) -> dict:
 
 @pytest.fixture
 def standalone_cluster(tmp_path):
-    env = {**os.environ, "SPARK_HOME": str(SPARK_HOME), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_WORKER_DIR": str(tmp_path / "work")}
+    env = {
+        **os.environ,
+        "SPARK_HOME": str(SPARK_HOME),
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "SPARK_WORKER_DIR": str(tmp_path / "work"),
+    }
     port, ui_port = free_port(), free_port()
     spark_class = str(SPARK_HOME / "bin" / "spark-class")
     logs = open(tmp_path / "cluster.log", "w")
     processes = [
         subprocess.Popen(
-            [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(ui_port)],
-            env=env, stdout=logs, stderr=subprocess.STDOUT,
+            [
+                spark_class,
+                "org.apache.spark.deploy.master.Master",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--webui-port",
+                str(ui_port),
+            ],
+            env=env,
+            stdout=logs,
+            stderr=subprocess.STDOUT,
         )
     ]
     try:
@@ -57,9 +74,22 @@ def standalone_cluster(tmp_path):
         for _ in range(2):
             processes.append(
                 subprocess.Popen(
-                    [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "1", "--memory", "1g",
-                     "--webui-port", str(free_port()), f"spark://127.0.0.1:{port}"],
-                    env=env, stdout=logs, stderr=subprocess.STDOUT,
+                    [
+                        spark_class,
+                        "org.apache.spark.deploy.worker.Worker",
+                        "--host",
+                        "127.0.0.1",
+                        "--cores",
+                        "1",
+                        "--memory",
+                        "1g",
+                        "--webui-port",
+                        str(free_port()),
+                        f"spark://127.0.0.1:{port}",
+                    ],
+                    env=env,
+                    stdout=logs,
+                    stderr=subprocess.STDOUT,
                 )
             )
         while master_state(ui_port).get("aliveworkers", 0) < 2:
@@ -88,10 +118,25 @@ def test_stream_job_runs_on_a_standalone_cluster(spark, tmp_path, standalone_clu
         writer.write_file(400)
     config_file = write_config_file(cfg, tmp_path / "pipeline.toml")
     result = subprocess.run(
-        [str(ROOT / "spark-submit.sh"), "--master", master_url, "--conf", "spark.executor.memory=768m",
-         "--conf", "spark.cores.max=2", "jobs/stream.py", "--config", str(config_file), "--available-now",
-         "--set", "stream.max_files_per_trigger=10"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            str(ROOT / "spark-submit.sh"),
+            "--master",
+            master_url,
+            "--conf",
+            "spark.executor.memory=768m",
+            "--conf",
+            "spark.cores.max=2",
+            "jobs/stream.py",
+            "--config",
+            str(config_file),
+            "--available-now",
+            "--set",
+            "stream.max_files_per_trigger=10",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     output = result.stdout + result.stderr  # spark-submit relays the Python driver's stderr on stdout
     assert result.returncode == 0, output[-4000:]
@@ -100,12 +145,19 @@ def test_stream_job_runs_on_a_standalone_cluster(spark, tmp_path, standalone_clu
     apps = master_state(ui_port)["completedapps"] + master_state(ui_port)["activeapps"]
     assert any(app["name"] == "streamrec-stream" for app in apps), apps
 
-    valid = Counter((r.user_id, r.item_id, r.event_type, r.event_ts) for r in writer.manifest if r.expected_reason is None)
+    valid = Counter(
+        (r.user_id, r.item_id, r.event_type, r.event_ts) for r in writer.manifest if r.expected_reason is None
+    )
     enriched = Counter(
-        (r.user_id, r.item_id, r.event_type, r.event_ts.strftime("%Y-%m-%d %H:%M:%S")) for r in read(spark, cfg, "enriched_events").collect()
+        (r.user_id, r.item_id, r.event_type, r.event_ts.strftime("%Y-%m-%d %H:%M:%S"))
+        for r in read(spark, cfg, "enriched_events").collect()
     )
     assert enriched == valid
     assert read(spark, cfg, "quarantine").count() == sum(1 for r in writer.manifest if r.expected_reason)
     assert read(spark, cfg, "session_features").count() > 0
     live = read(spark, cfg, "live_sessions")
-    assert live.count() == live.select("user_id").distinct().count() == len({r.user_id for r in writer.manifest if r.user_id})
+    assert (
+        live.count()
+        == live.select("user_id").distinct().count()
+        == len({r.user_id for r in writer.manifest if r.user_id})
+    )

@@ -1,4 +1,5 @@
 """Late events: written to enriched_events, dropped from sessions, counted."""
+
 from __future__ import annotations
 
 from lib.stream import run_available_now
@@ -10,7 +11,11 @@ HEADER = "user_id,item_id,event_type,timestamp"
 
 def test_late_event_is_enriched_but_not_sessionized_and_is_counted(spark, tmp_path):
     cfg = make_config(tmp_path, "stream.compact_every=1")  # batches 1 and 2 compact the most fragmented tables
-    write_lines(cfg, "f1.csv", [HEADER, "1,1,view,2024-01-01 10:00:00", "1,2,click,2024-01-01 10:05:00", "2,1,view,2024-01-01 10:00:00"])
+    write_lines(
+        cfg,
+        "f1.csv",
+        [HEADER, "1,1,view,2024-01-01 10:00:00", "1,2,click,2024-01-01 10:05:00", "2,1,view,2024-01-01 10:00:00"],
+    )
     # Watermark after this file: 12:00 - 10 min = 11:50; closes both 10:0x sessions.
     write_lines(cfg, "f2.csv", [HEADER, "2,3,view,2024-01-01 12:00:00"])
     # 10:20 is older than the watermark (late); 11:55 is not.
@@ -18,7 +23,9 @@ def test_late_event_is_enriched_but_not_sessionized_and_is_counted(spark, tmp_pa
     stats = run_available_now(spark, cfg)
 
     assert read(spark, cfg, "enriched_events").count() == 6
-    operations = spark.sql(f"DESCRIBE HISTORY delta.`{cfg.paths.table('enriched_events')}`").select("operation").collect()
+    operations = (
+        spark.sql(f"DESCRIBE HISTORY delta.`{cfg.paths.table('enriched_events')}`").select("operation").collect()
+    )
     assert "OPTIMIZE" in {r.operation for r in operations}
     assert stats.late_rows_dropped_total == 1
     metrics = {r.batch_id: r for r in read(spark, cfg, "stream_metrics").collect()}

@@ -1,6 +1,7 @@
 """Profiles, the trained model, batch recommendations and live recommendations, from the real
 stream over generated files: the stream runs, the model is trained, the stream runs again
 and re-ranks with that model."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -13,7 +14,14 @@ from lib.model_store import ModelStore
 from lib.schemas import LIVE_RECOMMENDATIONS_SCHEMA, RECOMMENDATIONS_SCHEMA, USER_PROFILES_SCHEMA
 from lib.stream import run_available_now
 from tests.conftest import make_config
-from tests.integration.conftest import activity_writer, assert_same_profiles, generated_purchases, read, write_purchases
+from tests.integration.conftest import (
+    ApiServer,
+    activity_writer,
+    assert_same_profiles,
+    generated_purchases,
+    read,
+    write_purchases,
+)
 
 TOP_K = 5
 
@@ -21,7 +29,10 @@ TOP_K = 5
 @pytest.fixture(scope="module")
 def lake(spark, tmp_path_factory):
     cfg = make_config(
-        tmp_path_factory.mktemp("recs"), f"recommend.top_k={TOP_K}", "recommend.ease_lambda=20", "stream.max_files_per_trigger=2"
+        tmp_path_factory.mktemp("recs"),
+        f"recommend.top_k={TOP_K}",
+        "recommend.ease_lambda=20",
+        "stream.max_files_per_trigger=2",
     )
     purchases = generated_purchases(users=40, items=60, count=150)
     write_purchases(cfg.paths.purchases, purchases)
@@ -69,7 +80,9 @@ def test_recommendations_have_top_k_unseen_items_for_every_known_user(spark, lak
     assert [(f.name, f.dataType) for f in recs.schema] == [(f.name, f.dataType) for f in RECOMMENDATIONS_SCHEMA]
     by_user = rows_by_user(recs)
     # Only the first two files were in the lake when the model was trained.
-    trained_on = seen_items([r for r in manifest if r.file in ("activity-000001.csv", "activity-000002.csv")], purchases)
+    trained_on = seen_items(
+        [r for r in manifest if r.file in ("activity-000001.csv", "activity-000002.csv")], purchases
+    )
     assert set(by_user) == set(trained_on)
     for user, rows in by_user.items():
         assert [r.rank for r in rows] == list(range(1, TOP_K + 1))
@@ -93,3 +106,22 @@ def test_live_recommendations_for_users_of_the_later_run(spark, lake):
         assert not {r.item_id for r in rows} & seen[user]
         assert {r.model_version for r in rows} == {summary["version"]}
         assert {r.session_id.split("-")[0] for r in rows} == {str(user)}
+
+
+def test_api_serves_live_recommendations_for_active_users_and_batch_ones_for_the_rest(spark, lake, tmp_path):
+    cfg, _, _, summary = lake
+    live = rows_by_user(read(spark, cfg, "live_recommendations"))
+    batch = rows_by_user(read(spark, cfg, "recommendations"))
+    with ApiServer(cfg, tmp_path) as api:
+        for user, rows in live.items():
+            status, body = api.get(f"/users/{user}/recommendations")
+            assert status == 200 and body["source"] == "live"
+            assert body["session_id"] == rows[0].session_id and body["model_version"] == summary["version"]
+            assert [(i["rank"], i["item_id"]) for i in body["items"]] == [(r.rank, r.item_id) for r in rows]
+            assert [i["score"] for i in body["items"]] == pytest.approx([r.score for r in rows])
+        inactive = sorted(set(batch) - set(live))
+        assert inactive
+        for user in inactive:
+            status, body = api.get(f"/users/{user}/recommendations?k=3")
+            assert status == 200 and body["source"] == "batch" and body["session_id"] is None
+            assert [i["item_id"] for i in body["items"]] == [r.item_id for r in batch[user][:3]]

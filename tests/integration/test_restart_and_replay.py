@@ -1,5 +1,6 @@
 """Restarts from the checkpoints, purchases that arrive later, rejected files, and a batch
 replayed after a crash between two of its writes."""
+
 from __future__ import annotations
 
 import os
@@ -18,16 +19,23 @@ TABLES = ["enriched_events", "session_features", "live_sessions", "quarantine", 
 
 
 def table_versions(spark, cfg):
-    return {t: spark.sql(f"DESCRIBE HISTORY delta.`{cfg.paths.table(t)}`").agg(F.max("version")).first()[0] for t in TABLES}
+    return {
+        t: spark.sql(f"DESCRIBE HISTORY delta.`{cfg.paths.table(t)}`").agg(F.max("version")).first()[0] for t in TABLES
+    }
 
 
 def enriched_keys(spark, cfg):
     rows = read(spark, cfg, "enriched_events").collect()
-    return Counter((r.user_id, r.item_id, r.event_type, r.event_ts.strftime("%Y-%m-%d %H:%M:%S"), os.path.basename(r.source_file)) for r in rows)
+    return Counter(
+        (r.user_id, r.item_id, r.event_type, r.event_ts.strftime("%Y-%m-%d %H:%M:%S"), os.path.basename(r.source_file))
+        for r in rows
+    )
 
 
 def manifest_keys(manifest):
-    return Counter((r.user_id, r.item_id, r.event_type, r.event_ts, r.file) for r in manifest if r.expected_reason is None)
+    return Counter(
+        (r.user_id, r.item_id, r.event_type, r.event_ts, r.file) for r in manifest if r.expected_reason is None
+    )
 
 
 def test_restarts_add_nothing_and_pick_up_new_files_and_purchases(spark, tmp_path):
@@ -45,12 +53,16 @@ def test_restarts_add_nothing_and_pick_up_new_files_and_purchases(spark, tmp_pat
 
     # Purchases added while the stream is down are used by the next run; a file missing a
     # column is quarantined whole; the good file after it is processed; odd encodings too.
-    write_purchases(cfg.paths.purchases, [(u, 2, 100.0, date(2023, 12, 31)) for u in range(1, 9)], name="part-00001.parquet")
+    write_purchases(
+        cfg.paths.purchases, [(u, 2, 100.0, date(2023, 12, 31)) for u in range(1, 9)], name="part-00001.parquet"
+    )
     write_lines(cfg, "no_event_type.csv", ["user_id,item_id,timestamp", "1,2,2024-01-01 00:00:00"])
     writer.write_file(150)
     crlf = "user_id,item_id,event_type,timestamp\r\n1,5,view,2024-01-02 00:00:00\r\n"
     (tmp_path / "incoming" / "crlf.csv").write_bytes(crlf.encode())
-    (tmp_path / "incoming" / "latin1.csv").write_bytes("user_id,item_id,event_type,timestamp,note\n2,6,view,2024-01-02 00:00:00,caf\xe9\n".encode("latin-1"))
+    (tmp_path / "incoming" / "latin1.csv").write_bytes(
+        "user_id,item_id,event_type,timestamp,note\n2,6,view,2024-01-02 00:00:00,caf\xe9\n".encode("latin-1")
+    )
     (tmp_path / "incoming" / "empty.csv").write_bytes(b"")
     run_available_now(spark, make_config(tmp_path, "stream.max_files_per_trigger=3"))  # two batches, not five
 
@@ -81,7 +93,9 @@ def test_batch_replayed_after_crashes_commits_each_write_once(spark, tmp_path):
     writer.write_file(200)
     ensure_tables(spark, cfg)
     batch = spark.read.text(cfg.paths.events_dir).select(
-        "value", F.col("_metadata.file_path").alias("source_file"), F.col("_metadata.file_block_start").alias("file_block_start")
+        "value",
+        F.col("_metadata.file_path").alias("source_file"),
+        F.col("_metadata.file_block_start").alias("file_block_start"),
     )
     initial = table_versions(spark, cfg)
     with pytest.raises(InjectedFault):
@@ -106,6 +120,10 @@ def test_batch_replayed_after_crashes_commits_each_write_once(spark, tmp_path):
     assert enriched_keys(spark, cfg) == manifest_keys(writer.manifest)
     assert read(spark, cfg, "quarantine").count() == sum(1 for r in writer.manifest if r.expected_reason)
     live = read(spark, cfg, "live_sessions")
-    assert live.count() == live.select("user_id").distinct().count() == len({r.user_id for r in writer.manifest if r.user_id})
+    assert (
+        live.count()
+        == live.select("user_id").distinct().count()
+        == len({r.user_id for r in writer.manifest if r.user_id})
+    )
     # The MERGE of the profiles was applied once: the table equals a rebuild from scratch.
     assert_same_profiles(read(spark, cfg, "user_profiles"), profiles_from_lake(spark, cfg))

@@ -1,5 +1,6 @@
 """The real stream (availableNow) over generated files, checked table by table against an
 independent pandas reference computed from the generator's ground truth."""
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,16 @@ from lib.stream import run_available_now
 from lib.verify import multiset_diff, read_manifest, verify
 from tests.conftest import make_config
 from tests.integration import reference
-from tests.integration.conftest import activity_writer, generated_purchases, read, write_manifest, write_purchases
+from tests.integration.conftest import (
+    ApiServer,
+    activity_writer,
+    generated_purchases,
+    read,
+    write_manifest,
+    write_purchases,
+)
 
+TIMESTAMPS = {f.name for f in LIVE_SESSIONS_SCHEMA.fields if f.dataType.simpleString() == "timestamp"}
 GAP_S = 1800
 WATERMARK_S = 600
 
@@ -53,7 +62,10 @@ def test_tables_have_the_contract_columns(spark, pipeline):
     assert schema_of(read(spark, cfg, "session_features")) == contract(SESSION_FEATURES_SCHEMA)
     assert schema_of(read(spark, cfg, "live_sessions")) == contract(LIVE_SESSIONS_SCHEMA)
     assert schema_of(read(spark, cfg, "quarantine"))[:4] == [
-        ("source_file", "string"), ("raw", "string"), ("reason", "string"), ("ingested_at", "timestamp")
+        ("source_file", "string"),
+        ("raw", "string"),
+        ("reason", "string"),
+        ("ingested_at", "timestamp"),
     ]
     assert contract(QUARANTINE_SCHEMA)[:4] == schema_of(read(spark, cfg, "quarantine"))[:4]
 
@@ -67,8 +79,18 @@ def test_every_valid_row_is_enriched_exactly_once_with_point_in_time_features(sp
 
     def keyed(df, file_col):
         return Counter(
-            (r.user_id, r.item_id, r.event_type, pd.Timestamp(r.event_ts), os.path.basename(getattr(r, file_col)), int(r.past_purchases),
-             None if r.avg_purchase_amount is None or (isinstance(r.avg_purchase_amount, float) and math.isnan(r.avg_purchase_amount)) else round(r.avg_purchase_amount, 6))
+            (
+                r.user_id,
+                r.item_id,
+                r.event_type,
+                pd.Timestamp(r.event_ts),
+                os.path.basename(getattr(r, file_col)),
+                int(r.past_purchases),
+                None
+                if r.avg_purchase_amount is None
+                or (isinstance(r.avg_purchase_amount, float) and math.isnan(r.avg_purchase_amount))
+                else round(r.avg_purchase_amount, 6),
+            )
             for r in df.itertuples()
         )
 
@@ -86,13 +108,35 @@ def test_every_invalid_row_is_quarantined_with_its_reason(spark, pipeline):
 
 
 def _comparable(df: pd.DataFrame) -> list[tuple]:
-    cols = ["user_id", "session_start", "session_end", "num_events", "num_views", "num_clicks", "num_add_to_cart",
-            "session_length_s", "avg_time_gap_s", "last_event"]
+    cols = [
+        "user_id",
+        "session_start",
+        "session_end",
+        "num_events",
+        "num_views",
+        "num_clicks",
+        "num_add_to_cart",
+        "session_length_s",
+        "avg_time_gap_s",
+        "last_event",
+    ]
     out = []
     for r in df[cols].itertuples(index=False):
         gap = None if r.avg_time_gap_s is None or pd.isna(r.avg_time_gap_s) else round(float(r.avg_time_gap_s), 6)
-        out.append((int(r.user_id), pd.Timestamp(r.session_start), pd.Timestamp(r.session_end), int(r.num_events), int(r.num_views),
-                    int(r.num_clicks), int(r.num_add_to_cart), round(float(r.session_length_s), 6), gap, r.last_event))
+        out.append(
+            (
+                int(r.user_id),
+                pd.Timestamp(r.session_start),
+                pd.Timestamp(r.session_end),
+                int(r.num_events),
+                int(r.num_views),
+                int(r.num_clicks),
+                int(r.num_add_to_cart),
+                round(float(r.session_length_s), 6),
+                gap,
+                r.last_event,
+            )
+        )
     return sorted(out)
 
 
@@ -112,7 +156,9 @@ def test_closed_sessions_equal_a_batch_recomputation(spark, pipeline):
     assert actual.session_id.is_unique
     features = reference.purchase_features(expected, expected["session_start"], purchases)
     expected_features = sorted(zip(expected.user_id, expected.session_start, features.past_purchases))
-    assert sorted(zip(actual.user_id, actual.session_start.map(pd.Timestamp), actual.past_purchases)) == expected_features
+    assert (
+        sorted(zip(actual.user_id, actual.session_start.map(pd.Timestamp), actual.past_purchases)) == expected_features
+    )
     assert stats.late_rows_dropped_total == 0
 
 
@@ -144,7 +190,10 @@ def test_verifier_agrees_and_catches_a_planted_duplicate_and_loss(spark, pipelin
     path = write_manifest(manifest, tmp_path / "manifest.jsonl")
     checks = verify(spark, cfg, read_manifest(spark, path))
     assert [(c.table, c.ok) for c in checks] == [
-        ("enriched_events", True), ("quarantine", True), ("session_features", True), ("late_rows_dropped", True)
+        ("enriched_events", True),
+        ("quarantine", True),
+        ("session_features", True),
+        ("late_rows_dropped", True),
     ]
     assert checks[0].expected == checks[0].actual == sum(1 for r in manifest if r.expected_reason is None)
 
@@ -153,3 +202,29 @@ def test_verifier_agrees_and_catches_a_planted_duplicate_and_loss(spark, pipelin
     assert multiset_diff("t", expected, planted).duplicated == 1
     lost = expected.exceptAll(expected.limit(1))
     assert multiset_diff("t", expected, lost).missing == 1
+
+
+def iso(value) -> str | None:
+    return None if value is None else pd.Timestamp(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_api_serves_every_users_live_session_and_profile_as_the_tables_hold_them(spark, pipeline, tmp_path):
+    cfg, _, _, _ = pipeline
+    sessions = read(spark, cfg, "live_sessions").collect()
+    profiles = {r.user_id: r for r in read(spark, cfg, "user_profiles").collect()}
+    with ApiServer(cfg, tmp_path) as api:
+        for row in sessions:
+            status, served = api.get(f"/users/{row.user_id}/session")
+            assert status == 200
+            expected = {k: iso(v) if k in TIMESTAMPS else v for k, v in row.asDict().items()}
+            assert served == pytest.approx(expected), row.user_id
+            status, profile = api.get(f"/users/{row.user_id}/profile")
+            assert status == 200
+            stored = profiles[row.user_id].asDict()
+            assert profile["num_events"] == stored["num_events"] and profile["top_items"] == stored["top_items"]
+            assert profile["last_seen"] == iso(stored["last_seen"])
+        assert api.get("/users/987654/session")[0] == 404
+        status, health = api.get("/health")
+        assert status == 200 and health["last_batch_id"] == 1  # two micro-batches: 0 and 1
+        status, popular = api.get("/users/987654/recommendations?k=3")  # no model yet: the most engaged items
+        assert status == 200 and popular["source"] == "popular" and len(popular["items"]) == 3

@@ -1,4 +1,5 @@
 """The typed config: defaults, overrides, durations, and errors that say how to fix them."""
+
 import os
 
 import pytest
@@ -18,7 +19,9 @@ def test_defaults_match_the_contract():
 
 
 def test_overrides_and_uris():
-    cfg = load_config(None, ["stream.max_files_per_trigger=4", "paths.lake=hdfs://nn:8020/lake", "recommend.exclude_seen=false"])
+    cfg = load_config(
+        None, ["stream.max_files_per_trigger=4", "paths.lake=hdfs://nn:8020/lake", "recommend.exclude_seen=false"]
+    )
     assert cfg.stream.max_files_per_trigger == 4
     assert cfg.paths.lake == "hdfs://nn:8020/lake"
     assert cfg.paths.table("enriched_events") == "hdfs://nn:8020/lake/enriched_events"
@@ -26,7 +29,8 @@ def test_overrides_and_uris():
 
 
 @pytest.mark.parametrize(
-    "text, seconds", [("30 minutes", 1800), ("1 second", 1), ("500 ms", 0.5), ("2h", 7200), ("1.5 min", 90), ("1 day", 86400)]
+    "text, seconds",
+    [("30 minutes", 1800), ("1 second", 1), ("500 ms", 0.5), ("2h", 7200), ("1.5 min", 90), ("1 day", 86400)],
 )
 def test_durations(text, seconds):
     assert parse_duration(text, "k") == seconds
@@ -57,11 +61,14 @@ def test_unknown_section_in_file(tmp_path):
 
 
 def test_compaction_takes_the_most_fragmented_stream_table_every_n_batches_and_can_be_off():
-    from lib.stream import COMPACTED_TABLES, compaction_due, table_to_compact
+    from lib.stream import COMPACTED_TABLES, due, table_to_compact
 
-    assert [b for b in range(0, 10) if compaction_due(b, 3)] == [3, 6, 9]
-    assert not any(compaction_due(b, 0) for b in range(0, 10))
-    assert table_to_compact({"enriched_events": 5, "session_features": 9, "stream_metrics": 9, "live_sessions": 2}) == "session_features"
+    assert [b for b in range(0, 10) if due(b, 3)] == [3, 6, 9]
+    assert not any(due(b, 0) for b in range(0, 10))
+    assert (
+        table_to_compact({"enriched_events": 5, "session_features": 9, "stream_metrics": 9, "live_sessions": 2})
+        == "session_features"
+    )
     assert table_to_compact({t: 4 for t in COMPACTED_TABLES}) == COMPACTED_TABLES[0]
     assert table_to_compact({"stream_metrics": 1, "quarantine": 0}) is None  # nothing to bin-pack
     assert table_to_compact({"recommendations": 50}) is None

@@ -1,4 +1,5 @@
 """with_purchase_history: strictly-before-the-event's-day semantics, users without purchases."""
+
 from datetime import date, datetime
 
 from chispa import assert_df_equality

@@ -1,23 +1,29 @@
 """Live re-ranking on handcrafted neighbours, model scores and sessions, and on random ones
 against a plain-Python reading of the documented rule."""
+
 import random
 from datetime import datetime, timedelta
 
 import pytest
-
 from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, IntegerType, StringType, StructField, StructType
 
 from lib.config import load_config
 from lib.live import LiveRanker
 from lib.model_store import POPULARITY_SCHEMA
 from lib.recommend import ITEM_NEIGHBOURS_SCHEMA, USER_SCORES_SCHEMA
 from lib.schemas import LIVE_RECOMMENDATIONS_SCHEMA, RECENT_EVENT_TYPE
-from pyspark.sql.types import ArrayType, IntegerType, StringType, StructField, StructType
 
 T = datetime(2024, 1, 1, 12, 0, 0)
-REC = load_config(None, ["recommend.top_k=3", "recommend.session_weight=0.6", "recommend.session_half_life=10 minutes"]).recommend
+REC = load_config(
+    None, ["recommend.top_k=3", "recommend.session_weight=0.6", "recommend.session_half_life=10 minutes"]
+).recommend
 CONTEXT_SCHEMA = StructType(
-    [StructField("user_id", IntegerType()), StructField("session_id", StringType()), StructField("recent_events", ArrayType(RECENT_EVENT_TYPE))]
+    [
+        StructField("user_id", IntegerType()),
+        StructField("session_id", StringType()),
+        StructField("recent_events", ArrayType(RECENT_EVENT_TYPE)),
+    ]
 )
 
 
@@ -26,7 +32,15 @@ USER_SCORES = [(1, 7, 10.0), (1, 3, 1.0)]
 POPULARITY = [(8, 0.9), (9, 0.5), (10, 0.4), (2, 0.3)]
 
 
-def run(spark, context_rows, excluded_rows=(), neighbours=NEIGHBOURS, user_scores=USER_SCORES, popularity=POPULARITY, rec=REC):
+def run(
+    spark,
+    context_rows,
+    excluded_rows=(),
+    neighbours=NEIGHBOURS,
+    user_scores=USER_SCORES,
+    popularity=POPULARITY,
+    rec=REC,
+):
     context = spark.createDataFrame(context_rows, CONTEXT_SCHEMA)
     ranker = LiveRanker(
         spark,
@@ -38,7 +52,9 @@ def run(spark, context_rows, excluded_rows=(), neighbours=NEIGHBOURS, user_score
     try:
         excluded = spark.createDataFrame(list(excluded_rows), "user_id int, item_id int")
         rows = ranker.recommend(context, excluded, "v1", F.lit(T))
-        assert [(f.name, f.dataType) for f in rows.schema] == [(f.name, f.dataType) for f in LIVE_RECOMMENDATIONS_SCHEMA]
+        assert [(f.name, f.dataType) for f in rows.schema] == [
+            (f.name, f.dataType) for f in LIVE_RECOMMENDATIONS_SCHEMA
+        ]
         by_user = {}
         for row in rows.orderBy("user_id", "rank").collect():
             by_user.setdefault(row.user_id, []).append(row)
@@ -84,6 +100,7 @@ def test_seen_items_are_excluded_when_passed_and_empty_context_gives_nothing(spa
 
 def reference(context_rows, excluded_rows, neighbours, user_scores, popularity, rec):
     """The module docstring's rule, user by user in plain Python: {user: [(item, score), ...]}."""
+
     def scaled(scores):
         top = max((abs(v) for v in scores.values()), default=0.0)
         return {i: (v / top if top > 0 else 0.0) for i, v in scores.items()}
@@ -93,7 +110,9 @@ def reference(context_rows, excluded_rows, neighbours, user_scores, popularity, 
         latest = max((ts for ts, _, _ in events), default=None)
         session = {}
         for ts, item, event_type in events:
-            vote = rec.event_weights.get(event_type, 0.0) * 0.5 ** ((latest - ts).total_seconds() / rec.session_half_life_seconds)
+            vote = rec.event_weights.get(event_type, 0.0) * 0.5 ** (
+                (latest - ts).total_seconds() / rec.session_half_life_seconds
+            )
             for source, neighbour, weight in neighbours:
                 if source == item:
                     session[neighbour] = session.get(neighbour, 0.0) + vote * weight
@@ -102,7 +121,8 @@ def reference(context_rows, excluded_rows, neighbours, user_scores, popularity, 
         excluded = {i for u, i in excluded_rows if u == user}
         blended = {
             i: rec.session_weight * s.get(i, 0.0) + (1 - rec.session_weight) * m.get(i, 0.0)
-            for i in set(s) | set(m) if i not in excluded
+            for i in set(s) | set(m)
+            if i not in excluded
         }
         ranked = sorted(blended.items(), key=lambda p: (-p[1], p[0]))[: rec.top_k]
         for item, score in sorted(popularity, key=lambda p: (-p[1], p[0])):
@@ -119,12 +139,20 @@ def test_random_models_and_sessions_rank_as_the_documented_rule(spark, seed):
     items = range(1, 41)
     neighbours = [(i, j, round(rng.uniform(0.01, 1.0), 3)) for i in items for j in rng.sample(items, 6) if j != i]
     # Model users 1-20 (some scores negative or tied), popularity over most items with ties.
-    user_scores = [(u, i, float(rng.choice([-1, 0, 1, 2, 2, 3, 5]))) for u in range(1, 21) for i in rng.sample(items, 8)]
+    user_scores = [
+        (u, i, float(rng.choice([-1, 0, 1, 2, 2, 3, 5]))) for u in range(1, 21) for i in rng.sample(items, 8)
+    ]
     popularity = [(i, rng.choice([0.1, 0.2, 0.3])) for i in items if i % 7]
     types = ["view", "click", "add_to_cart", "unknown"]
     context = [
-        (u, f"{u}-0", [(T - timedelta(minutes=rng.randint(0, 60)), rng.choice(list(items) + [99]), rng.choice(types))
-                       for _ in range(rng.randint(0, 20))])
+        (
+            u,
+            f"{u}-0",
+            [
+                (T - timedelta(minutes=rng.randint(0, 60)), rng.choice(list(items) + [99]), rng.choice(types))
+                for _ in range(rng.randint(0, 20))
+            ],
+        )
         for u in range(1, 41)
     ]
     excluded = sorted({(u, rng.choice(items)) for u in range(1, 41) for _ in range(rng.randint(0, 12))})

@@ -1,4 +1,5 @@
 """parse_activity_lines: header matching, every kind of bad row, and the valid edge cases."""
+
 from datetime import datetime
 
 from chispa import assert_df_equality
@@ -57,7 +58,15 @@ def test_valid_rows_are_typed_and_normalized(spark):
         [
             ("1,10,view,2024-01-01 00:00:00", 1, 10, "view", ts("2024-01-01 00:00:00"), None, None),
             (" 2 , 20 , CLICK ,2024-01-01T00:00:00.5", 2, 20, "click", ts("2024-01-01 00:00:00.5"), None, None),
-            ("3,30,Add_To_Cart,2024-01-01 00:00:00.123456", 3, 30, "add_to_cart", ts("2024-01-01 00:00:00.123456"), None, None),
+            (
+                "3,30,Add_To_Cart,2024-01-01 00:00:00.123456",
+                3,
+                30,
+                "add_to_cart",
+                ts("2024-01-01 00:00:00.123456"),
+                None,
+                None,
+            ),
             ('"4","40","view","2024-01-01 23:59:59"', 4, 40, "view", ts("2024-01-01 23:59:59"), None, None),
             ("+5,007,view,2024-01-01 00:00:00", 5, 7, "view", ts("2024-01-01 00:00:00"), None, None),
         ],
@@ -145,7 +154,10 @@ def test_file_missing_a_column_is_rejected_whole_as_one_row(spark):
             ("user_id,item_id,event_type,timestamp,user_id", None, None, None, None, "duplicate_columns: user_id", 1),
             (
                 "1,2,view,2024-01-01 00:00:00",
-                None, None, None, None,
+                None,
+                None,
+                None,
+                None,
                 "missing_columns: user_id, item_id, event_type, timestamp",
                 0,
             ),

@@ -1,4 +1,5 @@
 """User profiles: aggregation, edge rows, and incremental totals equal to a rebuild."""
+
 from datetime import date, datetime, timedelta
 
 from chispa import assert_df_equality
@@ -20,7 +21,11 @@ EVENTS_SCHEMA = StructType(
     ]
 )
 SESSIONS_SCHEMA = StructType(
-    [StructField("user_id", IntegerType()), StructField("session_start", TimestampType()), StructField("session_end", TimestampType())]
+    [
+        StructField("user_id", IntegerType()),
+        StructField("session_start", TimestampType()),
+        StructField("session_end", TimestampType()),
+    ]
 )
 REC = load_config(None, ["recommend.profile_top_items=2"]).recommend
 
@@ -61,8 +66,25 @@ def test_profile_columns_from_events_sessions_and_purchases(spark):
     expected = spark.createDataFrame(
         [
             # item 12: one view (1) + two purchases (2 x 5) = 11; item 11: view + cart = 4; item 10: view + click = 3
-            (1, 2, 5, 3, 1, 1, 90.0, 1 / 3, 1.0, T0, T0 + timedelta(hours=5, minutes=1), 2, 20.0, [12, 11], NOW,
-             180_000_000, {10: 3.0, 11: 4.0, 12: 1.0}),
+            (
+                1,
+                2,
+                5,
+                3,
+                1,
+                1,
+                90.0,
+                1 / 3,
+                1.0,
+                T0,
+                T0 + timedelta(hours=5, minutes=1),
+                2,
+                20.0,
+                [12, 11],
+                NOW,
+                180_000_000,
+                {10: 3.0, 11: 4.0, 12: 1.0},
+            ),
             (2, 1, 1, 0, 0, 1, 0.0, None, None, T0, T0, 0, None, [20], NOW, 0, {20: 3.0}),
             (3, 0, 0, 0, 0, 0, None, None, None, None, None, 1, 5.0, [30], NOW, 0, {}),  # purchases only
             (4, 0, 1, 1, 0, 0, None, 0.0, None, T0, T0, 0, None, [40], NOW, 0, {40: 1.0}),

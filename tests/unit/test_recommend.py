@@ -4,11 +4,12 @@ Items 1-3 are always taken together, and so are items 4-6. User 3 has 1 and 2 bu
 user 5 has 4 and 5 but not 6. Item 3 and 6 are the least popular items, so only a model that
 learned the structure puts them first; popularity alone recommends 4 and 1.
 """
+
 from datetime import date, datetime
 
 import pytest
 from chispa import assert_df_equality
-from pyspark.sql.types import DateType, IntegerType, StringType, StructField, StructType, TimestampType
+from pyspark.sql.types import IntegerType, StringType, StructField, StructType, TimestampType
 
 from lib.config import load_config
 from lib.interactions import interactions_from
@@ -38,7 +39,9 @@ def interactions(spark):
 
 
 def recommendations(spark, interactions, model, k=2, users=None, exclude_seen=True, *overrides):
-    rec = rec_config(f"model={model}", f"top_k={k}", f"exclude_seen={str(exclude_seen).lower()}", "ease_lambda=0.5", *overrides)
+    rec = rec_config(
+        f"model={model}", f"top_k={k}", f"exclude_seen={str(exclude_seen).lower()}", "ease_lambda=0.5", *overrides
+    )
     trained = fit_model(spark, interactions, rec)
     users = users if users is not None else interactions.select("user_id").distinct()
     rows = top_k_recommendations(trained.user_scores, trained.popularity, users, interactions, k, exclude_seen)
@@ -61,7 +64,9 @@ def test_interactions_keep_the_strongest_signal_per_pair_and_drop_null_ids(spark
         ],
         EVENTS_SCHEMA,
     )
-    purchases = spark.createDataFrame([(2, 10, 9.5, date(2023, 5, 1)), (4, 11, 1.0, date(2023, 6, 1))], PURCHASES_SCHEMA)
+    purchases = spark.createDataFrame(
+        [(2, 10, 9.5, date(2023, 5, 1)), (4, 11, 1.0, date(2023, 6, 1))], PURCHASES_SCHEMA
+    )
     actual = interactions_from(events, purchases, rec)
     expected = spark.createDataFrame(
         [

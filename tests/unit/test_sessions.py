@@ -1,9 +1,18 @@
 """Sessionization: the gap boundary, one-event sessions, disorder, ties, and merging state."""
+
 from datetime import datetime, timedelta, timezone
 
 from chispa import assert_df_equality
+
 from lib.schemas import SESSION_STATE_SCHEMA, VALID_EVENTS_SCHEMA
-from lib.sessions import event_fragments, is_closed, latest_session_per_user, merge_sessions, sessionize, with_session_metrics
+from lib.sessions import (
+    event_fragments,
+    is_closed,
+    latest_session_per_user,
+    merge_sessions,
+    sessionize,
+    with_session_metrics,
+)
 
 GAP = 30 * 60
 T0 = datetime(2024, 1, 1, 10, 0, 0)
@@ -17,7 +26,16 @@ def events_df(spark, rows):
 
 
 def summary(df):
-    cols = ["user_id", "session_start", "session_end", "num_events", "num_views", "num_clicks", "num_add_to_cart", "last_event"]
+    cols = [
+        "user_id",
+        "session_start",
+        "session_end",
+        "num_events",
+        "num_views",
+        "num_clicks",
+        "num_add_to_cart",
+        "last_event",
+    ]
     return df.select(*cols)
 
 
@@ -64,7 +82,12 @@ def test_last_event_ties_on_timestamp_go_to_the_later_line(spark):
 def test_metrics_one_event_session_has_null_gap(spark):
     events = events_df(
         spark,
-        [(5, 1, "view", T0), (5, 2, "view", T0 + timedelta(seconds=10)), (5, 3, "view", T0 + timedelta(seconds=40)), (6, 1, "view", T0)],
+        [
+            (5, 1, "view", T0),
+            (5, 2, "view", T0 + timedelta(seconds=10)),
+            (5, 3, "view", T0 + timedelta(seconds=40)),
+            (6, 1, "view", T0),
+        ],
     )
     rows = {r.user_id: r for r in with_session_metrics(sessionize(events, GAP)).collect()}
     assert rows[5].session_length_s == 40.0

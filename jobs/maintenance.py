@@ -1,0 +1,39 @@
+"""Lake maintenance: VACUUM every streamrec table with `[lake] retention`.
+
+Usage: ./spark-submit.sh jobs/maintenance.py [--config PATH] [--set lake.retention="24 hours"]
+
+The stream vacuums its own tables every `lake.vacuum_every` micro-batches; this job is for a
+stream that does not (vacuum_every = 0), for `recommendations`, and for schedulers. VACUUM
+changes no data, so it is safe while the stream runs.
+"""
+
+import logging
+import sys
+
+import _bootstrap  # noqa: F401
+
+from lib.cli import base_parser, config_from_args, setup_logging
+from lib.fs import HadoopFS
+from lib.schemas import TABLES
+from lib.sinks import vacuum
+from lib.spark import get_spark
+
+log = logging.getLogger("maintenance")
+
+
+def main(argv=None) -> int:
+    parser = base_parser(__doc__.split("\n")[0])
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    cfg = config_from_args(args)
+    spark = get_spark("streamrec-maintenance")
+    fs = HadoopFS(spark)
+    present = [name for name in TABLES if fs.exists(f"{cfg.paths.table(name)}/_delta_log")]
+    for name in present:
+        vacuum(spark, cfg.paths.table(name), cfg.lake.retention_hours)
+    log.info("vacuumed %d tables under %s (retention %s)", len(present), cfg.paths.lake, cfg.lake.retention)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""The HTTP API as a client sees it: a real uvicorn process (jobs/serve.py) on 127.0.0.1 over a
+real SQLite store; no Spark."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from lib.online_store import SQLiteStore
+from tests.conftest import make_config
+from tests.integration.conftest import ApiServer
+
+
+def recs(model_version: str, session_id: str | None, items: list[tuple[int, float]]) -> str:
+    ranked = [{"rank": r, "item_id": i, "score": s} for r, (i, s) in enumerate(items, 1)]
+    return json.dumps(
+        {
+            "model_version": model_version,
+            "generated_at": "2024-01-01T00:00:00Z",
+            "session_id": session_id,
+            "items": ranked,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("api")
+    cfg = make_config(folder)
+    with ApiServer(cfg, folder) as server:
+        # Before the stream ever ran: no store yet.
+        status, body = server.get("/health")
+        assert status == 503 and "start the stream" in body["detail"]
+
+        store = SQLiteStore(cfg.paths.online_store)
+        store.put_live_recommendations(1, [(1, recs("m1", "s-1", [(10, 0.9), (11, 0.8), (12, 0.7)]))])
+        store.replace_batch_recommendations(
+            "m1", [(1, recs("m1", None, [(20, 1.0)])), (2, recs("m1", None, [(21, 1.0)]))]
+        )
+        store.add_item_engagement(0, [(30, 5.0), (31, 7.0), (32, 1.0)])
+        session = {"user_id": 1, "session_id": "s-1", "num_events": 3, "avg_time_gap_s": None, "is_open": True}
+        store.put_sessions(1, [(1, json.dumps(session))])
+        store.put_profiles(1, [(2, json.dumps({"user_id": 2, "top_items": [21]}))])
+        store.finish_batch(1, datetime(2024, 1, 1, tzinfo=timezone.utc))
+        yield server
+
+
+def test_recommendations_are_live_else_batch_else_popular(api):
+    status, body = api.get("/users/1/recommendations?k=2")
+    assert status == 200
+    assert body["source"] == "live" and body["session_id"] == "s-1" and body["model_version"] == "m1"
+    assert body["items"] == [{"item_id": 10, "score": 0.9, "rank": 1}, {"item_id": 11, "score": 0.8, "rank": 2}]
+    assert len(api.get("/users/1/recommendations")[1]["items"]) == 3  # k defaults to top_k (10): all there are
+
+    status, body = api.get("/users/2/recommendations")
+    assert status == 200 and body["source"] == "batch" and body["session_id"] is None
+    assert [i["item_id"] for i in body["items"]] == [21]
+
+    status, body = api.get("/users/3/recommendations?k=2")
+    assert status == 200 and body["source"] == "popular"
+    assert [(i["item_id"], i["rank"]) for i in body["items"]] == [(31, 1), (30, 2)]
+
+
+def test_session_profile_and_health(api):
+    status, body = api.get("/users/1/session")
+    assert status == 200 and body["session_id"] == "s-1" and body["avg_time_gap_s"] is None
+    assert api.get("/users/2/session")[0] == 404
+    assert api.get("/users/2/profile") == (200, {"user_id": 2, "top_items": [21]})
+    assert api.get("/users/1/profile")[0] == 404
+    status, body = api.get("/health")
+    assert status == 200
+    assert body["status"] == "ok" and body["last_batch_id"] == 1 and body["last_batch_at"] == "2024-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/users/0/session",
+        "/users/-4/profile",
+        "/users/abc/recommendations",
+        "/users/1/recommendations?k=0",
+        "/users/99999999999/session",
+    ],
+)
+def test_bad_ids_and_parameters_get_422_with_a_json_error(api, path):
+    status, body = api.get(path)
+    assert status == 422 and body["detail"]
