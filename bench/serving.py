@@ -95,16 +95,16 @@ class ServingProbe(threading.Thread):
         self.poll_s, self.timeout_s = poll_s, timeout_s
         self.results: dict[str, list[tuple[float, float]]] = {"api_session": [], "api_live_recommendations": []}
         self.unserved = 0
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
         self.join(timeout=30)
 
     def run(self) -> None:
         seen: set[str] = set()
         pending: list[dict] = []
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             for path in sorted(self.incoming.glob("activity-*.csv")):
                 if path.name in seen:
                     continue

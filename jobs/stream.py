@@ -1,4 +1,4 @@
-"""The streaming job: activity files -> enriched_events, session_features, live_sessions, quarantine.
+"""The streaming job: activity files -> the Delta tables and the online store (see lib/stream.py).
 
 Usage: ./spark-submit.sh jobs/stream.py [--config PATH] [--set k=v] [--available-now] [--run-for SECONDS]
 """

@@ -53,6 +53,18 @@ class OnlineStore(ABC):
         """Add a batch's engagement per item to the running popularity, once per batch."""
 
     @abstractmethod
+    def changes(self, table: str, after_batch: int) -> list[tuple[int, int, str]]:
+        """``(user_id, batch_id, doc)`` of ``live_sessions`` or ``live_recommendations`` written by a
+        batch later than ``after_batch``: what a mirror of that table has not copied yet."""
+
+    @abstractmethod
+    def bind(self, stream_id: str) -> None:
+        """Tie the store to a stream (its checkpoint's query id). A store written by another
+        stream (its checkpoint deleted and started anew) holds batch ids that mean nothing to this
+        one: its live documents, profiles and popularity are dropped; the batch recommendations,
+        which come from the lake's model, stay."""
+
+    @abstractmethod
     def finish_batch(self, batch_id: int, at: datetime) -> None:
         """Record that batch ``batch_id`` is complete (health: last_batch_id, last_batch_at)."""
 
@@ -177,6 +189,27 @@ class SQLiteStore(OnlineStore):
                 ((int(item), float(score)) for item, score in engagement),
             )
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('popularity_batch_id', ?)", (str(batch_id),))
+
+    def changes(self, table, after_batch):
+        if table not in ("live_sessions", "live_recommendations"):
+            raise ValueError(f"no change feed for {table!r}")
+        return [
+            (int(user), int(batch), doc)
+            for user, batch, doc in self._read(
+                f"SELECT user_id, batch_id, doc FROM {table} WHERE batch_id > ?", (int(after_batch),)
+            )
+        ]
+
+    def bind(self, stream_id):
+        with self._connection() as db:
+            bound = db.execute("SELECT value FROM meta WHERE key = 'stream_id'").fetchone()
+            if bound is not None and bound[0] == stream_id:
+                return
+            if bound is not None:
+                for table in (*_USER_DOC_TABLES, "item_popularity"):
+                    db.execute(f"DELETE FROM {table}")
+                db.execute("DELETE FROM meta WHERE key <> 'batch_model_version'")
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('stream_id', ?)", (stream_id,))
 
     def finish_batch(self, batch_id, at):
         with self._connection() as db:

@@ -1,5 +1,9 @@
 """The streaming application: one query over the watched folder whose micro-batches
-(``foreachBatch``) write all four contract tables plus ``stream_metrics``.
+(``foreachBatch``) write the stream's Delta tables (``enriched_events``, ``quarantine``,
+``session_features``, ``user_profiles``, ``stream_metrics``) and the online store
+(``lib.online_store``: live sessions, live recommendations, profiles, item popularity).
+``live_sessions`` and ``live_recommendations`` are Delta mirrors of the store, copied after each
+batch in the background (``lib.live_mirror``), so no batch waits for their MERGEs.
 
 Session state (the open sessions) is kept per batch next to the query's checkpoint
 (``lib.state``): batch ``b`` always reads the state of batch ``b - 1``. A batch replayed after
@@ -33,6 +37,7 @@ from lib.config import Config
 from lib.enrich import with_purchase_history
 from lib.interactions import event_weight
 from lib.live import LiveRanker
+from lib.live_mirror import LiveMirror
 from lib.model_store import ModelStore
 from lib.online_sink import recommendation_docs, user_docs
 from lib.online_store import SQLiteStore
@@ -53,7 +58,6 @@ from lib.schemas import (
     PROFILE_COLUMNS,
     QUARANTINE,
     QUARANTINE_SCHEMA,
-    RANK,
     RECENT_EVENTS,
     RECOMMENDATIONS,
     RECOMMENDATIONS_SCHEMA,
@@ -259,6 +263,7 @@ class SessionBatchWriter:
         self.parked_for_stop = threading.Event()  # a batch waits in _end_for_stop
         self._maintenance = ThreadPoolExecutor(1, thread_name_prefix="maintenance")
         self._vacuum: Future | None = None
+        self._mirror: LiveMirror | None = None
         self.store = SQLiteStore(cfg.paths.online_store)
         self._ranker: tuple[str, LiveRanker] | None = None  # (model version, its ranker)
         self._purchase_files: list[str] | None = None  # as of the last profile update
@@ -317,6 +322,13 @@ class SessionBatchWriter:
         report.duration_s = time.monotonic() - started
         self.stats.record(report)
 
+    def live_mirror(self) -> LiveMirror:
+        """The Delta mirror of the store's live tables (binding the store to this stream first)."""
+        if self._mirror is None:
+            self.store.bind(self.app_id())
+            self._mirror = LiveMirror(self.spark, self.cfg, self.store, self.app_id())
+        return self._mirror
+
     def _start_vacuum(self) -> None:
         """VACUUM the stream's tables in the background: it takes seconds a table and changes no
         data, so no micro-batch waits for it. One run at a time; a run still going skips this one."""
@@ -334,7 +346,10 @@ class SessionBatchWriter:
         self._vacuum = self._maintenance.submit(vacuum_tables)
 
     def close(self) -> None:
-        """Wait for background maintenance (a VACUUM) to end."""
+        """Bring the live tables' Delta mirrors up to date and wait for background maintenance
+        (a VACUUM) to end."""
+        if self._mirror is not None:
+            self._mirror.close()
         self._maintenance.shutdown(wait=True)
 
     def request_stop(self) -> None:
@@ -366,6 +381,7 @@ class SessionBatchWriter:
         sink, table = BatchSink(spark, self.app_id()), cfg.paths.table
         ingested_at = _micros_literal(started_at)
         state_store = self.state_store()
+        mirror = self.live_mirror()
 
         def keep(df: DataFrame) -> DataFrame:
             cached.append(df.persist())
@@ -424,9 +440,7 @@ class SessionBatchWriter:
                     .withColumn(UPDATED_AT, ingested_at)
                     .select(*LIVE_SESSIONS_SCHEMA.fieldNames())
                 )
-                live = keep(live)
                 self.store.put_sessions(batch_id, user_docs(live, LIVE_SESSIONS_SCHEMA.fieldNames()))
-                sink.upsert(live, table(LIVE_SESSIONS), [USER_ID], batch_id)
 
         def write_item_popularity():
             if report.valid_rows:
@@ -461,7 +475,11 @@ class SessionBatchWriter:
                 .join(increments.select(USER_ID, F.lit(True).alias("_touched")), USER_ID, "left")
                 .fillna(False, ["_touched"])
             )
-            self.store.put_profiles(batch_id, user_docs(rows, PROFILE_COLUMNS))
+            # A replay of a batch whose MERGE committed folds the batch in a second time (the stored
+            # rows include it): those rows still serve the live recommendations' exclusions, but
+            # neither the table nor the store takes them. The store took them before the MERGE.
+            if not sink.committed(table(USER_PROFILES), batch_id):
+                self.store.put_profiles(batch_id, user_docs(rows, PROFILE_COLUMNS))
             profile_rows.append(rows)
             profiles_ready.set()
             sink.upsert(rows, table(USER_PROFILES), [USER_ID], batch_id, update_condition=_PROFILE_CHANGED)
@@ -487,23 +505,8 @@ class SessionBatchWriter:
                     .select(USER_ID, F.explode(F.map_keys(ITEM_ENGAGEMENT)).alias(ITEM_ID))
                 )
                 excluded = excluded.unionByName(seen)
-            # Materialized without their lineage: the MERGE reads its source twice, and neither
-            # read may re-plan or recompute the session lineage or the re-ranking.
-            context = context.localCheckpoint()
-            recs = ranker.recommend(context, excluded, model_version, ingested_at).localCheckpoint()
+            recs = ranker.recommend(context, excluded, model_version, ingested_at)
             self.store.put_live_recommendations(batch_id, recommendation_docs(recs))
-            # Every rank slot of an active user: a slot without a new row is deleted.
-            slots = context.select(USER_ID).crossJoin(
-                spark.range(1, cfg.recommend.top_k + 1).select(F.col("id").cast("int").alias(RANK))
-            )
-            sink.upsert(
-                slots.join(recs, [USER_ID, RANK], "left"),
-                table(LIVE_RECOMMENDATIONS),
-                [USER_ID, RANK],
-                batch_id,
-                delete_condition=f"s.{ITEM_ID} IS NULL",
-                insert_condition=f"s.{ITEM_ID} IS NOT NULL",
-            )
 
         def write_state():
             state_store.write(sessions.where(~F.col("_closed")).select(*SESSION_STATE_SCHEMA.fieldNames()), batch_id)
@@ -548,13 +551,15 @@ class SessionBatchWriter:
             with report.stage("compact"):
                 to_compact = table_to_compact({name: data_files(spark, table(name)) for name in COMPACTED_TABLES})
                 if to_compact:
-                    compact(spark, table(to_compact))
+                    with mirror.lock:  # not while the mirror MERGEs into the live tables
+                        compact(spark, table(to_compact))
         if due(batch_id, cfg.lake.vacuum_every):
             self._start_vacuum()
         with report.stage("metrics"):
             report.duration_s = time.time() - started_at / 1_000_000
             sink.append(_metrics_row(spark, report, started_at), table(STREAM_METRICS), batch_id)
         self.store.finish_batch(batch_id, datetime.now(timezone.utc))
+        mirror.after_batch()
 
 
 def _metrics_row(spark: SparkSession, report: BatchReport, started_at: int) -> DataFrame:

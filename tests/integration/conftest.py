@@ -131,3 +131,15 @@ class ApiServer:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read())
+
+
+def parquet_files(table: str) -> set[str]:
+    """Names of the data files in a Delta table's folder, referenced or not."""
+    return {p.name for p in Path(table).rglob("*.parquet") if "_delta_log" not in p.parts}
+
+
+def active_files(spark, table: str) -> set[str]:
+    """Names of the data files the table's current version reads."""
+    from delta.tables import DeltaTable
+
+    return {Path(f).name for f in DeltaTable.forPath(spark, table).toDF().inputFiles()}

@@ -11,9 +11,18 @@ import pytest
 from pyspark.sql import functions as F
 
 from lib.batch import profiles_from_lake
+from lib.online_store import SQLiteStore
 from lib.stream import InjectedFault, SessionBatchWriter, ensure_tables, run_available_now
 from tests.conftest import make_config
-from tests.integration.conftest import activity_writer, assert_same_profiles, read, write_lines, write_purchases
+from tests.integration.conftest import (
+    active_files,
+    activity_writer,
+    assert_same_profiles,
+    parquet_files,
+    read,
+    write_lines,
+    write_purchases,
+)
 
 TABLES = ["enriched_events", "session_features", "live_sessions", "quarantine", "stream_metrics", "user_profiles"]
 
@@ -64,7 +73,12 @@ def test_restarts_add_nothing_and_pick_up_new_files_and_purchases(spark, tmp_pat
         "user_id,item_id,event_type,timestamp,note\n2,6,view,2024-01-02 00:00:00,caf\xe9\n".encode("latin-1")
     )
     (tmp_path / "incoming" / "empty.csv").write_bytes(b"")
-    run_available_now(spark, make_config(tmp_path, "stream.max_files_per_trigger=3"))  # two batches, not five
+    # Two batches, not five; the second (batch 2) vacuums the tables with a retention of ~0.
+    run_available_now(
+        spark, make_config(tmp_path, "stream.max_files_per_trigger=3", "lake.vacuum_every=2", "lake.retention=1 ms")
+    )
+    profiles = cfg.paths.table("user_profiles")  # rewritten by a MERGE in every batch
+    assert parquet_files(profiles) == active_files(spark, profiles)
 
     expected = manifest_keys(writer.manifest)
     expected[(1, 5, "view", "2024-01-02 00:00:00", "crlf.csv")] += 1
@@ -107,14 +121,23 @@ def test_batch_replayed_after_crashes_commits_each_write_once(spark, tmp_path):
         SessionBatchWriter(spark, cfg, app_id="replay-test", fail_after="user_profiles")(batch, 0)
     after_second_crash = table_versions(spark, cfg)
     assert after_second_crash["enriched_events"] == after_first_crash["enriched_events"]  # not appended again
-    assert after_second_crash["live_sessions"] == initial["live_sessions"] + 1
     assert after_second_crash["user_profiles"] == initial["user_profiles"] + 1
-    SessionBatchWriter(spark, cfg, app_id="replay-test")(batch, 0)
+    # The live sessions reached the online store; their Delta mirror copies them after a batch.
+    assert after_second_crash["live_sessions"] == initial["live_sessions"]
+    store = SQLiteStore(cfg.paths.online_store)
+    assert store.changes("live_sessions", -1)
+
+    replay = SessionBatchWriter(spark, cfg, app_id="replay-test")
+    replay(batch, 0)
+    replay.close()  # waits for the mirror
     after_replay = table_versions(spark, cfg)
-    assert {t: after_replay[t] for t in ("enriched_events", "live_sessions", "user_profiles")} == {
-        t: after_second_crash[t] for t in ("enriched_events", "live_sessions", "user_profiles")
-    }  # neither the append nor the MERGEs were applied twice
-    SessionBatchWriter(spark, cfg, app_id="replay-test")(batch, 0)
+    assert after_replay["live_sessions"] == initial["live_sessions"] + 1
+    assert {t: after_replay[t] for t in ("enriched_events", "user_profiles")} == {
+        t: after_second_crash[t] for t in ("enriched_events", "user_profiles")
+    }  # neither the append nor the MERGE was applied twice
+    again = SessionBatchWriter(spark, cfg, app_id="replay-test")
+    again(batch, 0)
+    again.close()
     assert table_versions(spark, cfg) == after_replay  # a second replay changes nothing at all
 
     assert enriched_keys(spark, cfg) == manifest_keys(writer.manifest)
@@ -127,3 +150,13 @@ def test_batch_replayed_after_crashes_commits_each_write_once(spark, tmp_path):
     )
     # The MERGE of the profiles was applied once: the table equals a rebuild from scratch.
     assert_same_profiles(read(spark, cfg, "user_profiles"), profiles_from_lake(spark, cfg))
+    # The online store agrees with the tables.
+    for row in live.collect():
+        served = store.session(row.user_id)
+        assert (served["session_id"], served["num_events"], served["is_open"]) == (
+            row.session_id,
+            row.num_events,
+            row.is_open,
+        )
+    for row in read(spark, cfg, "user_profiles").collect():
+        assert store.profile(row.user_id)["num_events"] == row.num_events
