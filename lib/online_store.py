@@ -53,11 +53,6 @@ class OnlineStore(ABC):
         """Add a batch's engagement per item to the running popularity, once per batch."""
 
     @abstractmethod
-    def changes(self, table: str, after_batch: int) -> list[tuple[int, int, str]]:
-        """``(user_id, batch_id, doc)`` of ``live_sessions`` or ``live_recommendations`` written by a
-        batch later than ``after_batch``: what a mirror of that table has not copied yet."""
-
-    @abstractmethod
     def bind(self, stream_id: str) -> None:
         """Tie the store to a stream (its checkpoint's query id). A store written by another
         stream (its checkpoint deleted and started anew) holds batch ids that mean nothing to this
@@ -189,16 +184,6 @@ class SQLiteStore(OnlineStore):
                 ((int(item), float(score)) for item, score in engagement),
             )
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('popularity_batch_id', ?)", (str(batch_id),))
-
-    def changes(self, table, after_batch):
-        if table not in ("live_sessions", "live_recommendations"):
-            raise ValueError(f"no change feed for {table!r}")
-        return [
-            (int(user), int(batch), doc)
-            for user, batch, doc in self._read(
-                f"SELECT user_id, batch_id, doc FROM {table} WHERE batch_id > ?", (int(after_batch),)
-            )
-        ]
 
     def bind(self, stream_id):
         with self._connection() as db:

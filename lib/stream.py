@@ -1,9 +1,7 @@
 """The streaming application: one query over the watched folder whose micro-batches
-(``foreachBatch``) write the stream's Delta tables (``enriched_events``, ``quarantine``,
-``session_features``, ``user_profiles``, ``stream_metrics``) and the online store
-(``lib.online_store``: live sessions, live recommendations, profiles, item popularity).
-``live_sessions`` and ``live_recommendations`` are Delta mirrors of the store, copied after each
-batch in the background (``lib.live_mirror``), so no batch waits for their MERGEs.
+(``foreachBatch``) write the Delta tables and the online store (``lib.online_store``): each
+user's live session, profile and live recommendations reach the store as soon as they are
+computed, before the Delta MERGE of the same rows.
 
 Session state (the open sessions) is kept per batch next to the query's checkpoint
 (``lib.state``): batch ``b`` always reads the state of batch ``b - 1``. A batch replayed after
@@ -37,7 +35,6 @@ from lib.config import Config
 from lib.enrich import with_purchase_history
 from lib.interactions import event_weight
 from lib.live import LiveRanker
-from lib.live_mirror import LiveMirror
 from lib.model_store import ModelStore
 from lib.online_sink import recommendation_docs, user_docs
 from lib.online_store import SQLiteStore
@@ -58,6 +55,7 @@ from lib.schemas import (
     PROFILE_COLUMNS,
     QUARANTINE,
     QUARANTINE_SCHEMA,
+    RANK,
     RECENT_EVENTS,
     RECOMMENDATIONS,
     RECOMMENDATIONS_SCHEMA,
@@ -263,8 +261,8 @@ class SessionBatchWriter:
         self.parked_for_stop = threading.Event()  # a batch waits in _end_for_stop
         self._maintenance = ThreadPoolExecutor(1, thread_name_prefix="maintenance")
         self._vacuum: Future | None = None
-        self._mirror: LiveMirror | None = None
         self.store = SQLiteStore(cfg.paths.online_store)
+        self._store_bound = False
         self._ranker: tuple[str, LiveRanker] | None = None  # (model version, its ranker)
         self._purchase_files: list[str] | None = None  # as of the last profile update
 
@@ -322,12 +320,11 @@ class SessionBatchWriter:
         report.duration_s = time.monotonic() - started
         self.stats.record(report)
 
-    def live_mirror(self) -> LiveMirror:
-        """The Delta mirror of the store's live tables (binding the store to this stream first)."""
-        if self._mirror is None:
+    def bind_store(self) -> None:
+        """Tie the online store to this stream once (a store of a former stream is reset)."""
+        if not self._store_bound:
             self.store.bind(self.app_id())
-            self._mirror = LiveMirror(self.spark, self.cfg, self.store, self.app_id())
-        return self._mirror
+            self._store_bound = True
 
     def _start_vacuum(self) -> None:
         """VACUUM the stream's tables in the background: it takes seconds a table and changes no
@@ -346,10 +343,7 @@ class SessionBatchWriter:
         self._vacuum = self._maintenance.submit(vacuum_tables)
 
     def close(self) -> None:
-        """Bring the live tables' Delta mirrors up to date and wait for background maintenance
-        (a VACUUM) to end."""
-        if self._mirror is not None:
-            self._mirror.close()
+        """Wait for background maintenance (a VACUUM) to end."""
         self._maintenance.shutdown(wait=True)
 
     def request_stop(self) -> None:
@@ -381,7 +375,7 @@ class SessionBatchWriter:
         sink, table = BatchSink(spark, self.app_id()), cfg.paths.table
         ingested_at = _micros_literal(started_at)
         state_store = self.state_store()
-        mirror = self.live_mirror()
+        self.bind_store()
 
         def keep(df: DataFrame) -> DataFrame:
             cached.append(df.persist())
@@ -440,24 +434,19 @@ class SessionBatchWriter:
                     .withColumn(UPDATED_AT, ingested_at)
                     .select(*LIVE_SESSIONS_SCHEMA.fieldNames())
                 )
+                live = keep(live)
                 self.store.put_sessions(batch_id, user_docs(live, LIVE_SESSIONS_SCHEMA.fieldNames()))
+                sink.upsert(live, table(LIVE_SESSIONS), [USER_ID], batch_id)
 
         def write_item_popularity():
             if report.valid_rows:
                 engagement = events.groupBy(ITEM_ID).agg(F.sum(event_weight(cfg.recommend)).alias("engagement"))
                 self.store.add_item_engagement(batch_id, [(r[0], r[1]) for r in engagement.collect()])
 
-        # The profiles' rows, once computed (the live recommendations exclude the items they hold).
+        # The profiles' rows (the live recommendations exclude the items they hold).
         profile_rows: list[DataFrame] = []
-        profiles_ready = threading.Event()
 
         def write_user_profiles():
-            try:
-                update_user_profiles()
-            finally:
-                profiles_ready.set()
-
-        def update_user_profiles():
             if not (report.valid_rows or report.sessions_closed):
                 return
             closed = sessions.where("_closed").select(USER_ID, SESSION_START, SESSION_END)
@@ -481,13 +470,11 @@ class SessionBatchWriter:
             if not sink.committed(table(USER_PROFILES), batch_id):
                 self.store.put_profiles(batch_id, user_docs(rows, PROFILE_COLUMNS))
             profile_rows.append(rows)
-            profiles_ready.set()
             sink.upsert(rows, table(USER_PROFILES), [USER_ID], batch_id, update_condition=_PROFILE_CHANGED)
             self._purchase_files = purchase_files
 
         def write_live_recommendations():
             current = self.current_ranker()
-            profiles_ready.wait()
             if not report.valid_rows or current is None or not profile_rows:
                 return
             model_version, ranker = current
@@ -505,8 +492,23 @@ class SessionBatchWriter:
                     .select(USER_ID, F.explode(F.map_keys(ITEM_ENGAGEMENT)).alias(ITEM_ID))
                 )
                 excluded = excluded.unionByName(seen)
-            recs = ranker.recommend(context, excluded, model_version, ingested_at)
+            # Materialized without their lineage: the MERGE reads its source twice, and neither
+            # read may re-plan or recompute the session lineage or the re-ranking.
+            context = context.localCheckpoint()
+            recs = ranker.recommend(context, excluded, model_version, ingested_at).localCheckpoint()
             self.store.put_live_recommendations(batch_id, recommendation_docs(recs))
+            # Every rank slot of an active user: a slot without a new row is deleted.
+            slots = context.select(USER_ID).crossJoin(
+                spark.range(1, cfg.recommend.top_k + 1).select(F.col("id").cast("int").alias(RANK))
+            )
+            sink.upsert(
+                slots.join(recs, [USER_ID, RANK], "left"),
+                table(LIVE_RECOMMENDATIONS),
+                [USER_ID, RANK],
+                batch_id,
+                delete_condition=f"s.{ITEM_ID} IS NULL",
+                insert_condition=f"s.{ITEM_ID} IS NOT NULL",
+            )
 
         def write_state():
             state_store.write(sessions.where(~F.col("_closed")).select(*SESSION_STATE_SCHEMA.fieldNames()), batch_id)
@@ -538,8 +540,7 @@ class SessionBatchWriter:
         # bookkeeping on the driver, not work on the executors' cores.
         chains = (
             (("live_sessions", write_live_sessions), ("item_popularity", write_item_popularity)),
-            (("user_profiles", write_user_profiles),),
-            (("live_recommendations", write_live_recommendations),),
+            (("user_profiles", write_user_profiles), ("live_recommendations", write_live_recommendations)),
             (("session_features", write_session_features), ("state", write_state)),
         )
         with ThreadPoolExecutor(len(chains), thread_name_prefix=f"batch-{batch_id}") as pool:
@@ -551,15 +552,13 @@ class SessionBatchWriter:
             with report.stage("compact"):
                 to_compact = table_to_compact({name: data_files(spark, table(name)) for name in COMPACTED_TABLES})
                 if to_compact:
-                    with mirror.lock:  # not while the mirror MERGEs into the live tables
-                        compact(spark, table(to_compact))
+                    compact(spark, table(to_compact))
         if due(batch_id, cfg.lake.vacuum_every):
             self._start_vacuum()
         with report.stage("metrics"):
             report.duration_s = time.time() - started_at / 1_000_000
             sink.append(_metrics_row(spark, report, started_at), table(STREAM_METRICS), batch_id)
         self.store.finish_batch(batch_id, datetime.now(timezone.utc))
-        mirror.after_batch()
 
 
 def _metrics_row(spark: SparkSession, report: BatchReport, started_at: int) -> DataFrame:
