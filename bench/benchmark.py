@@ -19,7 +19,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import pyarrow.parquet as pq
 
 from bench.chaos import descendants
 from bench.freshness import file_delays, summary
-from bench.serving import ApiProcess, ServingProbe, api_load
+from bench.serving import ApiProcess, ServingProbe, api_load, free_port
 from lib.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,12 +181,6 @@ class Workdir:
 
     def use_model(self, seed: Workdir) -> None:
         shutil.copytree(seed.lake / "models", self.lake / "models")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def machine() -> dict:

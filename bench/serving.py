@@ -15,6 +15,7 @@ import csv
 import http.client
 import json
 import random
+import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +26,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 class ApiProcess:

@@ -5,18 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bench.serving import ApiProcess, free_port, get
 from lib.generator import ActivityProfile, ActivityWriter, Catalogue, generate_purchases, simulate_events
 
 
@@ -86,51 +82,24 @@ def assert_same_profiles(actual, expected) -> None:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class ApiServer:
-    """``jobs/serve.py`` as a user runs it: a real uvicorn process on a free port of 127.0.0.1."""
+    """``jobs/serve.py`` as a user runs it (``bench.serving.ApiProcess``): a real uvicorn process
+    on a free port of 127.0.0.1, stopped by pid on exit."""
 
     def __init__(self, cfg, folder: Path):
-        self.port = free_port()
         self.config = write_config_file(cfg, folder / "serve.toml")
         self.log = folder / "serve.log"
-        self.process = None
 
     def __enter__(self) -> "ApiServer":
-        root = Path(__file__).resolve().parents[2]
-        with open(self.log, "w") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "jobs/serve.py", "--config", str(self.config), "--set", f"serve.port={self.port}"],
-                cwd=root,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text()
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.1)
-        raise TimeoutError(f"the API did not listen on port {self.port} within 30 s: {self.log.read_text()}")
+        self.process = ApiProcess(self.config, free_port(), self.log)
+        return self
 
     def __exit__(self, *exc) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=15)
+        self.process.stop()
 
-    def get(self, path: str) -> tuple[int, dict]:
+    def get(self, path: str) -> tuple[int | None, dict | None]:
         """(status, JSON body) of ``GET path``."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
+        return get(self.process.port, path)
 
 
 def parquet_files(table: str) -> set[str]:
