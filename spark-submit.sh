@@ -52,6 +52,7 @@ PY
 )"
 
 umask 077  # tables, checkpoints and logs are for their owner only
+export STREAMREC_HOME="$ROOT"  # lib/ runs from a zip under spark-submit: where conf/ is
 export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
 export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$VENV/bin/python}"
 export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$VENV/bin/python}"

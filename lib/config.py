@@ -15,7 +15,9 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "conf" / "pipeline.toml"
+from lib.paths import PROJECT_ROOT
+
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "conf" / "pipeline.toml"
 
 _DURATION_RE = re.compile(
     r"^\s*(\d+(?:\.\d+)?)\s*"

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from lib.paths import PROJECT_ROOT
+
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SPARK_DEFAULTS = PROJECT_ROOT / "conf" / "spark-defaults.conf"
 LOG4J_CONF = PROJECT_ROOT / "conf" / "log4j2.properties"
 # Jobs over the whole lake (train, evaluate) want adaptive execution, which conf/spark-defaults.conf
