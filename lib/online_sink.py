@@ -12,13 +12,13 @@ from pyspark.sql import functions as F
 from lib.schemas import GENERATED_AT, ITEM_ID, MODEL_VERSION, RANK, SCORE, SESSION_ID, USER_ID
 
 # ISO-8601 with the offset, which is "Z" in the session time zone (UTC); null columns are kept.
-JSON_OPTIONS = {"timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX", "ignoreNullFields": "false"}
+_JSON_OPTIONS = {"timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX", "ignoreNullFields": "false"}
 ITEMS = "items"
 
 
 def user_docs(rows: DataFrame, columns: list[str]) -> list[tuple[int, str]]:
     """``(user_id, JSON object of columns)`` for each row (one row per user)."""
-    docs = rows.select(USER_ID, F.to_json(F.struct(*columns), JSON_OPTIONS).alias("doc"))
+    docs = rows.select(USER_ID, F.to_json(F.struct(*columns), _JSON_OPTIONS).alias("doc"))
     return [(row[0], row[1]) for row in docs.collect()]
 
 
