@@ -30,6 +30,10 @@ _COMMIT_FILE = re.compile(r"^\d{20}\.json$")
 # A MERGE takes its commit's marker from the session conf, shared by every thread of the
 # session: two MERGEs at once could commit under each other's marker, or under none.
 _SESSION_CONF_COMMIT = threading.Lock()
+# The operations of the sink's own commits. Any other commit (OPTIMIZE, VACUUM, DELETE) may carry
+# the marker another thread's MERGE holds in the session conf at that moment: it says nothing
+# about a batch.
+_BATCH_OPERATIONS = ("WRITE", "MERGE")
 
 
 def ensure_delta_table(spark: SparkSession, path: str, schema: StructType) -> None:
@@ -73,8 +77,10 @@ class BatchSink:
         for version in versions:
             text = self._fs.read_text(f"{log_dir}/{version:020d}.json") or ""
             for line in text.splitlines():
-                action = json.loads(line)
-                metadata = action.get("commitInfo", {}).get("userMetadata") if "commitInfo" in action else None
+                commit = json.loads(line).get("commitInfo")
+                if commit is None or commit.get("operation") not in _BATCH_OPERATIONS:
+                    continue
+                metadata = commit.get("userMetadata")
                 if metadata and metadata.startswith(prefix):
                     return int(metadata[len(prefix) :])
         return -1
