@@ -73,17 +73,10 @@ class StreamConfig:
     # Every this many micro-batches the stream compacts its table with the most data files, so
     # small per-batch files do not pile up; 0 turns compaction off.
     compact_every: int = 10
-    # How often the Delta tables user_profiles, live_sessions and live_recommendations catch up
-    # with the micro-batches (the online store has every batch at once).
-    live_tables_interval: str = "30 seconds"
 
     @property
     def trigger_interval_seconds(self) -> float:
         return parse_duration(self.trigger_interval, "stream.trigger_interval")
-
-    @property
-    def live_tables_interval_seconds(self) -> float:
-        return parse_duration(self.live_tables_interval, "stream.live_tables_interval")
 
 
 @dataclass(frozen=True)
@@ -193,8 +186,6 @@ class Config:
             raise ConfigError("stream.compact_every must be >= 0 (0 turns compaction off)")
         if self.stream.trigger_interval_seconds < 0:
             raise ConfigError("stream.trigger_interval must not be negative")
-        if self.stream.live_tables_interval_seconds <= 0:
-            raise ConfigError('stream.live_tables_interval must be positive, e.g. "30 seconds"')
         if self.stream.max_line_chars < 64:
             raise ConfigError("stream.max_line_chars must be >= 64")
         if self.sessions.gap_seconds <= 0:
@@ -317,7 +308,6 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         sections[name] = cls(**kwargs)
     config = Config(**sections)
     # Touch every duration so a typo fails here, not hours into a run.
-    config.stream.trigger_interval_seconds, config.stream.live_tables_interval_seconds
-    config.sessions.gap_seconds, config.sessions.watermark_seconds
+    config.stream.trigger_interval_seconds, config.sessions.gap_seconds, config.sessions.watermark_seconds
     config.lake.retention_hours
     return config.validate()

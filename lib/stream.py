@@ -1,9 +1,7 @@
 """The streaming application: one query over the watched folder whose micro-batches
-(``foreachBatch``) append to the Delta tables and write the online store (``lib.online_store``):
-each user's live session and live recommendations reach the store as soon as they are computed.
-The per-user tables (``user_profiles``, ``live_sessions``, ``live_recommendations``) are folded
-from the batches' pending rows every ``stream.live_tables_interval``, off the batches' critical
-path (``lib.live_tables``).
+(``foreachBatch``) write the Delta tables and the online store (``lib.online_store``): each
+user's live session, profile and live recommendations reach the store as soon as they are
+computed, before the Delta MERGE of the same rows.
 
 Session state (the open sessions) is kept per batch next to the query's checkpoint
 (``lib.state``): batch ``b`` always reads the state of batch ``b - 1``. A batch replayed after
@@ -37,12 +35,11 @@ from lib.config import Config
 from lib.enrich import with_purchase_history
 from lib.interactions import event_weight
 from lib.live import LiveRanker
-from lib.live_tables import PROFILE_TOTALS, LiveTables
 from lib.model_store import ModelStore
 from lib.online_sink import recommendation_docs, user_docs
 from lib.online_store import SQLiteStore
 from lib.parsing import parse_activity_lines, quarantine_rows, valid_events
-from lib.profiles import profile_totals
+from lib.profiles import add_profile_totals, profile_totals, with_profile_metrics
 from lib.schemas import (
     ENRICHED_EVENTS,
     ENRICHED_EVENTS_SCHEMA,
@@ -55,6 +52,7 @@ from lib.schemas import (
     LIVE_RECOMMENDATIONS_SCHEMA,
     LIVE_SESSIONS,
     LIVE_SESSIONS_SCHEMA,
+    PROFILE_COLUMNS,
     QUARANTINE,
     QUARANTINE_SCHEMA,
     RANK,
@@ -97,11 +95,17 @@ _TABLE_SCHEMAS = {
     LIVE_RECOMMENDATIONS: LIVE_RECOMMENDATIONS_SCHEMA,
 }
 
-# The tables the micro-batches append to, which they compact; the folds of lib.live_tables compact
-# theirs (``recommendations`` is rewritten whole by jobs/train.py). On a tie the first is compacted.
-COMPACTED_TABLES = (ENRICHED_EVENTS, SESSION_FEATURES, STREAM_METRICS, QUARANTINE)
-# Every table the stream writes, which it vacuums.
-STREAM_TABLES = (*COMPACTED_TABLES, LIVE_SESSIONS, USER_PROFILES, LIVE_RECOMMENDATIONS)
+# The tables only the stream writes, which it compacts (``recommendations`` is rewritten whole
+# by jobs/train.py, which could run at the same time). On a tie the first is compacted.
+COMPACTED_TABLES = (
+    ENRICHED_EVENTS,
+    LIVE_SESSIONS,
+    USER_PROFILES,
+    LIVE_RECOMMENDATIONS,
+    SESSION_FEATURES,
+    STREAM_METRICS,
+    QUARANTINE,
+)
 
 
 def due(batch_id: int, every: int) -> bool:
@@ -114,10 +118,17 @@ def table_to_compact(file_counts: dict[str, int]) -> str | None:
     when none has more than one.
 
     Picking the most fragmented table rather than each in turn bounds every table by the
-    growth of all of them over a few compactions, not over a full round.
+    growth of all of them over a few compactions, not over a full round of seven.
     """
     name, files = max(((t, file_counts.get(t, 0)) for t in COMPACTED_TABLES), key=lambda pair: pair[1])
     return name if files > 1 else None
+
+
+# A profile row is rewritten when the batch touched its user or its purchase side changed.
+_PROFILE_CHANGED = (
+    "s._touched OR NOT (t.past_purchases <=> s.past_purchases "
+    "AND t.avg_purchase_amount <=> s.avg_purchase_amount AND t.top_items <=> s.top_items)"
+)
 
 
 class InjectedFault(RuntimeError):
@@ -253,7 +264,7 @@ class SessionBatchWriter:
         self.store = SQLiteStore(cfg.paths.online_store)
         self._store_bound = False
         self._ranker: tuple[str, LiveRanker] | None = None  # (model version, its ranker)
-        self._live_tables: LiveTables | None = None
+        self._purchase_files: list[str] | None = None  # as of the last profile update
 
     @property
     def checkpoint(self) -> str:
@@ -315,12 +326,6 @@ class SessionBatchWriter:
             self.store.bind(self.app_id())
             self._store_bound = True
 
-    def live_tables(self) -> LiveTables:
-        """The pending rows of this stream and their folds (started with the first batch)."""
-        if self._live_tables is None:
-            self._live_tables = LiveTables(self.spark, self.cfg, self.store, self.app_id())
-        return self._live_tables
-
     def _start_vacuum(self) -> None:
         """VACUUM the stream's tables in the background: it takes seconds a table and changes no
         data, so no micro-batch waits for it. One run at a time; a run still going skips this one."""
@@ -330,7 +335,7 @@ class SessionBatchWriter:
 
         def vacuum_tables():
             try:
-                for name in STREAM_TABLES:
+                for name in COMPACTED_TABLES:
                     vacuum(self.spark, self.cfg.paths.table(name), self.cfg.lake.retention_hours)
             except Exception:
                 log.exception("VACUUM failed; the stream goes on and tries again later")
@@ -338,11 +343,8 @@ class SessionBatchWriter:
         self._vacuum = self._maintenance.submit(vacuum_tables)
 
     def close(self) -> None:
-        """Wait for background maintenance (a VACUUM) to end, then fold what is pending into the
-        live tables."""
+        """Wait for background maintenance (a VACUUM) to end."""
         self._maintenance.shutdown(wait=True)
-        if self._live_tables is not None:
-            self._live_tables.close()
 
     def request_stop(self) -> None:
         """From now on a starting batch writes nothing (see ``_end_for_stop``)."""
@@ -374,7 +376,6 @@ class SessionBatchWriter:
         ingested_at = _micros_literal(started_at)
         state_store = self.state_store()
         self.bind_store()
-        live_tables = self.live_tables()
 
         def keep(df: DataFrame) -> DataFrame:
             cached.append(df.persist())
@@ -435,25 +436,46 @@ class SessionBatchWriter:
                 )
                 live = keep(live)
                 self.store.put_sessions(batch_id, user_docs(live, LIVE_SESSIONS_SCHEMA.fieldNames()))
-                live_tables.append(LIVE_SESSIONS, live, batch_id)
+                sink.upsert(live, table(LIVE_SESSIONS), [USER_ID], batch_id)
 
         def write_item_popularity():
             if report.valid_rows:
                 engagement = events.groupBy(ITEM_ID).agg(F.sum(event_weight(cfg.recommend)).alias("engagement"))
                 self.store.add_item_engagement(batch_id, [(r[0], r[1]) for r in engagement.collect()])
 
-        # This batch's profile increments (the live recommendations exclude the items they hold).
-        increments: list[DataFrame] = []
+        # The profiles' rows (the live recommendations exclude the items they hold).
+        profile_rows: list[DataFrame] = []
 
-        def write_profile_totals():
-            if report.valid_rows or report.sessions_closed:
-                closed = sessions.where("_closed").select(USER_ID, SESSION_START, SESSION_END)
-                increments.append(keep(profile_totals(events, closed, cfg.recommend)))
-                live_tables.append(PROFILE_TOTALS, increments[0], batch_id)
+        def write_user_profiles():
+            if not (report.valid_rows or report.sessions_closed):
+                return
+            closed = sessions.where("_closed").select(USER_ID, SESSION_START, SESSION_END)
+            increments = keep(profile_totals(events, closed, cfg.recommend))
+            # Users without new activity need a new row only when the purchase history changed
+            # (new files); the first batch of a run checks them all, which also covers a restart.
+            purchase_files = sorted(purchases.inputFiles())
+            concerned = increments.select(USER_ID)
+            if purchase_files != self._purchase_files:
+                concerned = concerned.unionByName(purchases.select(USER_ID))
+            concerned = concerned.distinct()
+            stored = spark.read.format("delta").load(table(USER_PROFILES)).join(concerned, USER_ID, "left_semi")
+            rows = keep(
+                with_profile_metrics(add_profile_totals(stored, increments), purchases, cfg.recommend, ingested_at)
+                .join(increments.select(USER_ID, F.lit(True).alias("_touched")), USER_ID, "left")
+                .fillna(False, ["_touched"])
+            )
+            # A replay of a batch whose MERGE committed folds the batch in a second time (the stored
+            # rows include it): those rows still serve the live recommendations' exclusions, but
+            # neither the table nor the store takes them. The store took them before the MERGE.
+            if not sink.committed(table(USER_PROFILES), batch_id):
+                self.store.put_profiles(batch_id, user_docs(rows, PROFILE_COLUMNS))
+            profile_rows.append(rows)
+            sink.upsert(rows, table(USER_PROFILES), [USER_ID], batch_id, update_condition=_PROFILE_CHANGED)
+            self._purchase_files = purchase_files
 
         def write_live_recommendations():
             current = self.current_ranker()
-            if not report.valid_rows or current is None:
+            if not report.valid_rows or current is None or not profile_rows:
                 return
             model_version, ranker = current
             active = events.select(USER_ID).distinct()
@@ -464,18 +486,29 @@ class SessionBatchWriter:
             )
             excluded = purchases.select(USER_ID, ITEM_ID).join(active, USER_ID, "left_semi")
             if cfg.recommend.exclude_seen:
-                this_batch = increments[0].select(USER_ID, F.explode(F.map_keys(ITEM_ENGAGEMENT)).alias(ITEM_ID))
-                excluded = excluded.unionByName(live_tables.seen_items(active)).unionByName(this_batch)
-            # Materialized without their lineage: the store and the pending table both read it,
-            # and neither may recompute the session lineage or the re-ranking.
+                seen = (
+                    profile_rows[0]
+                    .join(active, USER_ID, "left_semi")
+                    .select(USER_ID, F.explode(F.map_keys(ITEM_ENGAGEMENT)).alias(ITEM_ID))
+                )
+                excluded = excluded.unionByName(seen)
+            # Materialized without their lineage: the MERGE reads its source twice, and neither
+            # read may re-plan or recompute the session lineage or the re-ranking.
             context = context.localCheckpoint()
             recs = ranker.recommend(context, excluded, model_version, ingested_at).localCheckpoint()
             self.store.put_live_recommendations(batch_id, recommendation_docs(recs))
-            # Every rank slot of an active user: the fold deletes a slot without a new item.
+            # Every rank slot of an active user: a slot without a new row is deleted.
             slots = context.select(USER_ID).crossJoin(
                 spark.range(1, cfg.recommend.top_k + 1).select(F.col("id").cast("int").alias(RANK))
             )
-            live_tables.append(LIVE_RECOMMENDATIONS, slots.join(recs, [USER_ID, RANK], "left"), batch_id)
+            sink.upsert(
+                slots.join(recs, [USER_ID, RANK], "left"),
+                table(LIVE_RECOMMENDATIONS),
+                [USER_ID, RANK],
+                batch_id,
+                delete_condition=f"s.{ITEM_ID} IS NULL",
+                insert_condition=f"s.{ITEM_ID} IS NOT NULL",
+            )
 
         def write_state():
             state_store.write(sessions.where(~F.col("_closed")).select(*SESSION_STATE_SCHEMA.fieldNames()), batch_id)
@@ -507,7 +540,7 @@ class SessionBatchWriter:
         # bookkeeping on the driver, not work on the executors' cores.
         chains = (
             (("live_sessions", write_live_sessions), ("item_popularity", write_item_popularity)),
-            (("profile_totals", write_profile_totals), ("live_recommendations", write_live_recommendations)),
+            (("user_profiles", write_user_profiles), ("live_recommendations", write_live_recommendations)),
             (("session_features", write_session_features), ("state", write_state)),
         )
         with ThreadPoolExecutor(len(chains), thread_name_prefix=f"batch-{batch_id}") as pool:
@@ -526,7 +559,6 @@ class SessionBatchWriter:
             report.duration_s = time.time() - started_at / 1_000_000
             sink.append(_metrics_row(spark, report, started_at), table(STREAM_METRICS), batch_id)
         self.store.finish_batch(batch_id, datetime.now(timezone.utc))
-        live_tables.start()
 
 
 def _metrics_row(spark: SparkSession, report: BatchReport, started_at: int) -> DataFrame:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from lib.sinks import vacuum
+from lib.sinks import BatchSink, compact, vacuum
 from tests.conftest import make_config
 from tests.integration.conftest import active_files, parquet_files
 
@@ -36,3 +36,22 @@ def test_vacuum_keeps_what_the_retention_needs_and_the_maintenance_job_deletes_t
     assert parquet_files(table) == active_files(spark, table)
     assert len(parquet_files(table)) == 1
     assert sorted(r.v for r in spark.read.format("delta").load(table).collect()) == [2, 3, 4, 5, 6]
+
+
+def test_maintenance_committed_under_another_threads_marker_does_not_count_as_a_batch(spark, tmp_path):
+    """A MERGE takes its marker from the session conf, so a background VACUUM or an OPTIMIZE that
+    commits meanwhile carries it too; the sink must not take that commit for the batch's own."""
+    table = str(tmp_path / "table")
+    sink = BatchSink(spark, "app")
+    for batch_id in (0, 1):
+        sink.append(spark.range(3).selectExpr(f"id + {batch_id} AS v").coalesce(1), table, batch_id)
+    spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", "app:7")
+    try:
+        compact(spark, table)
+        vacuum(spark, table, retention_hours=24.0)
+    finally:
+        spark.conf.unset("spark.databricks.delta.commitInfo.userMetadata")
+    marked = spark.sql(f"DESCRIBE HISTORY delta.`{table}`").where("userMetadata = 'app:7'").collect()
+    assert "OPTIMIZE" in {row.operation for row in marked}  # the hazard is real
+    assert sink.last_committed_batch(table) == 1
+    assert not sink.committed(table, 2)

@@ -11,9 +11,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from lib.batch import profiles_from_lake
-from lib.live_tables import PROFILE_TOTALS
 from lib.online_store import SQLiteStore
-from lib.stream import COMPACTED_TABLES, InjectedFault, SessionBatchWriter, ensure_tables, run_available_now
+from lib.stream import InjectedFault, SessionBatchWriter, ensure_tables, run_available_now
 from tests.conftest import make_config
 from tests.integration.conftest import (
     active_files,
@@ -74,21 +73,12 @@ def test_restarts_add_nothing_and_pick_up_new_files_and_purchases(spark, tmp_pat
         "user_id,item_id,event_type,timestamp,note\n2,6,view,2024-01-02 00:00:00,caf\xe9\n".encode("latin-1")
     )
     (tmp_path / "incoming" / "empty.csv").write_bytes(b"")
-    # Two batches, not five; each compacts a table, and the second (batch 2) vacuums the tables
-    # with a retention of ~0.
+    # Two batches, not five; the second (batch 2) vacuums the tables with a retention of ~0.
     run_available_now(
-        spark,
-        make_config(
-            tmp_path,
-            "stream.max_files_per_trigger=3",
-            "stream.compact_every=1",
-            "lake.vacuum_every=2",
-            "lake.retention=1 ms",
-        ),
+        spark, make_config(tmp_path, "stream.max_files_per_trigger=3", "lake.vacuum_every=2", "lake.retention=1 ms")
     )
-    for table in COMPACTED_TABLES:
-        path = cfg.paths.table(table)
-        assert parquet_files(path) == active_files(spark, path), table
+    profiles = cfg.paths.table("user_profiles")  # rewritten by a MERGE in every batch
+    assert parquet_files(profiles) == active_files(spark, profiles)
 
     expected = manifest_keys(writer.manifest)
     expected[(1, 5, "view", "2024-01-02 00:00:00", "crlf.csv")] += 1
@@ -109,9 +99,9 @@ def test_restarts_add_nothing_and_pick_up_new_files_and_purchases(spark, tmp_pat
 
 
 def test_batch_replayed_after_crashes_commits_each_write_once(spark, tmp_path):
-    """A crash right after the first append, then a crash after the profile totals, then two
-    full replays and the fold of the live tables: every table is committed exactly once."""
-    cfg = make_config(tmp_path, "stream.live_tables_interval=1 hour")  # folds only on close
+    """A crash between the Delta appends and the MERGEs, then a crash after the MERGEs, then
+    two full replays: every table is committed exactly once."""
+    cfg = make_config(tmp_path)
     write_purchases(cfg.paths.purchases, [(1, 1, 10.0, date(2023, 6, 1))])
     writer = activity_writer(cfg, users=6, items=20, bad_share=0.05)
     writer.write_file(200)
@@ -126,30 +116,20 @@ def test_batch_replayed_after_crashes_commits_each_write_once(spark, tmp_path):
         SessionBatchWriter(spark, cfg, app_id="replay-test", fail_after="enriched")(batch, 0)
     after_first_crash = table_versions(spark, cfg)
     assert after_first_crash["enriched_events"] == initial["enriched_events"] + 1
+    assert after_first_crash["live_sessions"] == initial["live_sessions"]  # the MERGE never ran
     with pytest.raises(InjectedFault):
-        SessionBatchWriter(spark, cfg, app_id="replay-test", fail_after="profile_totals")(batch, 0)
+        SessionBatchWriter(spark, cfg, app_id="replay-test", fail_after="user_profiles")(batch, 0)
     after_second_crash = table_versions(spark, cfg)
     assert after_second_crash["enriched_events"] == after_first_crash["enriched_events"]  # not appended again
-    replayed = SessionBatchWriter(spark, cfg, app_id="replay-test")
-    replayed(batch, 0)
+    assert after_second_crash["user_profiles"] == initial["user_profiles"] + 1
+    assert after_second_crash["live_sessions"] == initial["live_sessions"] + 1
+    SessionBatchWriter(spark, cfg, app_id="replay-test")(batch, 0)
     after_replay = table_versions(spark, cfg)
-    assert after_replay["enriched_events"] == after_second_crash["enriched_events"]
-    last = SessionBatchWriter(spark, cfg, app_id="replay-test")
-    last(batch, 0)
+    assert {t: after_replay[t] for t in ("enriched_events", "live_sessions", "user_profiles")} == {
+        t: after_second_crash[t] for t in ("enriched_events", "live_sessions", "user_profiles")
+    }  # neither the append nor the MERGEs were applied twice
+    SessionBatchWriter(spark, cfg, app_id="replay-test")(batch, 0)
     assert table_versions(spark, cfg) == after_replay  # a second replay changes nothing at all
-    # The profile totals were appended once, by the crashed attempt: one row per active user.
-    pending = last.live_tables().pending(PROFILE_TOTALS)
-    assert pending.count() == pending.select("user_id").distinct().count() > 0
-    # Nothing folded yet (no batch ended while the folds ran); closing folds the pending rows.
-    assert {t: after_replay[t] for t in ("live_sessions", "user_profiles")} == {
-        t: initial[t] for t in ("live_sessions", "user_profiles")
-    }
-    replayed.close()
-    last.close()
-    folded = table_versions(spark, cfg)
-    assert {t: folded[t] for t in ("live_sessions", "user_profiles")} == {
-        t: initial[t] + 1 for t in ("live_sessions", "user_profiles")
-    }  # one fold; the second writer found nothing left to fold
 
     assert enriched_keys(spark, cfg) == manifest_keys(writer.manifest)
     assert read(spark, cfg, "quarantine").count() == sum(1 for r in writer.manifest if r.expected_reason)

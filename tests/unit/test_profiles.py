@@ -7,7 +7,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, StringType, StructField, StructType, TimestampType
 
 from lib.config import load_config
-from lib.profiles import add_profile_totals, profile_totals, sum_profile_totals, with_profile_metrics
+from lib.profiles import add_profile_totals, profile_totals, with_profile_metrics
 from lib.schemas import PURCHASES_SCHEMA, USER_PROFILES_SCHEMA
 
 T0 = datetime(2024, 1, 1, 10, 0, 0)
@@ -102,21 +102,6 @@ def test_adding_totals_batch_by_batch_equals_building_from_everything(spark):
     stepwise = add_profile_totals(add_profile_totals(empty, first), second)
     whole = profile_totals(events(spark, EVENT_ROWS), sessions(spark, SESSION_ROWS), REC)
     assert_df_equality(stepwise.orderBy("user_id"), whole.orderBy("user_id"), ignore_nullable=True)
-
-
-def test_summing_the_totals_of_several_batches_equals_adding_them_one_by_one(spark):
-    batches = [
-        profile_totals(events(spark, EVENT_ROWS[:2]), sessions(spark, []), REC),
-        profile_totals(events(spark, EVENT_ROWS[2:5]), sessions(spark, SESSION_ROWS[:1]), REC),
-        profile_totals(events(spark, []), sessions(spark, SESSION_ROWS[1:]), REC),  # sessions only: empty maps
-        profile_totals(events(spark, EVENT_ROWS[5:]), sessions(spark, []), REC),
-    ]
-    stepwise = batches[0]
-    for batch in batches[1:]:
-        stepwise = add_profile_totals(stepwise, batch)
-    summed = sum_profile_totals(batches[0].unionByName(batches[1]).unionByName(batches[2]).unionByName(batches[3]))
-    assert_df_equality(summed.orderBy("user_id"), stepwise.orderBy("user_id"), ignore_nullable=True)
-    assert sum_profile_totals(batches[0].limit(0)).count() == 0
 
 
 def test_no_input_gives_no_profiles(spark):
