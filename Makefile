@@ -1,11 +1,14 @@
 # streamrec: `make demo` runs the pipeline on the embedded defaults, `make test` runs the tests.
 # Both set everything up first (virtualenv with pinned packages, Delta jars from Maven Central).
+# `make airflow` installs Apache Airflow into .venv-airflow, apart from the engine's .venv.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 
-.PHONY: setup demo test lint serve chaos bench movielens shell clean
+.PHONY: setup airflow demo test lint serve chaos bench movielens shell clean
 
 setup: $(STAMP) .cache/jars/.fetched
 
@@ -16,14 +19,26 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --editable .
 	touch $(STAMP)
 
-.cache/jars/.fetched: $(STAMP)
+.cache/jars/.fetched: $(STAMP) scripts/fetch_jars.py
 	$(PY) scripts/fetch_jars.py
+	touch $@
+
+# Every package pinned (a pip freeze of a working install): Airflow's own constraint files are not
+# reachable from every machine, and an unpinned resolve drifts.
+airflow: $(AIRFLOW_STAMP)
+
+$(AIRFLOW_STAMP): requirements-airflow.txt
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet -r requirements-airflow.txt
+	$(AIRFLOW_VENV)/bin/python scripts/airflow_defaults.py
+	$(AIRFLOW_VENV)/bin/airflow db migrate > /dev/null
 	touch $@
 
 demo: setup
 	$(PY) scripts/demo.py
 
-test: setup lint
+test: setup lint airflow
 	$(PY) -m pytest -n 2 --dist loadfile
 
 lint: setup

@@ -29,7 +29,15 @@ done
 job="$1"
 shift
 
-jars="$(cd "$ROOT" && "$VENV/bin/python" -c 'from lib.spark import delta_jar_paths; print(",".join(map(str, delta_jar_paths())))')"
+# The Delta jars, and the Hive metastore's JDBC driver (Derby network client), which must be on the
+# driver's own class path.
+jar_paths="$(cd "$ROOT" && "$VENV/bin/python" -c '
+from lib.metastore import client_jar
+from lib.spark import delta_jar_paths
+print(",".join(map(str, delta_jar_paths())))
+print(client_jar())')"
+jars="${jar_paths%%$'\n'*}"
+metastore_client="${jar_paths#*$'\n'}"
 # lib/ ships to the executors as a zip named for its content: built only when lib/ changed, and
 # written under a temporary name then renamed, so jobs started together never see half a zip.
 libzip="$(cd "$ROOT" && "$VENV/bin/python" - <<'PY'
@@ -67,6 +75,7 @@ log4j="-Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties"
 setsid setpriv --pdeathsig KILL "$VENV/bin/spark-submit" \
   --properties-file "$ROOT/conf/spark-defaults.conf" \
   --jars "$jars" \
+  --driver-class-path "$metastore_client" \
   --py-files "$libzip" \
   --driver-java-options "$log4j" \
   --conf "spark.executor.extraJavaOptions=$log4j" \

@@ -33,11 +33,19 @@ from bench.chaos import descendants
 from bench.freshness import file_delays, summary
 from bench.serving import ApiProcess, ServingProbe, api_load, free_port
 from lib.config import load_config
+from lib.metastore import stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 SUBMIT = str(ROOT / "spark-submit.sh")
+
+
+def metastore_of(root: Path) -> Path:
+    """The one metastore every run under ``root`` shares; main stops its server at the end."""
+    return root / "metastore"
+
+
 ITEMS = 1000
 # The API under load while the stream runs (issue target: 500 requests/s for 60 s, p99 <= 10 ms).
 API_LOAD_RATE = 500
@@ -132,7 +140,8 @@ class Workdir:
         self.config.write_text(
             "[paths]\n"
             f'events_dir = "{self.incoming}"\npurchases = "{self.purchases}"\nlake = "{self.lake}"\n'
-            f'checkpoints = "{self.checkpoints}"\nonline_store = "{self.online_store}"\n[stream]\n'
+            f'checkpoints = "{self.checkpoints}"\nonline_store = "{self.online_store}"\n'
+            f'metastore = "{metastore_of(root)}"\n[stream]\n'
             + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
         )
 
@@ -845,6 +854,7 @@ def main() -> int:
         "\n" + markdown(results) + f"\ntotal {results['total_s']} s; results in {out}/bench.json, bench.md, bench.png"
     )
     spark.stop()
+    stop_server(metastore_of(root))
     return 0
 
 

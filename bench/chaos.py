@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from lib.metastore import stop_server
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 SUBMIT = str(ROOT / "spark-submit.sh")
@@ -46,7 +48,8 @@ class Run:
             "[paths]\n"
             f'events_dir = "{self.incoming}"\npurchases = "{self.dir / "purchases"}"\n'
             f'lake = "{lake or self.lake}"\ncheckpoints = "{checkpoints or self.dir / "checkpoints"}"\n'
-            f'online_store = "{lake or self.lake}-online.sqlite"\n' + extra
+            f'online_store = "{lake or self.lake}-online.sqlite"\n'
+            f'metastore = "{self.dir.parent / "metastore"}"\n' + extra
         )
 
     def job(self, *args: str) -> list[str]:
@@ -452,6 +455,7 @@ def main() -> int:
     for name in chosen:
         print(f"\n=== scenario {name}", flush=True)
         SCENARIOS[name](root, scale, results)
+    stop_server(root / "metastore")
     (root / "chaos.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"\n{sum(r['passed'] for r in results)}/{len(results)} scenarios passed; details in {root / 'chaos.json'}")
     return 0 if all(r["passed"] for r in results) else 1

@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     cfg = config_from_args(args)
-    spark = get_spark("streamrec-evaluate", WHOLE_LAKE_CONF)
+    spark = get_spark("streamrec-evaluate", WHOLE_LAKE_CONF, cfg)
     try:
         interactions = lake_interactions(spark, cfg).persist()
     except LakeNotReadyError as exc:

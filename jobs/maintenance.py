@@ -1,10 +1,11 @@
-"""Lake maintenance: VACUUM every streamrec table with `[lake] retention`.
+"""Lake maintenance: compact (with --compact) and VACUUM every streamrec table with `[lake] retention`.
 
-Usage: ./spark-submit.sh jobs/maintenance.py [--config PATH] [--set lake.retention="24 hours"]
+Usage: ./spark-submit.sh jobs/maintenance.py [--config PATH] [--compact] [--set lake.retention="24 hours"]
 
 The stream vacuums its own tables every `lake.vacuum_every` micro-batches; this job is for a
 stream that does not (vacuum_every = 0), for `recommendations`, and for schedulers. VACUUM
-changes no data, so it is safe while the stream runs.
+changes no data, so it is safe while the stream runs; nor does compaction (OPTIMIZE), which
+bin-packs each table's small files first.
 """
 
 import logging
@@ -15,7 +16,7 @@ import _bootstrap  # noqa: F401
 from lib.cli import base_parser, config_from_args, setup_logging
 from lib.fs import HadoopFS
 from lib.schemas import TABLES
-from lib.sinks import vacuum
+from lib.sinks import compact, vacuum
 from lib.spark import get_spark
 
 log = logging.getLogger("maintenance")
@@ -23,13 +24,16 @@ log = logging.getLogger("maintenance")
 
 def main(argv=None) -> int:
     parser = base_parser(__doc__.split("\n")[0])
+    parser.add_argument("--compact", action="store_true", help="OPTIMIZE every table before the VACUUM")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     cfg = config_from_args(args)
-    spark = get_spark("streamrec-maintenance")
+    spark = get_spark("streamrec-maintenance", cfg=cfg)
     fs = HadoopFS(spark)
     present = [name for name in TABLES if fs.exists(f"{cfg.paths.table(name)}/_delta_log")]
     for name in present:
+        if args.compact:
+            compact(spark, cfg.paths.table(name))
         vacuum(spark, cfg.paths.table(name), cfg.lake.retention_hours)
     log.info("vacuumed %d tables under %s (retention %s)", len(present), cfg.paths.lake, cfg.lake.retention)
     return 0

@@ -1,10 +1,12 @@
 """Rebuild `user_profiles` from scratch from enriched_events, session_features and the purchases.
 
-Usage: ./spark-submit.sh jobs/profiles.py [--config PATH]
+Usage: ./spark-submit.sh jobs/profiles.py [--config PATH] [--check]
 
 The stream keeps the profiles up to date by itself; this is for recovery or after changing
 the profile settings. It takes the stream's checkpoint lock, so it refuses to run while the
-stream runs (their writes would interleave).
+stream runs (their writes would interleave). With --check it writes nothing: it rebuilds the
+profiles and compares them with the streamed ones as of one micro-batch (exit 1 on a difference),
+which it may do while the stream runs.
 """
 
 import logging
@@ -17,16 +19,33 @@ from lib.checkpoint import CheckpointError, acquire_lock
 from lib.cli import base_parser, config_from_args, setup_logging
 from lib.spark import get_spark
 from lib.stream import STREAM_CHECKPOINT
+from lib.verify import check_profiles
 
 log = logging.getLogger("profiles")
 
 
 def main(argv=None) -> int:
     parser = base_parser(__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true", help="compare a rebuild with the streamed profiles")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     cfg = config_from_args(args)
-    spark = get_spark("streamrec-profiles")
+    spark = get_spark("streamrec-profiles", cfg=cfg)
+    if args.check:
+        try:
+            check = check_profiles(spark, cfg)
+        except LakeNotReadyError as exc:
+            log.error("cannot check: %s", exc)
+            return 3
+        log.info(
+            "user_profiles: %d streamed, %d rebuilt; %d missing, %d duplicated, %d differing",
+            check.actual,
+            check.expected,
+            check.missing,
+            check.duplicated,
+            check.unexpected,
+        )
+        return 0 if check.ok else 1
     try:
         lock = acquire_lock(spark, cfg.paths.checkpoint(STREAM_CHECKPOINT))
     except CheckpointError as exc:

@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     cfg = config_from_args(args)
-    spark = get_spark("streamrec-report")
+    spark = get_spark("streamrec-report", cfg=cfg)
 
     print("\n== rows per table")
     for name, rows, location in report.table_counts(spark, cfg):

@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     setup_logging(args.log_level)
     cfg = config_from_args(args)
 
-    spark = get_spark("streamrec-stream")
+    spark = get_spark("streamrec-stream", cfg=cfg)
     try:
         stream = start_stream(spark, cfg, available_now=args.available_now)
     except CheckpointError as exc:

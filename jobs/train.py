@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     cfg = config_from_args(args)
-    spark = get_spark("streamrec-train", WHOLE_LAKE_CONF)
+    spark = get_spark("streamrec-train", WHOLE_LAKE_CONF, cfg)
     try:
         summary = train_and_publish(spark, cfg, args.model)
     except LakeNotReadyError as exc:

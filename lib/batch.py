@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from lib.catalog import register_tables
 from lib.config import Config
 from lib.interactions import interactions_from
 from lib.model_store import ModelStore
@@ -35,9 +37,12 @@ class LakeNotReadyError(RuntimeError):
     """A table the job needs does not exist yet; the message says which and how to create it."""
 
 
-def require_table(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
-    """The Delta table ``name``; raises ``LakeNotReadyError`` with the fix when it is missing."""
+def require_table(spark: SparkSession, cfg: Config, name: str, version: int | None = None) -> DataFrame:
+    """The Delta table ``name`` (at ``version`` if given); raises ``LakeNotReadyError`` with the fix
+    when it is missing."""
     table = read_table(spark, cfg, name)
+    if table is not None and version is not None:
+        table = spark.read.format("delta").option("versionAsOf", version).load(cfg.paths.table(name))
     if table is None:
         raise LakeNotReadyError(
             f"table {name} does not exist at {cfg.paths.table(name)}: run the stream first "
@@ -89,6 +94,7 @@ def train_and_publish(spark: SparkSession, cfg: Config, model: str | None = None
             .option("overwriteSchema", "true")
             .save(cfg.paths.table(RECOMMENDATIONS))
         )
+        register_tables(spark, cfg, [RECOMMENDATIONS])
         published = spark.read.format("delta").load(cfg.paths.table(RECOMMENDATIONS))
         docs = recommendation_docs(published)
         SQLiteStore(cfg.paths.online_store).replace_batch_recommendations(version, docs)
@@ -98,14 +104,47 @@ def train_and_publish(spark: SparkSession, cfg: Config, model: str | None = None
     return {"version": version, "model": trained.name, "params": trained.params, "recommendations": written, **counts}
 
 
-def profiles_from_lake(spark: SparkSession, cfg: Config) -> DataFrame:
+def profiles_from_lake(spark: SparkSession, cfg: Config, versions: dict[str, int] | None = None) -> DataFrame:
     """``user_profiles`` computed from scratch: ``enriched_events``, ``session_features`` and
-    the purchases."""
-    events = require_table(spark, cfg, ENRICHED_EVENTS)
-    sessions = require_table(spark, cfg, SESSION_FEATURES)
+    the purchases (each table at ``versions[name]`` if given, else its latest version)."""
+    events = require_table(spark, cfg, ENRICHED_EVENTS, (versions or {}).get(ENRICHED_EVENTS))
+    sessions = require_table(spark, cfg, SESSION_FEATURES, (versions or {}).get(SESSION_FEATURES))
     purchases = read_purchases(spark, cfg.paths.purchases)
     totals = profile_totals(events, sessions, cfg.recommend)
     return with_profile_metrics(totals, purchases, cfg.recommend, F.current_timestamp())
+
+
+def _batch_markers(spark: SparkSession, path: str) -> list[tuple[int, str | None, int | None]]:
+    """(version, stream, micro-batch) of every commit of a table, oldest first; stream and batch
+    are None for commits that no micro-batch made (OPTIMIZE, VACUUM, a rebuild)."""
+    history = DeltaTable.forPath(spark, path).history().select("version", "operation", "userMetadata").collect()
+    markers = []
+    for row in sorted(history, key=lambda r: r["version"]):
+        stream, _, batch = (row["userMetadata"] or "").rpartition(":")
+        is_batch = row["operation"] in ("WRITE", "MERGE") and stream and batch.isdigit()
+        markers.append((row["version"], stream if is_batch else None, int(batch) if is_batch else None))
+    return markers
+
+
+def consistent_versions(spark: SparkSession, cfg: Config) -> dict[str, int]:
+    """Versions of ``user_profiles`` and of the tables it is computed from, as of one micro-batch.
+
+    The stream commits each table in turn, so "the latest version of each" can straddle two
+    batches while it runs. The profiles' newest micro-batch marker names the batch; each input
+    table is taken at its last version before a later batch of that stream committed to it.
+    """
+    profiles = _batch_markers(spark, cfg.paths.table(USER_PROFILES))
+    versions = {USER_PROFILES: profiles[-1][0]}
+    stamped = [(stream, batch) for _, stream, batch in profiles if stream is not None]
+    for name in (ENRICHED_EVENTS, SESSION_FEATURES):
+        markers = _batch_markers(spark, cfg.paths.table(name))
+        version = markers[-1][0]
+        if stamped:
+            stream, batch = stamped[-1]
+            later = [v for v, s, b in markers if s == stream and b > batch]
+            version = later[0] - 1 if later else version
+        versions[name] = version
+    return versions
 
 
 def rebuild_profiles(spark: SparkSession, cfg: Config) -> int:

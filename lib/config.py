@@ -56,6 +56,8 @@ class PathsConfig:
     checkpoints: str = "data/checkpoints"
     # The embedded online store (SQLite) the stream writes and the API reads: a local file.
     online_store: str = "data/online/streamrec.sqlite"
+    # The Hive metastore (a Derby database served by a Derby network server) naming the tables.
+    metastore: str = "data/metastore"
 
     def table(self, name: str) -> str:
         """Location of the Delta table ``name`` under the lake."""
@@ -192,6 +194,11 @@ class Config:
             raise ConfigError('sessions.gap must be positive, e.g. "30 minutes"')
         if self.sessions.watermark_seconds < 0:
             raise ConfigError("sessions.watermark must not be negative")
+        if "://" in self.paths.metastore or self.paths.metastore.startswith("file:"):
+            raise ConfigError(
+                f"paths.metastore = {self.paths.metastore!r} must be a local folder (the Derby metastore lives on the "
+                'driver\'s disk); write a path such as "data/metastore"'
+            )
         if not 0 < self.serve.port < 65536:
             raise ConfigError(f"serve.port = {self.serve.port} must be a TCP port (1-65535)")
         if self.lake.vacuum_every < 0:

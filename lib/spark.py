@@ -1,9 +1,10 @@
 """One SparkSession factory for spark-submit, tests and the interactive shell.
 
-Under ``spark-submit`` (``./spark-submit.sh``) the conf file, the Delta jars and the master
-come from the command line and this only attaches to the session. Anywhere else (pytest, the
-shell, a plain ``python``) it starts a local session configured exactly like spark-submit.sh
-would: ``conf/spark-defaults.conf``, the Delta jars from ``.cache/jars`` and ``local[2]``.
+Under ``spark-submit`` (``./spark-submit.sh``) the conf file, the jars and the master come from
+the command line and this only attaches to the session. Anywhere else (pytest, the shell, a
+plain ``python``) it starts a local session configured exactly like spark-submit.sh would:
+``conf/spark-defaults.conf``, the jars from ``.cache/jars`` and ``local[2]``. Given a config,
+the session's catalog is the config's Hive metastore (``lib.metastore``), started if need be.
 """
 
 from __future__ import annotations
@@ -13,10 +14,15 @@ import os
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyspark.sql import SparkSession
 
+from lib import metastore
 from lib.paths import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    from lib.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +69,19 @@ def launched_by_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
-def get_spark(app_name: str = "streamrec", conf: dict[str, str] | None = None) -> SparkSession:
+def get_spark(
+    app_name: str = "streamrec", conf: dict[str, str] | None = None, cfg: Config | None = None
+) -> SparkSession:
     """Return the active SparkSession or build one configured for streamrec.
 
     :param conf: extra settings; they win over ``conf/spark-defaults.conf``.
+    :param cfg: the pipeline config whose metastore (``paths.metastore``) names the tables; a
+        session already active keeps the catalog it was built with.
     """
     builder = SparkSession.builder.appName(app_name)
+    if cfg is not None and SparkSession.getActiveSession() is None:
+        for key, value in metastore.spark_conf(metastore.ensure_server(cfg.paths.metastore)).items():
+            builder = builder.config(key, value)
     if not launched_by_spark_submit():
         # The web UI binds to SPARK_LOCAL_IP; keep it (and the driver) on loopback locally.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -82,6 +95,8 @@ def get_spark(app_name: str = "streamrec", conf: dict[str, str] | None = None) -
             **read_spark_defaults(),
             "spark.master": os.environ.get("STREAMREC_MASTER", "local[2]"),
             "spark.jars": ",".join(str(p) for p in delta_jar_paths()),
+            # The metastore's JDBC driver must be visible to the application class loader.
+            "spark.driver.extraClassPath": str(metastore.client_jar()),
             "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{LOG4J_CONF}",
         }
         for key, value in settings.items():

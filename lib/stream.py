@@ -30,6 +30,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
+from lib.catalog import register_tables
 from lib.checkpoint import CheckpointLock, acquire_lock, check_compatible_config
 from lib.config import Config
 from lib.enrich import with_purchase_history
@@ -459,8 +460,11 @@ class SessionBatchWriter:
                 concerned = concerned.unionByName(purchases.select(USER_ID))
             concerned = concerned.distinct()
             stored = spark.read.format("delta").load(table(USER_PROFILES)).join(concerned, USER_ID, "left_semi")
+            # with_profile_metrics has a row for every buyer; a buyer not concerned has no stored
+            # totals read, and its row (purchases only) would overwrite the stored one.
             rows = keep(
                 with_profile_metrics(add_profile_totals(stored, increments), purchases, cfg.recommend, ingested_at)
+                .join(concerned, USER_ID, "left_semi")
                 .join(increments.select(USER_ID, F.lit(True).alias("_touched")), USER_ID, "left")
                 .fillna(False, ["_touched"])
             )
@@ -692,6 +696,7 @@ def start_stream(
     try:
         check_compatible_config(spark, checkpoint, cfg)
         ensure_tables(spark, cfg)
+        register_tables(spark, cfg)
         ensure_dir(spark, cfg.paths.events_dir)
         stats = stats or StreamStats()
         batch_writer = SessionBatchWriter(spark, cfg, stats)

@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 from lib.config import load_config
+from lib.metastore import stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -148,8 +149,13 @@ def main() -> int:
     banner("what the pipeline produced")
     subprocess.run([SUBMIT, "jobs/report.py", "--log-level", "WARNING"], cwd=ROOT, check=True)
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s", flush=True)
+    print('every table by name: ./pyspark.sh, then spark.table("streamrec.enriched_events").show()', flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    finally:
+        # The jobs started the metastore's server for the next job; the demo leaves nothing running.
+        stop_server(load_config().paths.metastore)

@@ -1,4 +1,5 @@
-"""Fetch the Delta jars matching the installed pyspark/delta-spark from Maven Central.
+"""Fetch the jars setup needs from Maven Central: Delta (matching the installed pyspark and
+delta-spark) and the Derby network server and client (matching the Derby pyspark ships).
 
 Run once by ``make setup``; later runs find them in ``.cache/jars`` and do nothing, so no test
 or job ever downloads at run time. Checksums are verified against Maven Central's ``.sha1``.
@@ -10,6 +11,7 @@ import hashlib
 import urllib.request
 from pathlib import Path
 
+from lib.metastore import derby_maven_coordinates
 from lib.spark import JARS_DIR, delta_maven_coordinates
 
 MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
@@ -35,7 +37,7 @@ def fetch(coordinate: str, target_dir: Path) -> Path:
 
 def main() -> None:
     JARS_DIR.mkdir(parents=True, exist_ok=True)
-    for coordinate in delta_maven_coordinates():
+    for coordinate in [*delta_maven_coordinates(), *derby_maven_coordinates()]:
         path = fetch(coordinate, JARS_DIR)
         print(f"{coordinate} -> {path}")
 

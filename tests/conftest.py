@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from lib.config import load_config
+from lib.metastore import stop_server
 from lib.spark import get_spark
+
+# One Hive metastore (and its Derby server) per test process, shared by the session and by the jobs
+# tests start: pytest-xdist's workers are processes of their own.
+TEST_METASTORE = Path(tempfile.mkdtemp(prefix="streamrec-test-metastore-"))
 
 TEST_SPARK_CONF = {
     "spark.sql.shuffle.partitions": "1",
@@ -19,9 +26,17 @@ TEST_SPARK_CONF = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def metastore_server():
+    """Stops, by pid, the metastore server that the session or a job of the tests started."""
+    yield TEST_METASTORE
+    stop_server(TEST_METASTORE)
+    shutil.rmtree(TEST_METASTORE, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def spark():
-    session = get_spark("streamrec-tests", TEST_SPARK_CONF)
+def spark(metastore_server):
+    session = get_spark("streamrec-tests", TEST_SPARK_CONF, make_config(metastore_server))
     session.sparkContext.setLogLevel("ERROR")
     logging.getLogger("py4j").setLevel(logging.WARNING)
     yield session
@@ -38,6 +53,7 @@ def make_config(root: Path, *overrides: str):
             f"paths.lake={root / 'lake'}",
             f"paths.checkpoints={root / 'checkpoints'}",
             f"paths.online_store={root / 'online' / 'streamrec.sqlite'}",
+            f"paths.metastore={TEST_METASTORE}",
             *overrides,
         ],
     )

@@ -62,7 +62,7 @@ def write_manifest(rows, path: Path) -> str:
 
 def write_config_file(cfg, path: Path, extra: str = "") -> Path:
     """A TOML file with the paths of ``cfg`` (plus ``extra`` TOML), for jobs run by spark-submit."""
-    keys = ("events_dir", "purchases", "lake", "checkpoints", "online_store")
+    keys = ("events_dir", "purchases", "lake", "checkpoints", "online_store", "metastore")
     path.write_text("[paths]\n" + "".join(f'{k} = "{getattr(cfg.paths, k)}"\n' for k in keys) + extra)
     return path
 

@@ -24,10 +24,10 @@ def test_vacuum_keeps_what_the_retention_needs_and_the_maintenance_job_deletes_t
     assert len(parquet_files(table)) == 3
 
     # Through spark-submit with the project's own conf/pipeline.toml (lib runs from a zip there:
-    # the default config must still be found), the lake and retention overridden.
+    # the default config must still be found), the lake, metastore and retention overridden.
     job = subprocess.run(
         [str(ROOT / "spark-submit.sh"), str(ROOT / "jobs" / "maintenance.py"), "--set", f"paths.lake={cfg.paths.lake}"]
-        + ["--set", "lake.retention=1 ms"],
+        + ["--set", f"paths.metastore={cfg.paths.metastore}", "--set", "lake.retention=1 ms"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
