@@ -108,7 +108,8 @@ def spark_conf(server: MetastoreServer) -> dict[str, str]:
     }
 
 
-def _accepts_connections(port: int) -> bool:
+def accepts_connections(port: int) -> bool:
+    """True if something listens on ``port`` of 127.0.0.1."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1.0):
             return True
@@ -137,7 +138,7 @@ def running_server(folder: str | Path) -> MetastoreServer | None:
         server = MetastoreServer(folder, int(recorded["port"]), int(recorded["pid"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if _is_derby_server(server.pid) and _accepts_connections(server.port):
+    if _is_derby_server(server.pid) and accepts_connections(server.port):
         return server
     return None
 
@@ -192,7 +193,7 @@ def _start(folder: Path, port: int, timeout_s: float) -> MetastoreServer:
         if process.poll() is not None:
             tail = (folder / "server.log").read_text(errors="replace")[-2000:]
             raise MetastoreError(f"the metastore server on port {port} exited with {process.returncode}:\n{tail}")
-        if _accepts_connections(port):
+        if accepts_connections(port):
             return MetastoreServer(folder, port, process.pid)
         time.sleep(0.2)
     process.kill()

@@ -3,9 +3,5 @@
 # on demand; it keeps running for the next job until stopped.
 #   scripts/metastore.sh start|status|stop [--config PATH]
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${STREAMREC_VENV:-$ROOT/.venv}"
-[[ -x "$VENV/bin/python" ]] || { echo "run 'make setup' first" >&2; exit 2; }
-umask 077
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"
 exec "$VENV/bin/python" "$ROOT/scripts/metastore.py" "$@"

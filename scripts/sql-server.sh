@@ -3,9 +3,5 @@
 #   scripts/sql-server.sh start [--port 10000] [--config PATH]   returns once it accepts connections
 #   scripts/sql-server.sh stop [--config PATH]
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${STREAMREC_VENV:-$ROOT/.venv}"
-[[ -x "$VENV/bin/python" ]] || { echo "run 'make setup' first" >&2; exit 2; }
-umask 077
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"
 exec "$VENV/bin/python" "$ROOT/scripts/sql_server.py" "$@"

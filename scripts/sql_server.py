@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,14 +31,6 @@ from lib.spark import LOG4J_CONF, SPARK_DEFAULTS, delta_jar_paths
 
 THRIFT_SERVER_CLASS = "org.apache.spark.sql.hive.thriftserver.HiveThriftServer2"
 _STATE_FILE = "sql-server.json"
-
-
-def _accepts_connections(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-            return True
-    except OSError:
-        return False
 
 
 def _alive(pid: int) -> bool:
@@ -68,7 +59,7 @@ def start(cfg, port: int, timeout_s: float) -> int:
         print(f"already running (pid {running['pid']})")
         print(f"jdbc=jdbc:hive2://127.0.0.1:{running['port']}/{DATABASE}")
         return 0
-    if _accepts_connections(port):
+    if metastore.accepts_connections(port):
         print(f"port {port} on 127.0.0.1 is taken: choose another with --port", file=sys.stderr)
         return 2
     server = metastore.ensure_server(folder)
@@ -123,7 +114,7 @@ def start(cfg, port: int, timeout_s: float) -> int:
             (folder / _STATE_FILE).unlink(missing_ok=True)
             print(f"the Thrift server exited with {process.returncode}; see {log_path}", file=sys.stderr)
             return 1
-        if _accepts_connections(port):
+        if metastore.accepts_connections(port):
             # Clients connect to .../streamrec, which exists once a job named a table; create it now
             # so that a client of a fresh metastore gets an empty database, not an error.
             created = subprocess.run(
