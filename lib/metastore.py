@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -28,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+
+from lib.processes import runs, terminate
 
 log = logging.getLogger(__name__)
 
@@ -117,19 +118,6 @@ def accepts_connections(port: int) -> bool:
         return False
 
 
-def _is_derby_server(pid: int) -> bool:
-    """True if ``pid`` is alive and is a Derby network server (pids get reused)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return False
-        return True  # no /proc: trust the pid
-    return _SERVER_CLASS.encode() in cmdline
-
-
 def running_server(folder: str | Path) -> MetastoreServer | None:
     """The server recorded for ``folder`` if it is up and answering, else None."""
     folder = Path(folder).resolve()
@@ -138,7 +126,7 @@ def running_server(folder: str | Path) -> MetastoreServer | None:
         server = MetastoreServer(folder, int(recorded["port"]), int(recorded["pid"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if _is_derby_server(server.pid) and accepts_connections(server.port):
+    if runs(server.pid, _SERVER_CLASS) and accepts_connections(server.port):
         return server
     return None
 
@@ -230,11 +218,6 @@ def stop_server(folder: str | Path, timeout_s: float = 30.0) -> bool:
         (folder / _SERVER_FILE).unlink(missing_ok=True)
         if server is None:
             return False
-        os.kill(server.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and _is_derby_server(server.pid):
-            time.sleep(0.2)
-        if _is_derby_server(server.pid):
-            os.kill(server.pid, signal.SIGKILL)
+        terminate(server.pid, _SERVER_CLASS, timeout_s)
         log.info("stopped the metastore server for %s (pid %d)", folder, server.pid)
         return True

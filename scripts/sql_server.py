@@ -27,17 +27,11 @@ from lib import metastore
 from lib.catalog import DATABASE
 from lib.cli import config_from_args
 from lib.paths import PROJECT_ROOT
+from lib.processes import runs, terminate
 from lib.spark import LOG4J_CONF, SPARK_DEFAULTS, delta_jar_paths
 
 THRIFT_SERVER_CLASS = "org.apache.spark.sql.hive.thriftserver.HiveThriftServer2"
 _STATE_FILE = "sql-server.json"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return THRIFT_SERVER_CLASS.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
 
 
 def _recorded(folder: Path) -> dict | None:
@@ -45,7 +39,7 @@ def _recorded(folder: Path) -> dict | None:
         state = json.loads((folder / _STATE_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return state if _alive(int(state["pid"])) else None
+    return state if runs(int(state["pid"]), THRIFT_SERVER_CLASS) else None
 
 
 def _spark_submit() -> str:
@@ -145,12 +139,7 @@ def stop(cfg, timeout_s: float = 60.0) -> int:
         print("not running")
         return 0
     pid = int(running["pid"])
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.5)
-    if _alive(pid):
-        os.killpg(pid, signal.SIGKILL)
+    terminate(pid, THRIFT_SERVER_CLASS, timeout_s)
     print(f"stopped (pid {pid})")
     return 0
 
