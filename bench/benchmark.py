@@ -30,10 +30,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from bench.chaos import descendants
-from bench.freshness import file_delays, summary
-from bench.serving import ApiProcess, ServingProbe, api_load, free_port
+from bench.freshness import file_delays, source_delays, summary
+from bench.serving import ApiProcess, ServingProbe, api_load
 from lib.config import load_config
+from lib.generator import ActivityProfile, Catalogue, KafkaActivityWriter, simulate_events
+from lib.kafka import create_topic, start_broker, stop_broker
 from lib.metastore import stop_server
+from lib.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,6 +89,7 @@ class Scale:
     scale_files_per_size: int = 4
     seed_files: int = 10
     seed_events_per_file: int = 10_000
+    kafka_rate: int = 2000  # events/s of the freshness run with Kafka input (fresh_seconds long)
 
 
 FULL = Scale()
@@ -107,6 +111,7 @@ QUICK = Scale(
     scale_users=(),
     scale_events_per_file=(500, 5000),
     scale_files_per_size=1,
+    kafka_rate=1000,
 )
 
 
@@ -121,8 +126,10 @@ class Workdir:
         purchases: Path | None = None,
         stream: dict | None = None,
         keep: bool = False,
+        extra_toml: str = "",
     ):
-        """:param keep: use the folder as a previous run left it (else it starts empty)."""
+        """:param keep: use the folder as a previous run left it (else it starts empty).
+        :param extra_toml: more config sections (e.g. ``[source]`` and ``[kafka]``)."""
         self.dir = root / name
         if not keep:
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -143,6 +150,7 @@ class Workdir:
             f'checkpoints = "{self.checkpoints}"\nonline_store = "{self.online_store}"\n'
             f'metastore = "{metastore_of(root)}"\n[stream]\n'
             + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+            + extra_toml
         )
 
     def cfg(self):
@@ -582,6 +590,84 @@ def steady_load(
     }
 
 
+def kafka_load(root: Path, scale: Scale, seed: Workdir | None, spark, rate: int, seconds: int, users: int) -> dict:
+    """``steady_load`` with Kafka input: a broker of the run's own, and once a second a batch of
+    ``rate`` events produced and acknowledged; freshness per message from its acknowledgement
+    to the commits (and, for one batch in five, to the API serving it)."""
+    port = free_port()
+    topic = "activity"
+    extra = f'[source]\nkind = "kafka"\n[kafka]\nbootstrap_servers = "127.0.0.1:{port}"\ntopic = "{topic}"\n'
+    run = Workdir(root, f"kafka_{rate}", extra_toml=extra)
+    run.generate("purchases", "--users", str(users), "--items", str(ITEMS), "--purchases", str(users * 5))
+    if seed is not None:
+        run.use_model(seed)
+    broker = start_broker(run.dir / "kafka", port)
+    stream = api = probe = None
+    try:
+        create_topic(broker.bootstrap, topic, partitions=2)
+        events = simulate_events(Catalogue(num_users=users, num_items=ITEMS, seed=42), ActivityProfile())
+        writer = KafkaActivityWriter(broker.bootstrap, topic, events)
+        writer.write_batch(rate)  # the warm-up batch
+        stream = run.start_stream()
+        started = time.monotonic()
+        while not run.batches():
+            if stream.poll() is not None or time.monotonic() - started > 600:
+                raise RuntimeError(f"stream did not start; see {run.log}")
+            time.sleep(1)
+        since = time.time()
+        api = ApiProcess(run.config, free_port(), run.dir / "serve.log")
+        probe = ServingProbe(None, api.port, since)
+        probe.start()
+        acked_at: dict[str, float] = {}
+        for second in range(seconds):
+            first = len(writer.manifest)
+            writer.write_batch(rate)
+            acked = time.time()
+            batch = writer.manifest[first:]
+            acked_at.update((row.file, acked) for row in batch)
+            if second % 5 == 0 and batch:
+                latest = max(batch, key=lambda row: row.event_ts or "")
+                probe.submit(acked, latest.user_id, latest.event_ts)
+            time.sleep(max(0.0, since + second + 1 - time.time()))
+        offered = round(len(acked_at) / (time.time() - since))
+        deadline = time.monotonic() + seconds * 4 + 600
+        while sum(n for _, n, _ in run.batches()) < len(writer.manifest) and time.monotonic() < deadline:
+            time.sleep(1)
+        time.sleep(min(30, max(5, seconds / 10)))  # let the probe see the last batches served
+        writer.close()
+    finally:
+        if probe is not None:
+            probe.stop()
+        if api is not None:
+            api.stop()
+        if stream is not None:
+            stream.send_signal(signal.SIGTERM)
+            try:
+                stream.wait(timeout=300)
+            except subprocess.TimeoutExpired:
+                stream.kill()
+        stop_broker(run.dir / "kafka")
+    delays = {**source_delays(spark, run.cfg(), acked_at.get, since), **probe.results}
+    figures = summary(delays)
+    print(
+        f"  kafka_{rate}: "
+        + ", ".join(f"{t} p50 {v.get('p50_s')} p95 {v.get('p95_s')} max {v.get('max_s')}" for t, v in figures.items()),
+        flush=True,
+    )
+    return {
+        "source": "kafka",
+        "rate_events_per_s": rate,
+        "offered_events_per_s": offered,
+        "seconds": seconds,
+        "users": users,
+        "freshness": figures,
+        "series": {t: [(round(arrived - since, 1), round(d, 2)) for arrived, d in s] for t, s in delays.items()},
+        "stages_s": stage_seconds(run),
+        "batches": len(run.batches()),
+        "api_unserved_batches": probe.unserved,
+    }
+
+
 def scaling(root: Path, scale: Scale, spark) -> dict:
     """Per-batch cost against users (same events) and against events per file (same users).
     The first batch of each run pays for the JVM's warm-up and is left out."""
@@ -691,16 +777,16 @@ def markdown(results: dict) -> str:
             f"| ratio spark/duckdb | | {c['spark_to_duckdb']} | |",
             "",
         ]
-    loads = [v for k, v in results.items() if k.startswith("fresh_") or k == "soak"]
+    loads = [v for k, v in results.items() if k.startswith(("fresh_", "kafka_")) or k == "soak"]
     if loads:
         lines += [
-            "| load | asked events/s | achieved events/s | users | files | table | p50 s | p95 s | max s |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| load | source | asked events/s | achieved events/s | users | files or messages | table | p50 s | p95 s | max s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for load in loads:
             for table, f in load["freshness"].items():
                 lines.append(
-                    f"| {load['seconds']} s | {load['rate_events_per_s']} | {load['offered_events_per_s']} | {load['users']} | {f['files']} | {table} | "
+                    f"| {load['seconds']} s | {load.get('source', 'files')} | {load['rate_events_per_s']} | {load['offered_events_per_s']} | {load['users']} | {f['files']} | {table} | "
                     f"{f.get('p50_s', '-')} | {f.get('p95_s', '-')} | {f.get('max_s', '-')} |"
                 )
         lines.append("")
@@ -781,7 +867,7 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-SECTIONS = ("catchup", "freshness", "soak", "scaling")
+SECTIONS = ("catchup", "freshness", "kafka", "soak", "scaling")
 
 
 def main() -> int:
@@ -819,7 +905,7 @@ def main() -> int:
     spark.sparkContext.setLogLevel("ERROR")
     started = time.monotonic()
     seed = None
-    if set(chosen) & {"catchup", "freshness", "soak"} and not (args.quick and "catchup" in chosen):
+    if set(chosen) & {"catchup", "freshness", "kafka", "soak"} and not (args.quick and "catchup" in chosen):
         seed = seed_model(root, scale, args.reuse_seed)
     if "catchup" in chosen:
         print("=== catch-up" + (" (no model)" if seed is None else ""), flush=True)
@@ -838,6 +924,11 @@ def main() -> int:
                 scale.catchup_users,
                 serve_load=rate == API_LOAD_EVENTS_PER_S,
             )
+    if "kafka" in chosen:
+        print(f"=== freshness with Kafka input at {scale.kafka_rate} events/s", flush=True)
+        results[f"kafka_{scale.kafka_rate}"] = kafka_load(
+            root, scale, seed, spark, scale.kafka_rate, scale.fresh_seconds, scale.catchup_users
+        )
     if "soak" in chosen and scale.soak_seconds:
         print(f"=== soak: {scale.soak_seconds} s at {scale.soak_rate} events/s, {scale.soak_users} users", flush=True)
         results["soak"] = steady_load(

@@ -1,6 +1,7 @@
 """Freshness of a lake the stream wrote: per input file, the delay from the file landing in the
 watched folder (its modification time; files land by rename) to the Delta commit that made its
-rows visible in enriched_events, live_sessions and live_recommendations.
+rows visible in enriched_events, live_sessions and live_recommendations. (For Kafka input,
+``source_delays`` takes each message's acknowledgement time instead.)
 
 Usage: .venv/bin/python bench/freshness.py [--config PATH] [--since EPOCH_SECONDS] [--json OUT]
 
@@ -15,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +39,17 @@ def commit_times(spark: SparkSession, path: str) -> dict[int, float]:
     return times
 
 
-def file_delays(spark: SparkSession, cfg: Config, since: float = 0.0) -> dict[str, list[tuple[float, float]]]:
-    """table -> [(landed at, delay until visible)] for every file landed after ``since``."""
+def source_delays(
+    spark: SparkSession, cfg: Config, arrived_at: Callable[[str], float | None], since: float = 0.0
+) -> dict[str, list[tuple[float, float]]]:
+    """table -> [(arrived at, delay until visible)] for every input source (a file, or a Kafka
+    message's ``kafka://`` address) that ``arrived_at`` dates at or after ``since``."""
     lake = cfg.paths.table
     batch_of_start = {
         r.started_at.timestamp(): r.batch_id
         for r in spark.read.format("delta").load(lake("stream_metrics")).select("batch_id", "started_at").collect()
     }
-    files = (
+    sources = (
         spark.read.format("delta")
         .load(lake("enriched_events"))
         .groupBy("source_file")
@@ -53,20 +58,28 @@ def file_delays(spark: SparkSession, cfg: Config, since: float = 0.0) -> dict[st
     )
     commits = {table: commit_times(spark, lake(table)) for table in TABLES}
     delays: dict[str, list[tuple[float, float]]] = {table: [] for table in TABLES}
-    for row in files:
-        local = row.source_file.replace("file://", "").replace("file:", "")
-        if not os.path.exists(local):
-            continue
-        landed = os.path.getmtime(local)
-        if landed < since:
+    for row in sources:
+        arrived = arrived_at(row.source_file)
+        if arrived is None or arrived < since:
             continue
         batch = batch_of_start.get(row.ingested_at.timestamp())
         for table in TABLES:
             if batch is not None and batch in commits[table]:
-                delays[table].append((landed, commits[table][batch] - landed))
+                delays[table].append((arrived, commits[table][batch] - arrived))
     for series in delays.values():
         series.sort()
     return delays
+
+
+def landed_at(source_file: str) -> float | None:
+    """When a file landed in the watched folder (files land by rename: its modification time)."""
+    local = source_file.replace("file://", "").replace("file:", "")
+    return os.path.getmtime(local) if os.path.exists(local) else None
+
+
+def file_delays(spark: SparkSession, cfg: Config, since: float = 0.0) -> dict[str, list[tuple[float, float]]]:
+    """table -> [(landed at, delay until visible)] for every file landed after ``since``."""
+    return source_delays(spark, cfg, landed_at, since)
 
 
 def summary(delays: dict[str, list[tuple[float, float]]]) -> dict[str, dict]:

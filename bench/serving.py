@@ -15,7 +15,6 @@ import csv
 import http.client
 import json
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -26,13 +25,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class ApiProcess:
@@ -95,10 +87,17 @@ def _latest_event(path: Path) -> tuple[int, str] | None:
 
 
 class ServingProbe(threading.Thread):
-    """Watches ``incoming`` for activity files and measures when the API serves them."""
+    """Measures when the API serves new activity: one file in ``every`` landing in ``incoming``,
+    or the events handed to ``submit`` (Kafka input)."""
 
     def __init__(
-        self, incoming: Path, port: int, since: float, poll_s: float = 0.5, every: int = 5, timeout_s: float = 600.0
+        self,
+        incoming: Path | None,
+        port: int,
+        since: float,
+        poll_s: float = 0.5,
+        every: int = 5,
+        timeout_s: float = 600.0,
     ):
         super().__init__(daemon=True, name="serving-probe")
         self.incoming, self.port, self.since = incoming, port, since
@@ -109,6 +108,13 @@ class ServingProbe(threading.Thread):
         self.results: dict[str, list[tuple[float, float]]] = {"api_session": [], "api_live_recommendations": []}
         self.unserved = 0
         self._stopping = threading.Event()
+        self._submitted: list[dict] = []
+        self._submitted_lock = threading.Lock()
+
+    def submit(self, arrived: float, user: int, ts: str) -> None:
+        """Probe for the event of ``user`` at ``ts`` (``YYYY-MM-DD HH:MM:SS``) that arrived then."""
+        with self._submitted_lock:
+            self._submitted.append({"landed": arrived, "user": user, "ts": ts})
 
     def stop(self) -> None:
         self._stopping.set()
@@ -118,7 +124,10 @@ class ServingProbe(threading.Thread):
         seen: set[str] = set()
         pending: list[dict] = []
         while not self._stopping.is_set():
-            for path in sorted(self.incoming.glob("activity-*.csv")):
+            with self._submitted_lock:
+                pending.extend(self._submitted)
+                self._submitted.clear()
+            for path in sorted(self.incoming.glob("activity-*.csv")) if self.incoming else []:
                 if path.name in seen:
                     continue
                 seen.add(path.name)

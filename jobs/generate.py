@@ -1,10 +1,15 @@
-"""Generate synthetic data: the purchase history, and activity files into the watched folder.
+"""Generate synthetic data: the purchase history, and activity files into the watched folder
+(or messages to the Kafka topic).
 
 Usage:
     jobs/generate.py purchases [--purchases 500 --users 100 --items 500 --seed 42 --append]
     jobs/generate.py events [--files 60 | --duration 60] [--events-per-file 1000]
                             [--files-per-second 1] [--users 100 --items 500 --seed 42]
                             [--bad-share 0.01] [--out-of-order-share 0.02]
+                            [--sink files|kafka [--partitions 2]]
+
+With ``--sink kafka`` each "file" is a batch of messages to ``kafka.topic`` (created with
+``--partitions`` partitions if missing), produced and acknowledged before the next.
 """
 
 from __future__ import annotations
@@ -22,7 +27,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lib.cli import base_parser, config_from_args, setup_logging
-from lib.generator import ActivityProfile, ActivityWriter, Catalogue, generate_purchases, simulate_events
+from lib.generator import (
+    ActivityProfile,
+    ActivityWriter,
+    Catalogue,
+    KafkaActivityWriter,
+    generate_purchases,
+    simulate_events,
+)
+from lib.kafka import KafkaError, create_topic
 
 log = logging.getLogger("generate")
 
@@ -57,6 +70,8 @@ def parse_args(argv):
         help="event time of the first events (UTC)",
     )
     p.add_argument("--prefix", default="activity", help="file name prefix")
+    p.add_argument("--sink", choices=("files", "kafka"), default="files", help="where the events go")
+    p.add_argument("--partitions", type=int, default=2, help="partitions of a Kafka topic this creates")
     p.add_argument("--manifest", help="append the ground truth of every line (JSON lines) to this file")
     args = parser.parse_args(argv)
     if args.what == "events" and args.files is None and args.duration is None:
@@ -87,7 +102,7 @@ def write_purchases(args, path: str) -> None:
     log.info("wrote %d purchases to %s", len(rows), target)
 
 
-def write_events(args, events_dir: str) -> None:
+def write_events(args, cfg) -> None:
     catalogue = Catalogue(num_users=args.users, num_items=args.items, seed=args.seed)
     events = simulate_events(
         catalogue,
@@ -95,14 +110,25 @@ def write_events(args, events_dir: str) -> None:
             start=args.start, out_of_order_share=args.out_of_order_share, max_out_of_order_s=args.max_out_of_order_s
         ),
     )
-    writer = ActivityWriter(Path(events_dir), events, prefix=args.prefix, bad_share=args.bad_share, seed=args.seed)
+    if args.sink == "kafka":
+        if create_topic(cfg.kafka.bootstrap_servers, cfg.kafka.topic, args.partitions):
+            log.info("created topic %s with %d partitions", cfg.kafka.topic, args.partitions)
+        writer = KafkaActivityWriter(
+            cfg.kafka.bootstrap_servers, cfg.kafka.topic, events, bad_share=args.bad_share, seed=args.seed
+        )
+        write, target = writer.write_batch, f"topic {cfg.kafka.topic} at {cfg.kafka.bootstrap_servers}"
+    else:
+        writer = ActivityWriter(
+            Path(cfg.paths.events_dir), events, prefix=args.prefix, bad_share=args.bad_share, seed=args.seed
+        )
+        write, target = writer.write_file, cfg.paths.events_dir
     started = time.monotonic()
     interval = 1.0 / args.files_per_second if args.files_per_second > 0 else 0.0
     files = rows = bad = 0
     while (args.files is None or files < args.files) and (
         args.duration is None or time.monotonic() - started < args.duration
     ):
-        writer.write_file(args.events_per_file)
+        write(args.events_per_file)
         files += 1
         # The ground truth goes out file by file: a long run must not hold it all in memory.
         rows += len(writer.manifest)
@@ -113,7 +139,10 @@ def write_events(args, events_dir: str) -> None:
         writer.manifest.clear()
         if interval:
             time.sleep(max(0.0, started + files * interval - time.monotonic()))
-    log.info("wrote %d files, %d rows (%d malformed) to %s", files, rows, bad, events_dir)
+    if isinstance(writer, KafkaActivityWriter):
+        writer.close()
+    unit = "files" if args.sink == "files" else "batches of messages"
+    log.info("wrote %d %s, %d rows (%d malformed) to %s", files, unit, rows, bad, target)
     if args.manifest:
         log.info("ground truth appended to %s", args.manifest)
 
@@ -125,7 +154,11 @@ def main(argv=None) -> None:
     if args.what == "purchases":
         write_purchases(args, cfg.paths.purchases)
     else:
-        write_events(args, cfg.paths.events_dir)
+        try:
+            write_events(args, cfg)
+        except (KafkaError, RuntimeError) as exc:
+            log.error("%s", exc)
+            sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The streaming job: activity files -> the Delta tables and the online store (see lib/stream.py).
+"""The streaming job: activity files or Kafka messages -> the Delta tables and the online store (lib/stream.py).
 
 Usage: ./spark-submit.sh jobs/stream.py [--config PATH] [--set k=v] [--available-now] [--run-for SECONDS]
 """
@@ -15,6 +15,7 @@ from pyspark.errors import StreamingQueryException
 
 from lib.checkpoint import CheckpointError
 from lib.cli import base_parser, config_from_args, setup_logging
+from lib.kafka import KafkaError
 from lib.spark import get_spark
 from lib.stream import start_stream
 
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
     spark = get_spark("streamrec-stream", cfg=cfg)
     try:
         stream = start_stream(spark, cfg, available_now=args.available_now)
-    except CheckpointError as exc:
+    except (CheckpointError, KafkaError) as exc:
         log.error("not starting: %s", exc)
         return 3
     stop_requested = []
@@ -56,7 +57,10 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    log.info("reading %s, writing tables under %s", cfg.paths.events_dir, cfg.paths.lake)
+    source = cfg.paths.events_dir
+    if cfg.source.kind == "kafka":
+        source = f"topic {cfg.kafka.topic} at {cfg.kafka.bootstrap_servers}"
+    log.info("reading %s, writing tables under %s", source, cfg.paths.lake)
     deadline = time.monotonic() + args.run_for if args.run_for is not None else None
     try:
         # Short waits keep the main thread responsive to signals.

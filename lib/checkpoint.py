@@ -131,19 +131,28 @@ def acquire_lock(spark: SparkSession, checkpoint_dir: str) -> CheckpointLock:
 
 
 def check_compatible_config(spark: SparkSession, checkpoint_dir: str, cfg: Config) -> None:
-    """Refuse to resume a checkpoint whose open sessions were built with another session gap.
+    """Refuse to resume a checkpoint whose open sessions were built with another session gap,
+    or whose offsets belong to another source.
 
     The first start records the settings; later starts compare. ``max_files_per_trigger``,
     the trigger interval and the watermark delay may change freely between runs.
     """
     fs = HadoopFS(spark)
     config_path = f"{checkpoint_dir.rstrip('/')}/{CONFIG_FILE}"
-    current = {"sessions.gap_seconds": cfg.sessions.gap_seconds}
+    source = cfg.source.kind if cfg.source.kind == "files" else f"kafka:{cfg.kafka.topic}"
+    current = {"sessions.gap_seconds": cfg.sessions.gap_seconds, "source": source}
     stored_text = fs.read_text(config_path)
     if stored_text is None:
         fs.create_new(config_path, json.dumps(current))
         return
     stored = json.loads(stored_text)
+    # Offsets of one source mean nothing to another: Spark would fail with an opaque error.
+    if stored.get("source", "files") != source:
+        raise CheckpointError(
+            f"the checkpoint {checkpoint_dir} was written reading {stored.get('source', 'files')!r}, "
+            f"this config reads {source!r} (source.kind, kafka.topic). Use the config it was started "
+            "with, or start over: point paths.checkpoints and paths.lake at new folders."
+        )
     if stored.get("sessions.gap_seconds") != current["sessions.gap_seconds"]:
         raise CheckpointError(
             f"sessions.gap is {cfg.sessions.gap!r} ({current['sessions.gap_seconds']:g} s) but the checkpoint "

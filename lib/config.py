@@ -81,6 +81,28 @@ class StreamConfig:
         return parse_duration(self.trigger_interval, "stream.trigger_interval")
 
 
+SOURCE_KINDS = ("files", "kafka")
+STARTING_OFFSETS = ("earliest", "latest")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    # "files": CSV files landing in paths.events_dir; "kafka": JSON messages on kafka.topic.
+    kind: str = "files"
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "activity"
+    # Where a new checkpoint starts reading; a resumed one continues from its own offsets.
+    starting_offsets: str = "earliest"
+    # At most this many messages per micro-batch (spread over the partitions); 0: no limit.
+    max_offsets_per_trigger: int = 0
+    # Kafka consumer settings passed through to Spark's source as kafka.<key>, from [kafka.options].
+    options: dict = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class SessionsConfig:
     gap: str = "30 minutes"
@@ -180,6 +202,8 @@ class Config:
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
     lake: LakeConfig = field(default_factory=LakeConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
 
     def validate(self) -> "Config":
         if self.stream.max_files_per_trigger < 1:
@@ -199,6 +223,17 @@ class Config:
                 f"paths.metastore = {self.paths.metastore!r} must be a local folder (the Derby metastore lives on the "
                 'driver\'s disk); write a path such as "data/metastore"'
             )
+        if self.source.kind not in SOURCE_KINDS:
+            raise ConfigError(f"source.kind = {self.source.kind!r} is unknown; choose one of {', '.join(SOURCE_KINDS)}")
+        kafka = self.kafka
+        if self.source.kind == "kafka" and not (kafka.bootstrap_servers.strip() and kafka.topic.strip()):
+            raise ConfigError('source.kind = "kafka" needs kafka.bootstrap_servers and kafka.topic')
+        if kafka.starting_offsets not in STARTING_OFFSETS:
+            raise ConfigError(
+                f"kafka.starting_offsets = {kafka.starting_offsets!r} must be one of {', '.join(STARTING_OFFSETS)}"
+            )
+        if kafka.max_offsets_per_trigger < 0:
+            raise ConfigError("kafka.max_offsets_per_trigger must be >= 0 (0: no limit)")
         if not 0 < self.serve.port < 65536:
             raise ConfigError(f"serve.port = {self.serve.port} must be a TCP port (1-65535)")
         if self.lake.vacuum_every < 0:
@@ -236,6 +271,8 @@ _SECTION_CLASSES = {
     "recommend": RecommendConfig,
     "lake": LakeConfig,
     "serve": ServeConfig,
+    "source": SourceConfig,
+    "kafka": KafkaConfig,
 }
 
 
@@ -261,6 +298,10 @@ def _coerce(section: str, key: str, value, expected):
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{label} = {value!r} must be a number") from None
+    if expected is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f'{label} must be a table of settings, e.g. [{label}] then key = "value" lines')
+        return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
     if expected is str:
         if not isinstance(value, (str, int, float)):
             raise ConfigError(f"{label} = {value!r} must be a string")
@@ -274,6 +315,15 @@ def _parse_override(text: str) -> tuple[str, str, str]:
     dotted, value = text.split("=", 1)
     section, key = dotted.strip().split(".", 1)
     return section, key, value.strip().strip('"')
+
+
+def _apply_override(raw: dict, section: str, key: str, value: str) -> None:
+    """``kafka.options.<name>=v`` sets one entry of the ``[kafka.options]`` table."""
+    head, _, rest = key.partition(".")
+    if rest and head == "options":
+        raw.setdefault(section, {}).setdefault("options", {})[rest] = value
+    else:
+        raw.setdefault(section, {})[key] = value
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
@@ -290,7 +340,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     for section, key, value in (_parse_override(o) for o in overrides or []):
-        raw.setdefault(section, {})[key] = value
+        _apply_override(raw, section, key, value)
 
     unknown_sections = set(raw) - set(_SECTION_CLASSES)
     if unknown_sections:
@@ -306,9 +356,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         unknown = set(values) - set(known)
         if unknown:
             raise ConfigError(f"unknown key(s) {sorted(unknown)} in [{name}] of {path}; known: {sorted(known)}")
-        types = {
-            f.name: {"int": int, "str": str, "bool": bool, "float": float}[f.type] for f in dataclasses.fields(cls)
-        }
+        scalar = {"int": int, "str": str, "bool": bool, "float": float, "dict": dict}
+        types = {f.name: scalar[f.type] for f in dataclasses.fields(cls)}
         kwargs = {k: _coerce(name, k, v, types[k]) for k, v in values.items()}
         if name == "paths":
             kwargs = {k: _resolve_path(v) for k, v in {**dataclasses.asdict(cls()), **kwargs}.items()}

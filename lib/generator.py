@@ -1,4 +1,4 @@
-"""Synthetic data with learnable structure: purchase history and activity files.
+"""Synthetic data with learnable structure: purchase history, activity files and Kafka messages.
 
 Users have latent tastes over item groups; item popularity follows a long tail; a session is
 a burst of events seconds to minutes apart (view -> maybe click -> maybe add_to_cart of the
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import os
 import random
 from dataclasses import dataclass
@@ -259,3 +260,122 @@ def write_atomically(folder: Path, name: str, lines: list[str]) -> Path:
     os.link(hidden, final)  # fails instead of replacing if the name appeared meanwhile
     hidden.unlink()
     return final
+
+
+def event_message(event: tuple[int, int, str, datetime]) -> dict:
+    """An event as the Kafka source's JSON object."""
+    user, item, event_type, ts = event
+    return {"user_id": user, "item_id": item, "event_type": event_type, "timestamp": ts.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+# Each malformed message kind and the reason code the engine must give it.
+MALFORMED_MESSAGE_KINDS = {
+    "missing_field": "missing_item_id",
+    "bad_user_id": "bad_user_id",
+    "non_positive_item_id": "non_positive_item_id",
+    "unknown_event_type": "unknown_event_type",
+    "bad_timestamp": "bad_timestamp",
+    "not_json": "not_a_json_object",
+    "json_array": "not_a_json_object",
+}
+
+
+def malformed_message(event: tuple[int, int, str, datetime], kind: str) -> str:
+    """A message of ``kind`` (a key of ``MALFORMED_MESSAGE_KINDS``) derived from a real event."""
+    good = event_message(event)
+    if kind == "not_json":
+        return json.dumps(good)[:-7]
+    if kind == "json_array":
+        return json.dumps([good])
+    changes = {
+        "missing_field": {"item_id": None},
+        "bad_user_id": {"user_id": f"user{good['user_id']}"},
+        "non_positive_item_id": {"item_id": -good["item_id"]},
+        "unknown_event_type": {"event_type": "purchase"},
+        "bad_timestamp": {"timestamp": event[3].strftime("%d/%m/%Y %H:%M")},
+    }[kind]
+    return json.dumps({**good, **changes})
+
+
+class KafkaActivityWriter:
+    """Produces activity to a Kafka topic as JSON messages keyed by user (a user's events stay in
+    one partition, in order) and keeps the ground truth of every message: ``ManifestRow.file`` is
+    its ``kafka://<topic>/<partition>/<offset>``, ``line`` its offset."""
+
+    def __init__(self, bootstrap: str, topic: str, events: Iterator[tuple], bad_share: float = 0.0, seed: int = 42):
+        from confluent_kafka import Producer
+
+        self.topic = topic
+        self.events = events
+        self.bad_share = bad_share
+        self.rng = random.Random(seed + 3)
+        # Idempotent: a retried send after a lost acknowledgement is not written twice.
+        # librdkafka's warnings (a new topic's coordinator still loading, retried) are noise here;
+        # errors still print.
+        self.producer = Producer(
+            {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5, "log_level": 3}
+        )
+        self.manifest: list[ManifestRow] = []
+
+    def write_batch(self, num_events: int, timeout_s: float = 60.0) -> int:
+        """Produce ``num_events`` messages and wait until the broker has them all; raises
+        ``RuntimeError`` with the broker's reason if any was refused (too large, no topic)."""
+        pending: list[tuple[str, str | None, tuple | None]] = []
+        for event in itertools.islice(self.events, num_events):
+            if self.bad_share and self.rng.random() < self.bad_share:
+                kind = self.rng.choice(sorted(MALFORMED_MESSAGE_KINDS))
+                pending.append((malformed_message(event, kind), MALFORMED_MESSAGE_KINDS[kind], None))
+            else:
+                pending.append((json.dumps(event_message(event)), None, event))
+        return self.produce(pending, timeout_s)
+
+    def produce(self, messages: list[tuple[str, str | None, tuple | None]], timeout_s: float = 60.0) -> int:
+        """Produce ``(value, expected_reason, event)`` triples; the event (None for a malformed
+        message) keys the message and fills its manifest row."""
+        from confluent_kafka import KafkaException
+
+        failures: list[str] = []
+        rows: list[ManifestRow | None] = [None] * len(messages)
+
+        def delivered(index: int, value: str, reason: str | None, event: tuple | None):
+            def callback(error, message) -> None:
+                if error is not None:
+                    failures.append(f"{error.str()} ({len(value)} bytes)")
+                    return
+                where = f"kafka://{message.topic()}/{message.partition()}/{message.offset()}"
+                if event is None:
+                    rows[index] = ManifestRow(where, message.offset(), value, reason)
+                else:
+                    user, item, event_type, ts = event
+                    stamp = ts.strftime("%Y-%m-%d %H:%M:%S")
+                    rows[index] = ManifestRow(where, message.offset(), value, None, user, item, event_type, stamp)
+
+            return callback
+
+        for index, (value, reason, event) in enumerate(messages):
+            key = str(event[0]) if event is not None else None
+            callback = delivered(index, value, reason, event)
+            while True:
+                try:
+                    self.producer.produce(self.topic, value=value.encode(), key=key, on_delivery=callback)
+                    break
+                except BufferError:  # the client's queue is full: let deliveries drain it
+                    self.producer.poll(0.5)
+                except KafkaException as exc:  # refused before sending, e.g. over message.max.bytes
+                    failures.append(f"{exc.args[0].str()} ({len(value)} bytes)")
+                    break
+            self.producer.poll(0)
+        left = self.producer.flush(timeout_s)
+        if failures or left:
+            raise RuntimeError(
+                f"Kafka refused {len(failures)} of {len(messages)} messages ({', '.join(sorted(set(failures))[:3])}); "
+                f"{left} still unacknowledged after {timeout_s:.0f} s. A message over the broker's size limit "
+                "(message.max.bytes, 1 MiB by default) must be made smaller; a missing topic must be created first."
+            )
+        self.manifest.extend(row for row in rows if row is not None)
+        return len(messages)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Wait for what is in flight, then release the client (it stops reconnecting)."""
+        self.producer.flush(timeout_s)
+        self.producer.close()

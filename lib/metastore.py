@@ -19,8 +19,6 @@ import fcntl
 import json
 import logging
 import os
-import shutil
-import socket
 import subprocess
 import time
 from contextlib import contextmanager
@@ -28,7 +26,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from lib.processes import runs, terminate
+from lib.paths import JARS_DIR
+from lib.processes import accepts_connections, free_port, java, runs, terminate
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +73,6 @@ def derby_maven_coordinates() -> list[str]:
 
 
 def _fetched_jar(artifact: str) -> Path:
-    from lib.spark import JARS_DIR
-
     path = JARS_DIR / f"{artifact}-{derby_version()}.jar"
     if not path.is_file():
         raise MetastoreError(
@@ -109,15 +106,6 @@ def spark_conf(server: MetastoreServer) -> dict[str, str]:
     }
 
 
-def accepts_connections(port: int) -> bool:
-    """True if something listens on ``port`` of 127.0.0.1."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
 def running_server(folder: str | Path) -> MetastoreServer | None:
     """The server recorded for ``folder`` if it is up and answering, else None."""
     folder = Path(folder).resolve()
@@ -142,23 +130,9 @@ def _locked(folder: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _java() -> str:
-    java_home = os.environ.get("JAVA_HOME")
-    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
-    if not java:
-        raise MetastoreError("java not found: install a JDK (17) or set JAVA_HOME")
-    return java
-
-
 def _start(folder: Path, port: int, timeout_s: float) -> MetastoreServer:
     command = [
-        _java(),
+        java(),
         "-Xmx256m",
         f"-Dderby.system.home={folder}",
         f"-Dderby.stream.error.file={folder / 'derby.log'}",
@@ -198,7 +172,7 @@ def ensure_server(folder: str | Path, timeout_s: float = 60.0) -> MetastoreServe
             return server
         for attempt in range(3):  # another process may take the free port before the server binds it
             try:
-                server = _start(folder, _free_port(), timeout_s)
+                server = _start(folder, free_port(), timeout_s)
                 break
             except MetastoreError:
                 if attempt == 2:

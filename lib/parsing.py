@@ -1,13 +1,15 @@
 """Parse raw activity lines into typed events, and say why a line or a file is rejected.
 
-Input is one row per line of a CSV file (``RAW_LINES_SCHEMA``). Columns are matched by header
-name, so every line is interpreted with the header of its own file. Every check produces a
+Input is one row per line of a CSV file (``RAW_LINES_SCHEMA``), or one row per Kafka message
+(``parse_activity_messages``). CSV columns are matched by header name, so every line is
+interpreted with the header of its own file; a message is a JSON object keyed by column name. Every check produces a
 reason ``"<code>: <detail>"``; a row is valid when it has none. Nothing here raises on bad
 input: Spark 4's ANSI mode is respected by using ``try_*`` functions throughout.
 
 Reason codes: ``missing_columns``, ``duplicate_columns`` (file rejected whole),
 ``invalid_utf8``, ``line_too_long``, ``field_count``, ``missing_<field>``, ``bad_<field>``,
-``non_positive_<field>``, ``unknown_event_type``.
+``non_positive_<field>``, ``unknown_event_type``; for messages also ``message_too_long`` and
+``not_a_json_object``.
 """
 
 from __future__ import annotations
@@ -216,6 +218,66 @@ def parse_activity_lines(
             F.when(F.size(field_reasons) > 0, F.array_join(field_reasons, "; ")),
         ).alias("reason"),
         F.when(rejected_file, F.col("file_data_lines")).alias("rejected_lines"),
+    )
+
+
+def _json_field(document: Column, name: str) -> Column:
+    # A string value as it is, any other value (number, object, list) as its JSON text, so that
+    # 42 and "42" both parse and {"a": 1} is reported as what it is; a JSON null is missing.
+    return F.try_variant_get(document, f"$.{name}", "string")
+
+
+def parse_activity_messages(messages: DataFrame, max_message_chars: int = 4096) -> DataFrame:
+    """Parse Kafka messages (``RAW_LINES_SCHEMA`` rows, the value as text) into events with a
+    rejection ``reason``, in the shape of ``parse_activity_lines``.
+
+    A message must be a JSON object (duplicate keys reject it) with the keys
+    ``user_id``, ``item_id``, ``event_type``, ``timestamp``; extra keys are ignored. Values follow
+    the CSV rules: ids are positive whole numbers (a JSON number or a string of digits), the
+    event type one of ``EVENT_TYPES`` in any case, the timestamp a ``YYYY-MM-DD HH:MM:SS`` string.
+    """
+    too_long = F.length("value") > max_message_chars
+    document = F.when(~too_long, F.try_parse_json("value"))
+    is_object = F.coalesce(F.schema_of_variant(F.col("_document")).startswith("OBJECT<"), F.lit(False))
+    documents = messages.withColumn("_document", document)
+    extracted = documents.select(
+        "*", *[_json_field(F.col("_document"), name).alias(f"_raw_{name}") for name in REQUIRED_EVENT_COLUMNS]
+    )
+    parsers = {USER_ID: _parse_id, ITEM_ID: _parse_id, EVENT_TYPE: _normalize_event_type, TIMESTAMP: parse_timestamp}
+    typed = extracted.select(
+        "*", *[parsers[name](F.col(f"_raw_{name}")).alias(f"_typed_{name}") for name in REQUIRED_EVENT_COLUMNS]
+    )
+    raw, value = (lambda name: F.col(f"_raw_{name}")), (lambda name: F.col(f"_typed_{name}"))
+    message_reason = (
+        F.when(F.col("value").isNull(), F.lit("not_a_json_object: empty message"))
+        .when(~F.is_valid_utf8("value"), F.lit("invalid_utf8"))
+        .when(
+            too_long,
+            F.format_string("message_too_long: %d characters, at most %d", F.length("value"), F.lit(max_message_chars)),
+        )
+        .when(~is_object, F.lit("not_a_json_object"))
+    )
+    field_reasons = F.array_compact(
+        F.array(
+            _id_reason(raw(USER_ID), value(USER_ID), USER_ID),
+            _id_reason(raw(ITEM_ID), value(ITEM_ID), ITEM_ID),
+            _event_type_reason(raw(EVENT_TYPE), value(EVENT_TYPE)),
+            _timestamp_reason(raw(TIMESTAMP), value(TIMESTAMP)),
+        )
+    )
+    return typed.select(
+        "value",
+        SOURCE_FILE,
+        "file_block_start",
+        "line_id",
+        value(USER_ID).alias(USER_ID),
+        value(ITEM_ID).alias(ITEM_ID),
+        value(EVENT_TYPE).alias(EVENT_TYPE),
+        value(TIMESTAMP).alias(EVENT_TS),
+        F.coalesce(message_reason, F.when(F.size(field_reasons) > 0, F.array_join(field_reasons, "; "))).alias(
+            "reason"
+        ),
+        F.lit(None).cast("long").alias("rejected_lines"),
     )
 
 

@@ -8,3 +8,5 @@ import os
 from pathlib import Path
 
 PROJECT_ROOT = Path(os.environ.get("STREAMREC_HOME") or Path(__file__).resolve().parent.parent)
+# Jars setup fetched from Maven Central (scripts/fetch_jars.py): Delta, Derby, Kafka.
+JARS_DIR = Path(os.environ.get("STREAMREC_JARS_DIR", PROJECT_ROOT / ".cache" / "jars"))

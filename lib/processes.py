@@ -1,12 +1,39 @@
-"""The project's detached servers (the metastore's Derby server, the Thrift server), found and
-stopped by pid."""
+"""The project's detached servers (the metastore's Derby server, the Thrift server, the Kafka
+broker): the JVM they run on, their ports on 127.0.0.1, and finding and stopping them by pid."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import time
 from pathlib import Path
+
+
+def java() -> str:
+    """The java executable: ``$JAVA_HOME/bin/java``, else the one on the PATH."""
+    java_home = os.environ.get("JAVA_HOME")
+    found = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    if not found:
+        raise RuntimeError("java not found: install a JDK (17) or set JAVA_HOME")
+    return found
+
+
+def accepts_connections(port: int) -> bool:
+    """True if something listens on ``port`` of 127.0.0.1."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now (another process may take it first)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def runs(pid: int, command_part: str) -> bool:

@@ -1,4 +1,5 @@
-"""Sources: the watched folder of activity CSVs (streaming) and the purchase history (batch)."""
+"""Sources: activity as it arrives (the watched folder of CSV files, or a Kafka topic of JSON
+messages; streaming) and the purchase history (batch)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,36 @@ def activity_lines_stream(spark: SparkSession, cfg: Config) -> DataFrame:
             F.col("_metadata.file_path").alias(SOURCE_FILE),
             F.col("_metadata.file_block_start").alias("file_block_start"),
         )
+    )
+
+
+def activity_messages_stream(spark: SparkSession, cfg: Config) -> DataFrame:
+    """Every message of ``kafka.topic``, once, as ``RAW_LINES_SCHEMA`` rows: the value as text,
+    ``source_file`` = ``kafka://<topic>/<partition>/<offset>``, the partition in
+    ``file_block_start`` and the offset in ``line_id`` (so event order within a partition breaks
+    ties as line order within a file does).
+
+    Offsets are kept by the query's checkpoint (no consumer group commits), which is what makes a
+    replayed micro-batch read exactly the messages it read the first time.
+    """
+    kafka = cfg.kafka
+    reader = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", kafka.bootstrap_servers)
+        .option("subscribe", kafka.topic)
+        .option("startingOffsets", kafka.starting_offsets)
+        # Offsets that retention deleted before they were read are lost input: stop and say so.
+        .option("failOnDataLoss", "true")
+    )
+    if kafka.max_offsets_per_trigger:
+        reader = reader.option("maxOffsetsPerTrigger", kafka.max_offsets_per_trigger)
+    for key, value in kafka.options.items():
+        reader = reader.option(key if key.startswith("kafka.") else f"kafka.{key}", value)
+    return reader.load().select(
+        F.col("value").cast("string").alias("value"),
+        F.format_string("kafka://%s/%d/%d", "topic", "partition", "offset").alias(SOURCE_FILE),
+        F.col("partition").cast("long").alias("file_block_start"),
+        F.col("offset").alias("line_id"),
     )
 
 

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 from pyspark.sql import SparkSession
 
 from lib import metastore
-from lib.paths import PROJECT_ROOT
+from lib.kafka import connector_jar_paths
+from lib.paths import JARS_DIR, PROJECT_ROOT
 
 if TYPE_CHECKING:
     from lib.config import Config
@@ -31,7 +32,6 @@ LOG4J_CONF = PROJECT_ROOT / "conf" / "log4j2.properties"
 # Jobs over the whole lake (train, evaluate) want adaptive execution, which conf/spark-defaults.conf
 # turns off for the stream's small micro-batches.
 WHOLE_LAKE_CONF = {"spark.sql.adaptive.enabled": "true"}
-JARS_DIR = Path(os.environ.get("STREAMREC_JARS_DIR", PROJECT_ROOT / ".cache" / "jars"))
 
 
 def delta_maven_coordinates() -> list[str]:
@@ -51,6 +51,11 @@ def delta_jar_paths() -> list[Path]:
             "Run `make setup` (or `python scripts/fetch_jars.py`) once to fetch them from Maven Central."
         )
     return paths
+
+
+def engine_jar_paths() -> list[Path]:
+    """The jars every streamrec session loads: Delta and Spark's Kafka connector."""
+    return [*delta_jar_paths(), *connector_jar_paths()]
 
 
 def read_spark_defaults(path: Path = SPARK_DEFAULTS) -> dict[str, str]:
@@ -94,7 +99,7 @@ def get_spark(
         settings = {
             **read_spark_defaults(),
             "spark.master": os.environ.get("STREAMREC_MASTER", "local[2]"),
-            "spark.jars": ",".join(str(p) for p in delta_jar_paths()),
+            "spark.jars": ",".join(str(p) for p in engine_jar_paths()),
             # The metastore's JDBC driver must be visible to the application class loader.
             "spark.driver.extraClassPath": str(metastore.client_jar()),
             "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{LOG4J_CONF}",

@@ -20,6 +20,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,11 +36,12 @@ from lib.checkpoint import CheckpointLock, acquire_lock, check_compatible_config
 from lib.config import Config
 from lib.enrich import with_purchase_history
 from lib.interactions import event_weight
+from lib.kafka import check_topic
 from lib.live import LiveRanker
 from lib.model_store import ModelStore
 from lib.online_sink import recommendation_docs, user_docs
 from lib.online_store import SQLiteStore
-from lib.parsing import parse_activity_lines, quarantine_rows, valid_events
+from lib.parsing import parse_activity_lines, parse_activity_messages, quarantine_rows, valid_events
 from lib.profiles import add_profile_totals, profile_totals, with_profile_metrics
 from lib.schemas import (
     ENRICHED_EVENTS,
@@ -76,7 +78,7 @@ from lib.schemas import (
 )
 from lib.sessions import event_fragments, is_closed, latest_session_per_user, merge_sessions, with_session_metrics
 from lib.sinks import BatchSink, compact, data_files, ensure_delta_table, vacuum
-from lib.sources import activity_lines_stream, ensure_dir, read_purchases, unsafe_files
+from lib.sources import activity_lines_stream, activity_messages_stream, ensure_dir, read_purchases, unsafe_files
 from lib.state import SessionStateStore
 
 log = logging.getLogger(__name__)
@@ -212,6 +214,26 @@ class StreamStats:
     def get(self, batch_id: int) -> BatchReport | None:
         with self.lock:
             return self.reports.get(batch_id)
+
+
+def parse_batch(batch_df: DataFrame, cfg: Config, keep: Callable[[DataFrame], DataFrame]) -> DataFrame:
+    """The micro-batch's input parsed with the rules of its source (``lib.parsing``)."""
+    if cfg.source.kind == "kafka":
+        return parse_activity_messages(batch_df, cfg.stream.max_line_chars)
+    # Cached so the files are read once: parsing looks at them twice (headers, lines).
+    lines = keep(batch_df.withColumn("line_id", F.monotonically_increasing_id()))
+    files = [row[0] for row in lines.select(SOURCE_FILE).distinct().collect()]
+    unsafe = unsafe_files(files, cfg.paths.events_dir)
+    return parse_activity_lines(lines, cfg.stream.max_line_chars, unsafe)
+
+
+def activity_stream(spark: SparkSession, cfg: Config) -> DataFrame:
+    """The configured source of activity (``source.kind``), checked first where it can be."""
+    if cfg.source.kind == "kafka":
+        check_topic(cfg.kafka.bootstrap_servers, cfg.kafka.topic)
+        return activity_messages_stream(spark, cfg)
+    ensure_dir(spark, cfg.paths.events_dir)
+    return activity_lines_stream(spark, cfg)
 
 
 def ensure_tables(spark: SparkSession, cfg: Config) -> None:
@@ -383,11 +405,7 @@ class SessionBatchWriter:
             return df
 
         with report.stage("parse"):
-            # Cached so the files are read once: parsing looks at them twice (headers, lines).
-            lines = keep(batch_df.withColumn("line_id", F.monotonically_increasing_id()))
-            files = [row[0] for row in lines.select(SOURCE_FILE).distinct().collect()]
-            unsafe = unsafe_files(files, cfg.paths.events_dir)
-            parsed = keep(parse_activity_lines(lines, cfg.stream.max_line_chars, unsafe))
+            parsed = keep(parse_batch(batch_df, cfg, keep))
             state = keep(state_store.read_before(batch_id))
             previous_max_end = state.agg(F.max(F.unix_micros(SESSION_END))).first()[0]
             watermark_before = None if previous_max_end is None else previous_max_end - delay_micros
@@ -689,7 +707,8 @@ def start_stream(
     """Take the checkpoint, create the tables, then start the activity stream.
 
     Raises ``CheckpointError`` when another instance runs on the same checkpoint or the
-    config is incompatible with it.
+    config is incompatible with it, ``KafkaError`` when the Kafka source's broker does not
+    answer or its topic does not exist.
     """
     checkpoint = cfg.paths.checkpoint(STREAM_CHECKPOINT)
     lock = acquire_lock(spark, checkpoint)
@@ -697,14 +716,11 @@ def start_stream(
         check_compatible_config(spark, checkpoint, cfg)
         ensure_tables(spark, cfg)
         register_tables(spark, cfg)
-        ensure_dir(spark, cfg.paths.events_dir)
+        source = activity_stream(spark, cfg)
         stats = stats or StreamStats()
         batch_writer = SessionBatchWriter(spark, cfg, stats)
         writer = (
-            activity_lines_stream(spark, cfg)
-            .writeStream.queryName(QUERY_NAME)
-            .foreachBatch(batch_writer)
-            .option("checkpointLocation", checkpoint)
+            source.writeStream.queryName(QUERY_NAME).foreachBatch(batch_writer).option("checkpointLocation", checkpoint)
         )
         if available_now:
             writer = writer.trigger(availableNow=True)

@@ -80,7 +80,10 @@ def read_manifest(spark: SparkSession, path: str) -> DataFrame:
 
 
 def _basename(column: str):
-    return F.regexp_extract(F.col(column), r"([^/]+)$", 1)
+    """A file's name as the manifest records it; a Kafka message's ``kafka://`` address whole."""
+    return F.when(F.col(column).startswith("kafka://"), F.col(column)).otherwise(
+        F.regexp_extract(F.col(column), r"([^/]+)$", 1)
+    )
 
 
 def verify(spark: SparkSession, cfg: Config, manifest: DataFrame) -> list[TableCheck]:

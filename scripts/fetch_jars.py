@@ -1,5 +1,7 @@
 """Fetch the jars setup needs from Maven Central: Delta (matching the installed pyspark and
-delta-spark) and the Derby network server and client (matching the Derby pyspark ships).
+delta-spark), the Derby network server and client (matching the Derby pyspark ships), Spark's
+Kafka connector, and the Kafka broker's jars (in a folder of their own: they run in the broker's
+JVM, not on Spark's class path).
 
 Run once by ``make setup``; later runs find them in ``.cache/jars`` and do nothing, so no test
 or job ever downloads at run time. Checksums are verified against Maven Central's ``.sha1``.
@@ -11,15 +13,17 @@ import hashlib
 import urllib.request
 from pathlib import Path
 
+from lib.kafka import BROKER_JARS_DIR, BROKER_MAVEN_COORDINATES, connector_maven_coordinates, jar_name
 from lib.metastore import derby_maven_coordinates
-from lib.spark import JARS_DIR, delta_maven_coordinates
+from lib.paths import JARS_DIR
+from lib.spark import delta_maven_coordinates
 
 MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
 
 
 def fetch(coordinate: str, target_dir: Path) -> Path:
     group, artifact, version = coordinate.split(":")
-    target = target_dir / f"{artifact}-{version}.jar"
+    target = target_dir / jar_name(coordinate)
     if target.is_file():
         return target
     url = f"{MAVEN_CENTRAL}/{group.replace('.', '/')}/{artifact}/{version}/{artifact}-{version}.jar"
@@ -36,9 +40,12 @@ def fetch(coordinate: str, target_dir: Path) -> Path:
 
 
 def main() -> None:
-    JARS_DIR.mkdir(parents=True, exist_ok=True)
-    for coordinate in [*delta_maven_coordinates(), *derby_maven_coordinates()]:
-        path = fetch(coordinate, JARS_DIR)
+    wanted = [(c, JARS_DIR) for c in [*delta_maven_coordinates(), *derby_maven_coordinates()]]
+    wanted += [(c, JARS_DIR) for c in connector_maven_coordinates()]
+    wanted += [(c, BROKER_JARS_DIR) for c in BROKER_MAVEN_COORDINATES]
+    for coordinate, folder in wanted:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = fetch(coordinate, folder)
         print(f"{coordinate} -> {path}")
 
 

@@ -27,8 +27,8 @@ from lib import metastore
 from lib.catalog import DATABASE
 from lib.cli import config_from_args
 from lib.paths import PROJECT_ROOT
-from lib.processes import runs, terminate
-from lib.spark import LOG4J_CONF, SPARK_DEFAULTS, delta_jar_paths
+from lib.processes import accepts_connections, runs, terminate
+from lib.spark import LOG4J_CONF, SPARK_DEFAULTS, engine_jar_paths
 
 THRIFT_SERVER_CLASS = "org.apache.spark.sql.hive.thriftserver.HiveThriftServer2"
 _STATE_FILE = "sql-server.json"
@@ -53,7 +53,7 @@ def start(cfg, port: int, timeout_s: float) -> int:
         print(f"already running (pid {running['pid']})")
         print(f"jdbc=jdbc:hive2://127.0.0.1:{running['port']}/{DATABASE}")
         return 0
-    if metastore.accepts_connections(port):
+    if accepts_connections(port):
         print(f"port {port} on 127.0.0.1 is taken: choose another with --port", file=sys.stderr)
         return 2
     server = metastore.ensure_server(folder)
@@ -71,9 +71,9 @@ def start(cfg, port: int, timeout_s: float) -> int:
         "--properties-file",
         str(SPARK_DEFAULTS),
         "--jars",
-        ",".join(map(str, delta_jar_paths())),
+        ",".join(map(str, engine_jar_paths())),
         "--driver-class-path",
-        os.pathsep.join(map(str, [metastore.client_jar(), *delta_jar_paths()])),
+        os.pathsep.join(map(str, [metastore.client_jar(), *engine_jar_paths()])),
         "--driver-java-options",
         f"-Dlog4j2.configurationFile=file:{LOG4J_CONF}",
         *[arg for key, value in conf.items() for arg in ("--conf", f"{key}={value}")],
@@ -108,7 +108,7 @@ def start(cfg, port: int, timeout_s: float) -> int:
             (folder / _STATE_FILE).unlink(missing_ok=True)
             print(f"the Thrift server exited with {process.returncode}; see {log_path}", file=sys.stderr)
             return 1
-        if metastore.accepts_connections(port):
+        if accepts_connections(port):
             # Clients connect to .../streamrec, which exists once a job named a table; create it now
             # so that a client of a fresh metastore gets an empty database, not an error.
             created = subprocess.run(

@@ -12,8 +12,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bench.serving import ApiProcess, free_port, get
+from bench.serving import ApiProcess, get
 from lib.generator import ActivityProfile, ActivityWriter, Catalogue, generate_purchases, simulate_events
+from lib.processes import free_port
 
 
 def write_purchases(folder: str, rows, name: str = "part-00000.parquet") -> None:

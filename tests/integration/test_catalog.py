@@ -14,9 +14,9 @@ import pyspark
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from bench.serving import free_port
 from lib.catalog import DATABASE, register_tables, registered_locations
 from lib.metastore import running_server
+from lib.processes import free_port
 from lib.schemas import TABLES
 from lib.stream import ensure_tables, run_available_now
 from lib.verify import check_lake

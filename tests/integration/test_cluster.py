@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.request
@@ -15,17 +14,12 @@ from pathlib import Path
 import pyspark
 import pytest
 
+from lib.processes import free_port
 from tests.conftest import make_config
 from tests.integration.conftest import activity_writer, generated_purchases, read, write_config_file, write_purchases
 
 ROOT = Path(__file__).resolve().parents[2]
 SPARK_HOME = Path(pyspark.__file__).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def master_state(ui_port: int) -> dict:

@@ -44,6 +44,10 @@ def test_durations(text, seconds):
         (["stream.max_files_per_trigger=many"], "whole number"),
         (["stream.nope=1"], "unknown key"),
         (["nosection"], "section.key=value"),
+        (["source.kind=socket"], "source.kind = 'socket' is unknown"),
+        (["kafka.starting_offsets=newest"], "kafka.starting_offsets"),
+        (["kafka.max_offsets_per_trigger=-1"], "max_offsets_per_trigger must be >= 0"),
+        (["source.kind=kafka", "kafka.topic="], "needs kafka.bootstrap_servers and kafka.topic"),
     ],
 )
 def test_invalid_config_is_refused_with_a_reason(overrides, message):
@@ -73,3 +77,18 @@ def test_compaction_takes_the_most_fragmented_stream_table_every_n_batches_and_c
     assert table_to_compact({"stream_metrics": 1, "quarantine": 0}) is None  # nothing to bin-pack
     assert table_to_compact({"recommendations": 50}) is None
     assert "recommendations" not in COMPACTED_TABLES  # rewritten by train.py, maybe concurrently
+
+
+def test_kafka_source_and_its_consumer_options_from_file_and_overrides(tmp_path):
+    path = tmp_path / "kafka.toml"
+    path.write_text(
+        '[source]\nkind = "kafka"\n[kafka]\nbootstrap_servers = "b1:9092,b2:9092"\ntopic = "clicks"\n'
+        '[kafka.options]\n"security.protocol" = "SSL"\n"check.crcs" = true\n'
+    )
+    cfg = load_config(path, ["kafka.options.fetch.max.bytes=1048576", "kafka.max_offsets_per_trigger=5000"])
+    assert (cfg.source.kind, cfg.kafka.bootstrap_servers, cfg.kafka.topic) == ("kafka", "b1:9092,b2:9092", "clicks")
+    assert cfg.kafka.options == {"security.protocol": "SSL", "check.crcs": "true", "fetch.max.bytes": "1048576"}
+    assert (cfg.kafka.starting_offsets, cfg.kafka.max_offsets_per_trigger) == ("earliest", 5000)
+    path.write_text('[kafka]\noptions = "SSL"\n')
+    with pytest.raises(ConfigError, match="kafka.options must be a table"):
+        load_config(path)
