@@ -28,6 +28,11 @@ _KNOWN_FAILURES = {
     "the stream again: the interrupted micro-batch is replayed exactly once, nothing is lost.",
     "Permission denied": "paths.lake or paths.checkpoints is not writable by this user. Fix the permissions, then "
     "start the stream again: the interrupted micro-batch is replayed exactly once.",
+    "org.apache.kafka.common.errors.TimeoutException": "the Kafka broker (kafka.bootstrap_servers) did not answer in "
+    "time. Start it (scripts/kafka.sh start), then start the stream again: it resumes from the offsets in its "
+    "checkpoint, nothing is lost.",
+    "OffsetOutOfRangeException": "messages were deleted by the topic's retention before the stream read them (Spark's "
+    "failOnDataLoss). Raise the topic's retention; to go on without them, start over on new checkpoints.",
 }
 
 

@@ -17,20 +17,18 @@ Example::
 from __future__ import annotations
 
 import base64
-import fcntl
 import json
 import logging
 import os
 import subprocess
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from lib.paths import JARS_DIR, PROJECT_ROOT
-from lib.processes import accepts_connections, free_port, java, runs, terminate
+from lib.paths import JARS_DIR, PROJECT_ROOT, fetched_jars, maven_jar
+from lib.processes import accepts_connections, file_lock, free_port, java, live_record, read_record, runs, terminate
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +99,6 @@ class KafkaError(RuntimeError):
     says what is wrong and how to fix it."""
 
 
-def jar_name(coordinate: str) -> str:
-    _group, artifact, version = coordinate.split(":")
-    return f"{artifact}-{version}.jar"
-
-
 def connector_maven_coordinates() -> list[str]:
     """Spark's Kafka source for the installed pyspark, with the dependencies pyspark lacks."""
     spark = metadata.version("pyspark")
@@ -117,22 +110,13 @@ def connector_maven_coordinates() -> list[str]:
     ]
 
 
-def _fetched(paths: list[Path], what: str) -> list[Path]:
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise KafkaError(
-            f"{what} not found: {', '.join(map(str, missing[:3]))}{' ...' if len(missing) > 3 else ''}. "
-            "Run `make setup` (or `python scripts/fetch_jars.py`) once to fetch them from Maven Central."
-        )
-    return paths
-
-
 def connector_jar_paths() -> list[Path]:
-    return _fetched([JARS_DIR / jar_name(c) for c in connector_maven_coordinates()], "Spark's Kafka connector jars")
+    jars = (maven_jar(JARS_DIR, c) for c in connector_maven_coordinates())
+    return fetched_jars(jars, "Spark's Kafka connector jars")
 
 
 def _broker_classpath() -> str:
-    jars = _fetched([BROKER_JARS_DIR / jar_name(c) for c in BROKER_MAVEN_COORDINATES], "the Kafka broker's jars")
+    jars = fetched_jars((maven_jar(BROKER_JARS_DIR, c) for c in BROKER_MAVEN_COORDINATES), "the Kafka broker's jars")
     return os.pathsep.join(map(str, jars))
 
 
@@ -148,34 +132,13 @@ class Broker:
         return f"127.0.0.1:{self.port}"
 
 
-def _read_state(folder: Path) -> dict:
-    try:
-        return json.loads((folder / _STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def running_broker(folder: str | Path) -> Broker | None:
     """The broker recorded for ``folder`` if it runs and accepts connections, else None."""
     folder = Path(folder).resolve()
-    state = _read_state(folder)
-    try:
-        broker = Broker(folder, int(state["port"]), int(state["controller_port"]), int(state["pid"]))
-    except (KeyError, TypeError, ValueError):
+    record = live_record(folder / _STATE_FILE, BROKER_CLASS)
+    if record is None:
         return None
-    if runs(broker.pid, BROKER_CLASS) and accepts_connections(broker.port):
-        return broker
-    return None
-
-
-@contextmanager
-def _locked(folder: Path):
-    with open(folder / "broker.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return Broker(folder, int(record["port"]), int(record["controller_port"]), int(record["pid"]))
 
 
 def _server_properties(folder: Path, port: int, controller_port: int) -> str:
@@ -206,7 +169,9 @@ def _server_properties(folder: Path, port: int, controller_port: int) -> str:
 
 
 def _format_storage(folder: Path, classpath: str) -> None:
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster_id = "-"
+    while cluster_id.startswith("-"):  # as Kafka's own ids: a leading "-" reads as an option
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     result = subprocess.run(
         [
             java(),
@@ -245,13 +210,13 @@ def start_broker(folder: str | Path, port: int | None = None, timeout_s: float =
     """
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with _locked(folder):
+    with file_lock(folder / "broker.lock"):
         broker = running_broker(folder)
         if broker is not None:
             if port is not None and port != broker.port:
                 raise KafkaError(f"the broker of {folder} already runs on port {broker.port}; stop it first")
             return broker
-        state = _read_state(folder)
+        state = read_record(folder / _STATE_FILE)
         port = port or state.get("port") or 9092
         controller_port = state.get("controller_port") or free_port()
         if accepts_connections(port):
@@ -295,8 +260,8 @@ def stop_broker(folder: str | Path, timeout_s: float = 60.0) -> bool:
     folder = Path(folder).resolve()
     if not folder.is_dir():
         return False
-    with _locked(folder):
-        state = _read_state(folder)
+    with file_lock(folder / "broker.lock"):
+        state = read_record(folder / _STATE_FILE)
         pid = state.get("pid")
         if not pid or not runs(int(pid), BROKER_CLASS):
             return False

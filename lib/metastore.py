@@ -15,19 +15,17 @@ Example::
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import subprocess
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from lib.paths import JARS_DIR
-from lib.processes import accepts_connections, free_port, java, runs, terminate
+from lib.paths import JARS_DIR, fetched_jars
+from lib.processes import accepts_connections, file_lock, free_port, java, live_record, terminate
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +71,7 @@ def derby_maven_coordinates() -> list[str]:
 
 
 def _fetched_jar(artifact: str) -> Path:
-    path = JARS_DIR / f"{artifact}-{derby_version()}.jar"
-    if not path.is_file():
-        raise MetastoreError(
-            f"{path} not found: run `make setup` (or `python scripts/fetch_jars.py`) once to fetch it "
-            "from Maven Central"
-        )
-    return path
+    return fetched_jars([JARS_DIR / f"{artifact}-{derby_version()}.jar"], f"the Derby {artifact} jar")[0]
 
 
 def client_jar() -> Path:
@@ -109,25 +101,8 @@ def spark_conf(server: MetastoreServer) -> dict[str, str]:
 def running_server(folder: str | Path) -> MetastoreServer | None:
     """The server recorded for ``folder`` if it is up and answering, else None."""
     folder = Path(folder).resolve()
-    try:
-        recorded = json.loads((folder / _SERVER_FILE).read_text())
-        server = MetastoreServer(folder, int(recorded["port"]), int(recorded["pid"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if runs(server.pid, _SERVER_CLASS) and accepts_connections(server.port):
-        return server
-    return None
-
-
-@contextmanager
-def _locked(folder: Path):
-    """Serialise starts and stops: jobs started together must share one server."""
-    with open(folder / "server.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    record = live_record(folder / _SERVER_FILE, _SERVER_CLASS)
+    return None if record is None else MetastoreServer(folder, int(record["port"]), int(record["pid"]))
 
 
 def _start(folder: Path, port: int, timeout_s: float) -> MetastoreServer:
@@ -166,7 +141,7 @@ def ensure_server(folder: str | Path, timeout_s: float = 60.0) -> MetastoreServe
     """The running server of ``folder``, started first if none runs."""
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with _locked(folder):
+    with file_lock(folder / "server.lock"):
         server = running_server(folder)
         if server is not None:
             return server
@@ -187,7 +162,7 @@ def stop_server(folder: str | Path, timeout_s: float = 30.0) -> bool:
     folder = Path(folder).resolve()
     if not folder.is_dir():
         return False
-    with _locked(folder):
+    with file_lock(folder / "server.lock"):
         server = running_server(folder)
         (folder / _SERVER_FILE).unlink(missing_ok=True)
         if server is None:

@@ -140,6 +140,54 @@ def _normalize_event_type(raw: Column) -> Column:
     return F.lower(F.trim(raw))
 
 
+_PARSERS = {USER_ID: _parse_id, ITEM_ID: _parse_id, EVENT_TYPE: _normalize_event_type, TIMESTAMP: parse_timestamp}
+
+
+def _raw_field(name: str) -> Column:
+    return F.col(f"_raw_{name}")
+
+
+def _typed_field(name: str) -> Column:
+    return F.col(f"_typed_{name}")
+
+
+def _with_fields(rows: DataFrame, raw: dict[str, Column]) -> DataFrame:
+    """``rows`` with ``_raw_<name>`` (the text of each required field) and ``_typed_<name>``.
+
+    Typed in a select of their own, so that the value and its reason share one evaluation (the
+    optimizer keeps a projection apart rather than repeat a costly expression).
+    """
+    extracted = rows.select("*", *[raw[name].alias(f"_raw_{name}") for name in REQUIRED_EVENT_COLUMNS])
+    return extracted.select(
+        "*", *[_PARSERS[name](_raw_field(name)).alias(f"_typed_{name}") for name in REQUIRED_EVENT_COLUMNS]
+    )
+
+
+def _parsed(fields: DataFrame, value: Column, row_reason: Column, rejected_lines: Column) -> DataFrame:
+    """The result shape of the parsers: the raw columns, the typed event, and its ``reason``:
+    ``row_reason`` (the line, message or file as a whole) first, else every field's reason."""
+    field_reasons = F.array_compact(
+        F.array(
+            _id_reason(_raw_field(USER_ID), _typed_field(USER_ID), USER_ID),
+            _id_reason(_raw_field(ITEM_ID), _typed_field(ITEM_ID), ITEM_ID),
+            _event_type_reason(_raw_field(EVENT_TYPE), _typed_field(EVENT_TYPE)),
+            _timestamp_reason(_raw_field(TIMESTAMP), _typed_field(TIMESTAMP)),
+        )
+    )
+    return fields.select(
+        value.alias("value"),
+        SOURCE_FILE,
+        "file_block_start",
+        "line_id",
+        _typed_field(USER_ID).alias(USER_ID),
+        _typed_field(ITEM_ID).alias(ITEM_ID),
+        _typed_field(EVENT_TYPE).alias(EVENT_TYPE),
+        _typed_field(TIMESTAMP).alias(EVENT_TS),
+        F.coalesce(row_reason, F.when(F.size(field_reasons) > 0, F.array_join(field_reasons, "; "))).alias("reason"),
+        rejected_lines.alias("rejected_lines"),
+    )
+
+
 def parse_activity_lines(
     lines: DataFrame, max_line_chars: int = 4096, unsafe_files: dict[str, str] | None = None
 ) -> DataFrame:
@@ -170,20 +218,6 @@ def parse_activity_lines(
     too_long = F.length("value") > max_line_chars
     tokenized = kept.withColumn("_fields", F.when(~rejected_file & ~too_long, csv_fields(F.col("value"))))
     raw = {name: F.try_element_at(F.col("_fields"), F.col(f"pos_{name}")) for name in REQUIRED_EVENT_COLUMNS}
-    extracted = tokenized.select("*", *[expr.alias(f"_raw_{name}") for name, expr in raw.items()])
-    # Typed in a select of their own, so that the value and its reason share one evaluation
-    # (the optimizer keeps a projection apart rather than repeat a costly expression).
-    parsers = {USER_ID: _parse_id, ITEM_ID: _parse_id, EVENT_TYPE: _normalize_event_type, TIMESTAMP: parse_timestamp}
-    typed = extracted.select(
-        "*", *[parsers[name](F.col(f"_raw_{name}")).alias(f"_typed_{name}") for name in REQUIRED_EVENT_COLUMNS]
-    )
-
-    def raw_field(name: str) -> Column:
-        return F.col(f"_raw_{name}")
-
-    def typed_field(name: str) -> Column:
-        return F.col(f"_typed_{name}")
-
     line_reason = (
         F.when(~F.is_valid_utf8("value"), F.lit("invalid_utf8"))
         .when(
@@ -195,29 +229,11 @@ def parse_activity_lines(
             F.format_string("field_count: expected %d fields, got %d", F.col("header_width"), F.size("_fields")),
         )
     )
-    field_reasons = F.array_compact(
-        F.array(
-            _id_reason(raw_field(USER_ID), typed_field(USER_ID), USER_ID),
-            _id_reason(raw_field(ITEM_ID), typed_field(ITEM_ID), ITEM_ID),
-            _event_type_reason(raw_field(EVENT_TYPE), typed_field(EVENT_TYPE)),
-            _timestamp_reason(raw_field(TIMESTAMP), typed_field(TIMESTAMP)),
-        )
-    )
-    return typed.select(
-        F.when(~unsafe, F.col("value")).alias("value"),
-        SOURCE_FILE,
-        "file_block_start",
-        "line_id",
-        typed_field(USER_ID).alias(USER_ID),
-        typed_field(ITEM_ID).alias(ITEM_ID),
-        typed_field(EVENT_TYPE).alias(EVENT_TYPE),
-        typed_field(TIMESTAMP).alias(EVENT_TS),
-        F.coalesce(
-            F.col("file_reason"),
-            line_reason,
-            F.when(F.size(field_reasons) > 0, F.array_join(field_reasons, "; ")),
-        ).alias("reason"),
-        F.when(rejected_file, F.col("file_data_lines")).alias("rejected_lines"),
+    return _parsed(
+        _with_fields(tokenized, raw),
+        F.when(~unsafe, F.col("value")),
+        F.coalesce(F.col("file_reason"), line_reason),
+        F.when(rejected_file, F.col("file_data_lines")),
     )
 
 
@@ -237,17 +253,9 @@ def parse_activity_messages(messages: DataFrame, max_message_chars: int = 4096) 
     event type one of ``EVENT_TYPES`` in any case, the timestamp a ``YYYY-MM-DD HH:MM:SS`` string.
     """
     too_long = F.length("value") > max_message_chars
-    document = F.when(~too_long, F.try_parse_json("value"))
+    documents = messages.withColumn("_document", F.when(~too_long, F.try_parse_json("value")))
     is_object = F.coalesce(F.schema_of_variant(F.col("_document")).startswith("OBJECT<"), F.lit(False))
-    documents = messages.withColumn("_document", document)
-    extracted = documents.select(
-        "*", *[_json_field(F.col("_document"), name).alias(f"_raw_{name}") for name in REQUIRED_EVENT_COLUMNS]
-    )
-    parsers = {USER_ID: _parse_id, ITEM_ID: _parse_id, EVENT_TYPE: _normalize_event_type, TIMESTAMP: parse_timestamp}
-    typed = extracted.select(
-        "*", *[parsers[name](F.col(f"_raw_{name}")).alias(f"_typed_{name}") for name in REQUIRED_EVENT_COLUMNS]
-    )
-    raw, value = (lambda name: F.col(f"_raw_{name}")), (lambda name: F.col(f"_typed_{name}"))
+    raw = {name: _json_field(F.col("_document"), name) for name in REQUIRED_EVENT_COLUMNS}
     message_reason = (
         F.when(F.col("value").isNull(), F.lit("not_a_json_object: empty message"))
         .when(~F.is_valid_utf8("value"), F.lit("invalid_utf8"))
@@ -257,28 +265,7 @@ def parse_activity_messages(messages: DataFrame, max_message_chars: int = 4096) 
         )
         .when(~is_object, F.lit("not_a_json_object"))
     )
-    field_reasons = F.array_compact(
-        F.array(
-            _id_reason(raw(USER_ID), value(USER_ID), USER_ID),
-            _id_reason(raw(ITEM_ID), value(ITEM_ID), ITEM_ID),
-            _event_type_reason(raw(EVENT_TYPE), value(EVENT_TYPE)),
-            _timestamp_reason(raw(TIMESTAMP), value(TIMESTAMP)),
-        )
-    )
-    return typed.select(
-        "value",
-        SOURCE_FILE,
-        "file_block_start",
-        "line_id",
-        value(USER_ID).alias(USER_ID),
-        value(ITEM_ID).alias(ITEM_ID),
-        value(EVENT_TYPE).alias(EVENT_TYPE),
-        value(TIMESTAMP).alias(EVENT_TS),
-        F.coalesce(message_reason, F.when(F.size(field_reasons) > 0, F.array_join(field_reasons, "; "))).alias(
-            "reason"
-        ),
-        F.lit(None).cast("long").alias("rejected_lines"),
-    )
+    return _parsed(_with_fields(documents, raw), F.col("value"), message_reason, F.lit(None).cast("long"))
 
 
 def valid_events(parsed: DataFrame) -> DataFrame:

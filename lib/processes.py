@@ -3,11 +3,14 @@ broker): the JVM they run on, their ports on 127.0.0.1, and finding and stopping
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import shutil
 import signal
 import socket
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -62,3 +65,35 @@ def terminate(pid: int, command_part: str, timeout_s: float) -> None:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             os.kill(pid, signal.SIGKILL)
+
+
+@contextmanager
+def file_lock(path: Path):
+    """Hold an exclusive lock on ``path`` (created if missing) while the block runs: starts and
+    stops of one server are serialised, so that jobs started together share one server."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_record(path: Path) -> dict:
+    """A server's JSON record (its ``pid``, ``port`` ...); empty if missing or unreadable."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def live_record(path: Path, command_part: str) -> dict | None:
+    """The record at ``path`` if its ``pid`` runs ``command_part`` and its ``port`` accepts
+    connections on 127.0.0.1; else None."""
+    record = read_record(path)
+    try:
+        pid, port = int(record["pid"]), int(record["port"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return record if runs(pid, command_part) and accepts_connections(port) else None

@@ -20,7 +20,7 @@ from pyspark.sql import SparkSession
 
 from lib import metastore
 from lib.kafka import connector_jar_paths
-from lib.paths import JARS_DIR, PROJECT_ROOT
+from lib.paths import JARS_DIR, PROJECT_ROOT, fetched_jars, maven_jar
 
 if TYPE_CHECKING:
     from lib.config import Config
@@ -43,14 +43,7 @@ def delta_maven_coordinates() -> list[str]:
 
 def delta_jar_paths() -> list[Path]:
     """Local paths of the Delta jars; raises with the fix when setup has not fetched them."""
-    paths = [JARS_DIR / f"{c.split(':')[1]}-{c.split(':')[2]}.jar" for c in delta_maven_coordinates()]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"Delta jars not found: {', '.join(map(str, missing))}. "
-            "Run `make setup` (or `python scripts/fetch_jars.py`) once to fetch them from Maven Central."
-        )
-    return paths
+    return fetched_jars((maven_jar(JARS_DIR, c) for c in delta_maven_coordinates()), "the Delta jars")
 
 
 def engine_jar_paths() -> list[Path]:

@@ -13,9 +13,9 @@ import hashlib
 import urllib.request
 from pathlib import Path
 
-from lib.kafka import BROKER_JARS_DIR, BROKER_MAVEN_COORDINATES, connector_maven_coordinates, jar_name
+from lib.kafka import BROKER_JARS_DIR, BROKER_MAVEN_COORDINATES, connector_maven_coordinates
 from lib.metastore import derby_maven_coordinates
-from lib.paths import JARS_DIR
+from lib.paths import JARS_DIR, maven_jar
 from lib.spark import delta_maven_coordinates
 
 MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
@@ -23,7 +23,7 @@ MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
 
 def fetch(coordinate: str, target_dir: Path) -> Path:
     group, artifact, version = coordinate.split(":")
-    target = target_dir / jar_name(coordinate)
+    target = maven_jar(target_dir, coordinate)
     if target.is_file():
         return target
     url = f"{MAVEN_CENTRAL}/{group.replace('.', '/')}/{artifact}/{version}/{artifact}-{version}.jar"

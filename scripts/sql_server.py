@@ -27,7 +27,7 @@ from lib import metastore
 from lib.catalog import DATABASE
 from lib.cli import config_from_args
 from lib.paths import PROJECT_ROOT
-from lib.processes import accepts_connections, runs, terminate
+from lib.processes import accepts_connections, read_record, runs, terminate
 from lib.spark import LOG4J_CONF, SPARK_DEFAULTS, engine_jar_paths
 
 THRIFT_SERVER_CLASS = "org.apache.spark.sql.hive.thriftserver.HiveThriftServer2"
@@ -35,11 +35,9 @@ _STATE_FILE = "sql-server.json"
 
 
 def _recorded(folder: Path) -> dict | None:
-    try:
-        state = json.loads((folder / _STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return state if runs(int(state["pid"]), THRIFT_SERVER_CLASS) else None
+    """The server's record while its process runs (it may still be starting up)."""
+    record = read_record(folder / _STATE_FILE)
+    return record if "pid" in record and runs(int(record["pid"]), THRIFT_SERVER_CLASS) else None
 
 
 def _spark_submit() -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +16,36 @@ import pyarrow.parquet as pq
 from bench.serving import ApiProcess, get
 from lib.generator import ActivityProfile, ActivityWriter, Catalogue, generate_purchases, simulate_events
 from lib.processes import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+BATCH_LINE = "INFO lib.stream: batch "
+
+
+def start_stream_job(toml: Path, log: Path) -> subprocess.Popen:
+    """``./spark-submit.sh jobs/stream.py --config toml``, its output appended to ``log``, in a
+    process group of its own (as a supervisor, `timeout` or Airflow would start it)."""
+    with open(log, "a") as out:
+        return subprocess.Popen(
+            [str(ROOT / "spark-submit.sh"), "jobs/stream.py", "--config", str(toml)],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def batches_logged(log: Path) -> int:
+    """Micro-batches the stream's log reports done."""
+    return log.read_text(errors="replace").count(BATCH_LINE) if log.exists() else 0
+
+
+def wait_for_batches(log: Path, job: subprocess.Popen, more_than: int, timeout_s: float = 900) -> None:
+    """Wait until ``log`` reports more than ``more_than`` batches, the job still running. The
+    first batch of a new JVM can take minutes on a loaded 2-core machine."""
+    deadline = time.monotonic() + timeout_s
+    while batches_logged(log) <= more_than and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert job.poll() is None and batches_logged(log) > more_than, log.read_text(errors="replace")[-3000:]
 
 
 def write_purchases(folder: str, rows, name: str = "part-00000.parquet") -> None:

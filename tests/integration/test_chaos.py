@@ -21,14 +21,14 @@ from lib.verify import compare_lakes, read_manifest, verify
 from tests.conftest import make_config
 from tests.integration.conftest import (
     activity_writer,
+    batches_logged,
     generated_purchases,
+    start_stream_job,
+    wait_for_batches,
     write_config_file,
     write_manifest,
     write_purchases,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-BATCH_LINE = "INFO lib.stream: batch "
 
 
 def running(pids: list[int]) -> list[int]:
@@ -42,10 +42,6 @@ def running(pids: list[int]) -> list[int]:
         if state != "Z":
             alive.append(pid)
     return alive
-
-
-def batches_logged(log: Path) -> int:
-    return log.read_text(errors="replace").count(BATCH_LINE) if log.exists() else 0
 
 
 def test_planned_stop_is_quiet_and_kill_9_of_the_group_or_wrapper_ends_the_job_and_loses_nothing(spark, tmp_path):
@@ -62,24 +58,13 @@ def test_planned_stop_is_quiet_and_kill_9_of_the_group_or_wrapper_ends_the_job_a
     log = tmp_path / "stream.log"
 
     def start() -> subprocess.Popen:
-        # In a process group of its own, as a supervisor, `timeout` or Airflow would start it.
-        with open(log, "a") as out:
-            return subprocess.Popen(
-                [str(ROOT / "spark-submit.sh"), "jobs/stream.py", "--config", str(toml)],
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        return start_stream_job(toml, log)
 
     # A planned stop after a completed micro-batch (so that the kills below resume from committed
     # progress): SIGTERM to the wrapper ends the job with 0 and logs no error.
     seen, logged_before = batches_logged(log), len(log.read_text()) if log.exists() else 0
     job = start()
-    deadline = time.monotonic() + 900
-    while batches_logged(log) == seen and job.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert job.poll() is None and batches_logged(log) > seen, log.read_text()[-3000:]
+    wait_for_batches(log, job, seen)
     time.sleep(rng.uniform(0, 4))
     job.send_signal(signal.SIGTERM)
     assert job.wait(timeout=600) == 0, log.read_text()[-3000:]

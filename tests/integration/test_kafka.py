@@ -22,10 +22,15 @@ from lib.processes import free_port
 from lib.stream import run_available_now, start_stream
 from lib.verify import read_manifest, verify
 from tests.conftest import make_config
-from tests.integration.conftest import generated_purchases, write_config_file, write_manifest, write_purchases
-
-ROOT = Path(__file__).resolve().parents[2]
-BATCH_LINE = "INFO lib.stream: batch "
+from tests.integration.conftest import (
+    batches_logged,
+    generated_purchases,
+    start_stream_job,
+    wait_for_batches,
+    write_config_file,
+    write_manifest,
+    write_purchases,
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +58,6 @@ def producer(broker, topic: str, users: int = 40, items: int = 40, bad_share: fl
     return KafkaActivityWriter(broker.bootstrap, topic, events, bad_share=bad_share, seed=7)
 
 
-def batches_logged(log: Path) -> int:
-    return log.read_text(errors="replace").count(BATCH_LINE) if log.exists() else 0
-
-
-def wait_for_batches(log: Path, job: subprocess.Popen, more_than: int, timeout_s: float = 900) -> None:
-    deadline = time.monotonic() + timeout_s
-    while batches_logged(log) <= more_than and job.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert job.poll() is None and batches_logged(log) > more_than, log.read_text(errors="replace")[-3000:]
-
-
 def test_exactly_once_across_kill_9_and_a_broker_restart_with_bad_messages_quarantined(spark, tmp_path, broker):
     topic = "activity-chaos"
     create_topic(broker.bootstrap, topic, partitions=2)
@@ -79,14 +73,7 @@ def test_exactly_once_across_kill_9_and_a_broker_restart_with_bad_messages_quara
     log = tmp_path / "stream.log"
 
     def start() -> subprocess.Popen:
-        with open(log, "a") as out:
-            return subprocess.Popen(
-                [str(ROOT / "spark-submit.sh"), "jobs/stream.py", "--config", str(toml)],
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        return start_stream_job(toml, log)
 
     # kill -9 of the job's process group after its first micro-batch, with messages still arriving.
     job = start()
