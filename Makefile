@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 AIRFLOW_VENV := .venv-airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 
-.PHONY: setup airflow demo test lint serve chaos bench movielens shell clean
+.PHONY: setup airflow demo test lint serve chaos bench movielens sessions shell clean
 
 setup: $(STAMP) .cache/jars/.fetched
 
@@ -56,6 +56,10 @@ bench: setup
 
 movielens: setup
 	$(PY) bench/movielens.py $(ARGS)
+
+# Next-item prediction through the engine: make sessions ARGS="--data <session-rec clone>/data/rsc15/prepared"
+sessions: setup
+	$(PY) bench/sessions.py $(ARGS)
 
 shell: setup
 	./pyspark.sh

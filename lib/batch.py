@@ -28,6 +28,7 @@ from lib.schemas import (
     USER_ID,
     USER_PROFILES,
 )
+from lib.session_knn import session_sequences
 from lib.sources import read_purchases, read_table
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,9 @@ def train_and_publish(spark: SparkSession, cfg: Config, model: str | None = None
         if counts["interactions"] == 0:
             raise LakeNotReadyError("the lake holds no interactions yet: nothing to train on")
         trained = fit_model(spark, interactions, rec, model)
+        trained.sessions = session_sequences(
+            require_table(spark, cfg, ENRICHED_EVENTS), cfg.sessions.gap_seconds, rec.session_index_size
+        )
         store = ModelStore.for_config(spark, cfg)
         version = store.save(trained, {"trained_at": datetime.now(timezone.utc).isoformat(), **counts})
         stored = store.load(version)

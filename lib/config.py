@@ -41,6 +41,11 @@ def parse_duration(text: str, key: str) -> float:
     return amount * factor
 
 
+def micros(seconds: float) -> int:
+    """Seconds as whole microseconds (Spark's timestamp unit), rounded to the nearest."""
+    return int(round(seconds * 1_000_000))
+
+
 def _resolve_path(value: str) -> str:
     """Relative paths are relative to the current directory; URIs (hdfs://, s3a://, file:/) stay as-is."""
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:/", value):
@@ -167,6 +172,16 @@ class RecommendConfig:
     # older session events fade.
     session_weight: float = 0.6
     session_half_life: str = "10 minutes"
+    # Session neighbourhood (lib/session_knn.py): past sessions kept in the model, the most
+    # recent sharing an item that are compared, the most similar that score, and the shares of
+    # sequential rules and of the session's own items in the session signal.
+    session_index_size: int = 100_000
+    session_sample: int = 5000
+    session_neighbours: int = 500
+    sequence_weight: float = 0.5
+    repeat_weight: float = 0.3
+    # With exclude_seen: may live recommendations bring back items of the current session?
+    live_repeats: bool = False
     profile_top_items: int = 10
     seed: int = 42
 
@@ -261,6 +276,13 @@ class Config:
             raise ConfigError("recommend.ease_dropout must be in [0, 1)")
         if rec.session_half_life_seconds <= 0:
             raise ConfigError("recommend.session_half_life must be positive")
+        if min(rec.session_index_size, rec.session_sample, rec.session_neighbours) < 1:
+            raise ConfigError(
+                "recommend.session_index_size, session_sample and session_neighbours must be >= 1 "
+                "(a session_index_size of 1 keeps just one past session)"
+            )
+        if rec.sequence_weight < 0 or rec.repeat_weight < 0:
+            raise ConfigError("recommend.sequence_weight and repeat_weight must be >= 0 (0 turns the signal off)")
         return self
 
 

@@ -1,13 +1,15 @@
 """Live re-ranking: recommendations from the current session blended with the model.
 
-For a user with new events, each of the latest events of their live session (up to 20)
-votes for its item's neighbours (``item_neighbours`` of the model), with the weight of its
-event type, halved every ``recommend.session_half_life`` of age (measured from the session's
-latest event). The session signal and the user's model scores are each scaled to [0, 1] per
-user and blended: ``session_weight * session + (1 - session_weight) * model``. Users the
-model does not know get the session signal alone; popular items fill any remaining places.
-Excluded items (purchased, and seen when ``exclude_seen``) are never recommended. Ties rank
-the smaller ``item_id`` first.
+For a user with new events, the session signal comes from the latest events of their live
+session (up to 20, in time order): the session neighbourhood of ``lib.session_knn`` (past
+sessions that shared its items, sequential rules from its latest item, its own items) when the
+model's past sessions know any of its items; otherwise each event votes for its item's
+neighbours (``item_neighbours`` of the model), with the weight of its event type, halved every
+``recommend.session_half_life`` of age (measured from the session's latest event). The session
+signal and the user's model scores are each scaled to [0, 1] per user and blended:
+``session_weight * session + (1 - session_weight) * model``. Users the model does not know get
+the session signal alone; popular items fill any remaining places. Excluded items (purchased,
+and seen when ``exclude_seen``) are never recommended. Ties rank the smaller ``item_id`` first.
 
 The scoring runs in numpy, in one ``mapInPandas`` pass over the active users. The model's
 neighbour lists and popularity order are broadcast once per model version (``LiveRanker``),
@@ -38,9 +40,11 @@ from lib.schemas import (
     RANK,
     RECENT_EVENTS,
     SCORE,
+    SESSION_END,
     SESSION_ID,
     USER_ID,
 )
+from lib.session_knn import ITEMS, SESSIONS_SCHEMA, SessionIndex, sequences_from, session_scores
 
 _EVENT_ITEMS, _VOTES, _MODEL_ITEMS, _MODEL_SCORES, _EXCLUDED = (
     "_event_items",
@@ -64,15 +68,25 @@ class ModelArrays:
     neighbour_weight: np.ndarray  # same shape; 0 where padded
     popular_pos: np.ndarray  # popularity order: score descending, then item_id ascending
     popular_score: np.ndarray
+    sessions: SessionIndex  # past sessions, for the session neighbourhood signal
 
     @classmethod
-    def build(cls, neighbours: pd.DataFrame, popularity: pd.DataFrame, scored_items: np.ndarray) -> "ModelArrays":
+    def build(
+        cls,
+        neighbours: pd.DataFrame,
+        popularity: pd.DataFrame,
+        scored_items: np.ndarray,
+        sessions: pd.DataFrame | None = None,
+        rules_per_item: int = 100,
+    ) -> "ModelArrays":
         neighbours = neighbours.dropna()
         popularity = popularity.dropna()
+        sessions = sessions if sessions is not None else pd.DataFrame({SESSION_END: [], ITEMS: []})
+        session_items = [np.asarray(items, dtype=np.int64) for items in sessions[ITEMS] if items is not None]
         item_ids = np.unique(
-            np.concatenate([neighbours[ITEM_ID], neighbours[NEIGHBOUR_ID], popularity[ITEM_ID], scored_items]).astype(
-                np.int64
-            )
+            np.concatenate(
+                [neighbours[ITEM_ID], neighbours[NEIGHBOUR_ID], popularity[ITEM_ID], scored_items, *session_items]
+            ).astype(np.int64)
         )
         n = len(item_ids)
         source = np.searchsorted(item_ids, neighbours[ITEM_ID].to_numpy())
@@ -85,12 +99,17 @@ class ModelArrays:
         neighbour_pos[source, slot] = np.searchsorted(item_ids, neighbours[NEIGHBOUR_ID].to_numpy()[order])
         neighbour_weight[source, slot] = neighbours[WEIGHT].to_numpy(dtype=np.float64)[order]
         popular = popularity.sort_values([SCORE, ITEM_ID], ascending=[False, True], kind="stable")
+
+        def positions(items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return np.searchsorted(item_ids, items), np.ones(len(items), dtype=bool)
+
         return cls(
             item_ids=item_ids,
             neighbour_pos=neighbour_pos,
             neighbour_weight=neighbour_weight,
             popular_pos=np.searchsorted(item_ids, popular[ITEM_ID].to_numpy()),
             popular_score=popular[SCORE].to_numpy(dtype=np.float64),
+            sessions=SessionIndex.build(sequences_from(sessions, positions), n, rules_per_item),
         )
 
     def positions(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,21 +142,46 @@ def _scaled(scores: np.ndarray, present: np.ndarray) -> np.ndarray:
     return np.divide(scores, top, out=np.zeros_like(scores), where=top > 0)
 
 
-def rank_users(frame: pd.DataFrame, model: ModelArrays, k: int, session_weight: float) -> pd.DataFrame:
-    """``_RANKED_SCHEMA`` rows for the users of ``frame`` (one row per user, columns as
-    prepared by ``LiveRanker.recommend``)."""
-    n, rows = len(model.item_ids), len(frame)
-    if not n or not rows:
-        return pd.DataFrame({f.name: pd.Series(dtype=_PANDAS_TYPES[f.name]) for f in _RANKED_SCHEMA})
+def _session_signal(frame: pd.DataFrame, model: ModelArrays, rec: RecommendConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's session signal over the model's items, scaled to [0, 1], and where it is set.
 
+    The session neighbourhood (``lib.session_knn``) where it knows the session; otherwise the
+    session's items vote for their ``item_neighbours``.
+    """
+    n, rows = len(model.item_ids), len(frame)
     user, pos, votes = _known_cells(model, frame[_EVENT_ITEMS], frame[_VOTES])
     # Column n collects the padding of short neighbour lists and is dropped.
     cells = (user[:, None] * (n + 1) + model.neighbour_pos[pos]).ravel()
     size = rows * (n + 1)
-    session = np.bincount(cells, (votes[:, None] * model.neighbour_weight[pos]).ravel(), size).reshape(rows, n + 1)[
-        :, :n
-    ]
-    session_hit = (np.bincount(cells, minlength=size) > 0).reshape(rows, n + 1)[:, :n]
+    voted = np.bincount(cells, (votes[:, None] * model.neighbour_weight[pos]).ravel(), size).reshape(rows, n + 1)
+    voted_hit = (np.bincount(cells, minlength=size) > 0).reshape(rows, n + 1)[:, :n]
+    signal = _scaled(voted[:, :n], voted_hit)
+    hit = voted_hit
+    if model.sessions.num_sessions:
+        starts = np.searchsorted(user, np.arange(rows + 1))
+        for row in range(rows):
+            scores = session_scores(
+                model.sessions,
+                pos[starts[row] : starts[row + 1]],
+                rec.session_neighbours,
+                rec.session_sample,
+                rec.sequence_weight,
+                rec.repeat_weight,
+            )
+            if scores.any():
+                signal[row] = scores / scores.max()
+                hit[row] = scores > 0
+    return signal, hit
+
+
+def rank_users(frame: pd.DataFrame, model: ModelArrays, rec: RecommendConfig) -> pd.DataFrame:
+    """``_RANKED_SCHEMA`` rows for the users of ``frame`` (one row per user, columns as
+    prepared by ``LiveRanker.recommend``)."""
+    n, rows, k = len(model.item_ids), len(frame), rec.top_k
+    if not n or not rows:
+        return pd.DataFrame({f.name: pd.Series(dtype=_PANDAS_TYPES[f.name]) for f in _RANKED_SCHEMA})
+
+    session, session_hit = _session_signal(frame, model, rec)
 
     user, pos, values = _known_cells(model, frame[_MODEL_ITEMS], frame[_MODEL_SCORES])
     modelled, modelled_hit = np.zeros((rows, n)), np.zeros((rows, n), dtype=bool)
@@ -148,7 +192,8 @@ def rank_users(frame: pd.DataFrame, model: ModelArrays, k: int, session_weight: 
     excluded = np.zeros((rows, n), dtype=bool)
     excluded[user, pos] = True
 
-    blended = session_weight * _scaled(session, session_hit) + (1.0 - session_weight) * _scaled(modelled, modelled_hit)
+    session_weight = rec.session_weight
+    blended = session_weight * session + (1.0 - session_weight) * _scaled(modelled, modelled_hit)
     candidate = (session_hit | modelled_hit) & ~excluded
     masked = np.where(candidate, blended, -np.inf)
     take = min(k, n)
@@ -187,7 +232,9 @@ class LiveRanker:
 
     Example::
 
-        ranker = LiveRanker(spark, model.user_scores, model.item_neighbours, model.popularity, cfg.recommend)
+        ranker = LiveRanker(
+            spark, model.user_scores, model.item_neighbours, model.popularity, cfg.recommend, model.sessions
+        )
         rows = ranker.recommend(context, excluded, model.version, F.current_timestamp())
         ranker.close()
     """
@@ -199,13 +246,18 @@ class LiveRanker:
         neighbours: DataFrame,
         popularity: DataFrame,
         rec: RecommendConfig,
+        sessions: DataFrame | None = None,
     ):
+        """:param sessions: past sessions (``lib.session_knn.SESSIONS_SCHEMA``) for the session
+        neighbourhood; without them the session's items vote for their neighbours."""
         self._rec = rec
         scored_items = np.array([r[0] for r in user_scores.select(ITEM_ID).distinct().collect()], dtype=np.int64)
         arrays = ModelArrays.build(
             neighbours.select(ITEM_ID, NEIGHBOUR_ID, WEIGHT).toPandas(),
             popularity.select(ITEM_ID, SCORE).toPandas(),
             scored_items,
+            None if sessions is None else sessions.select(*SESSIONS_SCHEMA.fieldNames()).toPandas(),
+            rec.neighbours,
         )
         self._arrays = spark.sparkContext.broadcast(arrays)
         pairs = F.array_sort(F.collect_list(F.struct(ITEM_ID, SCORE)))
@@ -231,7 +283,6 @@ class LiveRanker:
         :param excluded: ``user_id, item_id`` pairs never to recommend.
         """
         rec, shared = self._rec, self._arrays
-        k, session_weight = rec.top_k, rec.session_weight
         events = F.filter(RECENT_EVENTS, lambda e: e[ITEM_ID].isNotNull() & e[EVENT_TS].isNotNull())
         latest = F.array_max(F.transform(events, lambda e: F.unix_micros(e[EVENT_TS])))
 
@@ -260,7 +311,7 @@ class LiveRanker:
             chunk = max(1, _CELLS_PER_CHUNK // (len(model.item_ids) + 1))
             for frame in frames:
                 for start in range(0, len(frame), chunk):
-                    yield rank_users(frame.iloc[start : start + chunk], model, k, session_weight)
+                    yield rank_users(frame.iloc[start : start + chunk], model, rec)
 
         return (
             inputs.mapInPandas(rank_partition, _RANKED_SCHEMA)

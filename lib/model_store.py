@@ -1,7 +1,7 @@
 """Versioned model artifacts under ``<lake>/models/<version>/``.
 
 A version folder holds the model's parts as Parquet (``user_scores``, ``item_neighbours``,
-``popularity``) and ``metadata.json``; it counts once its ``_COMMITTED`` marker exists, so a
+``popularity``, ``sessions``) and ``metadata.json``; it counts once its ``_COMMITTED`` marker exists, so a
 reader never sees half a model. Versions sort by time (``20261126T101500123456Z-ease``): the
 latest committed one is the current model, which the stream picks up between micro-batches
 without restarting. The newest ``KEEP_VERSIONS`` are kept.
@@ -21,6 +21,7 @@ from lib.config import Config
 from lib.fs import HadoopFS
 from lib.recommend import ITEM_NEIGHBOURS_SCHEMA, USER_SCORES_SCHEMA, TrainedModel
 from lib.schemas import ITEM_ID, SCORE
+from lib.session_knn import SESSIONS_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ _PART_SCHEMAS = {
     "user_scores": USER_SCORES_SCHEMA,
     "item_neighbours": ITEM_NEIGHBOURS_SCHEMA,
     "popularity": POPULARITY_SCHEMA,
+    "sessions": SESSIONS_SCHEMA,
 }
 
 
@@ -41,6 +43,7 @@ class StoredModel:
     user_scores: DataFrame
     item_neighbours: DataFrame
     popularity: DataFrame
+    sessions: DataFrame
     metadata: dict = field(default_factory=dict)
 
 
@@ -80,8 +83,11 @@ class ModelStore:
             "user_scores": model.user_scores,
             "item_neighbours": model.item_neighbours,
             "popularity": model.popularity,
+            "sessions": model.sessions,
         }
         for name, df in parts.items():
+            if df is None:
+                df = self.spark.createDataFrame([], _PART_SCHEMAS[name])
             df.select(*_PART_SCHEMAS[name].fieldNames()).write.mode("overwrite").parquet(f"{self._dir(version)}/{name}")
         document = {"version": version, "model": model.name, "params": model.params, **metadata}
         self._fs.create_new(f"{self._dir(version)}/metadata.json", json.dumps(document, indent=2, default=str))
@@ -92,9 +98,12 @@ class ModelStore:
         return version
 
     def load(self, version: str) -> StoredModel:
-        parts = {
-            name: self.spark.read.schema(schema).parquet(f"{self._dir(version)}/{name}")
-            for name, schema in _PART_SCHEMAS.items()
-        }
+        parts = {name: self._read_part(version, name) for name in _PART_SCHEMAS}
         metadata = json.loads(self._fs.read_text(f"{self._dir(version)}/metadata.json") or "{}")
         return StoredModel(version, metadata=metadata, **parts)
+
+    def _read_part(self, version: str, name: str) -> DataFrame:
+        path, schema = f"{self._dir(version)}/{name}", _PART_SCHEMAS[name]
+        if not self._fs.exists(path):  # a version written before the part existed
+            return self.spark.createDataFrame([], schema)
+        return self.spark.read.schema(schema).parquet(path)

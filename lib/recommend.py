@@ -69,6 +69,7 @@ class TrainedModel:
     item_neighbours: DataFrame
     popularity: DataFrame
     params: dict = field(default_factory=dict)
+    sessions: DataFrame | None = None  # past sessions for the live session neighbourhood
 
 
 def best_per_key(df: DataFrame, key: str | list[str], n: int, order: list) -> DataFrame:

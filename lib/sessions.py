@@ -12,6 +12,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from lib.config import micros
 from lib.schemas import (
     ADD_TO_CART,
     AVG_TIME_GAP_S,
@@ -73,7 +74,7 @@ def _latest(events, keep: int):
 
 def merge_sessions(fragments: DataFrame, gap_seconds: float) -> DataFrame:
     """Merge fragments of each user into sessions; returns ``SESSION_STATE_SCHEMA`` rows."""
-    gap_micros = int(round(gap_seconds * 1_000_000))
+    gap_micros = micros(gap_seconds)
     ordered = Window.partitionBy(USER_ID).orderBy(SESSION_START, SESSION_END)
     previous_end = F.max(_micros(SESSION_END)).over(ordered.rowsBetween(Window.unboundedPreceding, -1))
     starts_session = (previous_end.isNull() | (_micros(SESSION_START) - previous_end > gap_micros)).cast("long")
@@ -120,7 +121,7 @@ def is_closed(watermark_micros: int | None, gap_seconds: float):
     """True for sessions whose ``session_end + gap`` the watermark has passed."""
     if watermark_micros is None:
         return F.lit(False)
-    return _micros(SESSION_END) + int(round(gap_seconds * 1_000_000)) < F.lit(watermark_micros)
+    return _micros(SESSION_END) + micros(gap_seconds) < F.lit(watermark_micros)
 
 
 def latest_session_per_user(sessions: DataFrame) -> DataFrame:

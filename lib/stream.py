@@ -33,7 +33,7 @@ from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
 from lib.catalog import register_tables
 from lib.checkpoint import CheckpointLock, acquire_lock, check_compatible_config
-from lib.config import Config
+from lib.config import Config, micros
 from lib.enrich import with_purchase_history
 from lib.interactions import event_weight
 from lib.kafka import check_topic
@@ -314,7 +314,12 @@ class SessionBatchWriter:
         elif self._ranker is None or self._ranker[0] != latest:
             model = store.load(latest)
             ranker = LiveRanker(
-                self.spark, model.user_scores, model.item_neighbours, model.popularity, self.cfg.recommend
+                self.spark,
+                model.user_scores,
+                model.item_neighbours,
+                model.popularity,
+                self.cfg.recommend,
+                model.sessions,
             )
             if self._ranker is not None:
                 self._ranker[1].close()
@@ -394,7 +399,7 @@ class SessionBatchWriter:
     def _process(self, batch_df, batch_id, started_at, report: BatchReport, cached: list[DataFrame]) -> None:
         spark, cfg = self.spark, self.cfg
         gap_s = cfg.sessions.gap_seconds
-        delay_micros = int(round(cfg.sessions.watermark_seconds * 1_000_000))
+        delay_micros = micros(cfg.sessions.watermark_seconds)
         sink, table = BatchSink(spark, self.app_id()), cfg.paths.table
         ingested_at = _micros_literal(started_at)
         state_store = self.state_store()
@@ -513,6 +518,11 @@ class SessionBatchWriter:
                     .join(active, USER_ID, "left_semi")
                     .select(USER_ID, F.explode(F.map_keys(ITEM_ENGAGEMENT)).alias(ITEM_ID))
                 )
+                if cfg.recommend.live_repeats:
+                    in_session = context.select(USER_ID, F.explode(RECENT_EVENTS).alias("_e")).select(
+                        USER_ID, F.col(f"_e.{ITEM_ID}").alias(ITEM_ID)
+                    )
+                    seen = seen.join(in_session, [USER_ID, ITEM_ID], "left_anti")
                 excluded = excluded.unionByName(seen)
             # Materialized without their lineage: the MERGE reads its source twice, and neither
             # read may re-plan or recompute the session lineage or the re-ranking.

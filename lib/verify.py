@@ -12,7 +12,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, StringType, StructField, StructType
 
-from lib.config import Config
+from lib.config import Config, micros
 from lib.parsing import parse_timestamp
 from lib.schemas import TABLES
 from lib.sessions import is_closed, sessionize
@@ -124,7 +124,7 @@ def verify(spark: SparkSession, cfg: Config, manifest: DataFrame) -> list[TableC
     events = with_late_flag(events, table("enriched_events"), cfg.sessions.watermark_seconds).persist()
     on_time = events.where(~F.col("_late")).drop("_late")
     final_watermark = on_time.agg(F.max(F.unix_micros("event_ts"))).first()[0]
-    watermark = None if final_watermark is None else final_watermark - int(cfg.sessions.watermark_seconds * 1_000_000)
+    watermark = None if final_watermark is None else final_watermark - micros(cfg.sessions.watermark_seconds)
     expected_sessions = sessionize(on_time, cfg.sessions.gap_seconds).where(
         is_closed(watermark, cfg.sessions.gap_seconds)
     )
@@ -162,7 +162,7 @@ def with_late_flag(events: DataFrame, enriched: DataFrame, watermark_seconds: fl
     before = per_batch.withColumn(
         "_max_before", F.max("_max").over(Window.orderBy("_batch").rowsBetween(Window.unboundedPreceding, -1))
     )
-    delay = int(round(watermark_seconds * 1_000_000))
+    delay = micros(watermark_seconds)
     return (
         events.join(batches, "source_file", "left")
         .join(before.select("_batch", "_max_before"), "_batch", "left")

@@ -5,6 +5,7 @@ and re-ranks with that model."""
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import datetime
 
 import pytest
 from pyspark.sql import functions as F
@@ -91,6 +92,28 @@ def test_recommendations_have_top_k_unseen_items_for_every_known_user(spark, lak
         assert {r.model_version for r in rows} == {summary["version"]}
     assert summary["model"] == "ease"
     assert ModelStore.for_config(spark, cfg).latest_version() == summary["version"]
+
+
+def test_the_model_keeps_the_past_sessions_of_the_lake_in_event_order(spark, lake):
+    cfg, manifest, _, summary = lake
+    events = defaultdict(list)
+    for r in manifest:
+        if r.expected_reason is None and r.file in ("activity-000001.csv", "activity-000002.csv"):
+            events[r.user_id].append((datetime.fromisoformat(r.event_ts), r.item_id))
+    expected = []
+    for user_events in events.values():
+        user_events.sort()
+        session = [user_events[0]]
+        for event in user_events[1:]:
+            if (event[0] - session[-1][0]).total_seconds() > cfg.sessions.gap_seconds:
+                expected.append(session)
+                session = []
+            session.append(event)
+        expected.append(session)
+    expected = sorted((max(ts for ts, _ in s), [item for _, item in s]) for s in expected if len(s) >= 2)
+    stored = ModelStore.for_config(spark, cfg).load(summary["version"]).sessions
+    assert len(expected) > 10
+    assert sorted((r.session_end, r.items) for r in stored.collect()) == expected
 
 
 def test_live_recommendations_for_users_of_the_later_run(spark, lake):
