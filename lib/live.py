@@ -227,6 +227,21 @@ def rank_users(frame: pd.DataFrame, model: ModelArrays, rec: RecommendConfig) ->
     )
 
 
+def live_exclusions(context: DataFrame, purchases: DataFrame, seen: DataFrame, rec: RecommendConfig) -> DataFrame:
+    """``user_id, item_id`` pairs the live recommendations of ``context``'s users must not hold:
+    what they bought, and with ``exclude_seen`` what they interacted with (``seen``), except,
+    with ``live_repeats``, the items among their live session's recent events."""
+    users = context.select(USER_ID)
+    excluded = purchases.select(USER_ID, ITEM_ID).join(users, USER_ID, "left_semi")
+    if not rec.exclude_seen:
+        return excluded
+    seen = seen.select(USER_ID, ITEM_ID).join(users, USER_ID, "left_semi")
+    if rec.live_repeats:
+        in_session = context.select(USER_ID, F.inline(RECENT_EVENTS)).select(USER_ID, ITEM_ID)
+        seen = seen.join(in_session, [USER_ID, ITEM_ID], "left_anti")
+    return excluded.unionByName(seen)
+
+
 class LiveRanker:
     """A model prepared for live re-ranking; build it once per model version.
 

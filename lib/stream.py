@@ -37,7 +37,7 @@ from lib.config import Config, micros
 from lib.enrich import with_purchase_history
 from lib.interactions import event_weight
 from lib.kafka import check_topic
-from lib.live import LiveRanker
+from lib.live import LiveRanker, live_exclusions
 from lib.model_store import ModelStore
 from lib.online_sink import recommendation_docs, user_docs
 from lib.online_store import SQLiteStore
@@ -511,19 +511,8 @@ class SessionBatchWriter:
                 .transform(with_session_metrics)
                 .select(USER_ID, SESSION_ID, RECENT_EVENTS)
             )
-            excluded = purchases.select(USER_ID, ITEM_ID).join(active, USER_ID, "left_semi")
-            if cfg.recommend.exclude_seen:
-                seen = (
-                    profile_rows[0]
-                    .join(active, USER_ID, "left_semi")
-                    .select(USER_ID, F.explode(F.map_keys(ITEM_ENGAGEMENT)).alias(ITEM_ID))
-                )
-                if cfg.recommend.live_repeats:
-                    in_session = context.select(USER_ID, F.explode(RECENT_EVENTS).alias("_e")).select(
-                        USER_ID, F.col(f"_e.{ITEM_ID}").alias(ITEM_ID)
-                    )
-                    seen = seen.join(in_session, [USER_ID, ITEM_ID], "left_anti")
-                excluded = excluded.unionByName(seen)
+            seen = profile_rows[0].select(USER_ID, F.explode(F.map_keys(ITEM_ENGAGEMENT)).alias(ITEM_ID))
+            excluded = live_exclusions(context, purchases, seen, cfg.recommend)
             # Materialized without their lineage: the MERGE reads its source twice, and neither
             # read may re-plan or recompute the session lineage or the re-ranking.
             context = context.localCheckpoint()

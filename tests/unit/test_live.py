@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, IntegerType, StringType, StructField, StructType
 
 from lib.config import load_config
-from lib.live import LiveRanker
+from lib.live import LiveRanker, live_exclusions
 from lib.model_store import POPULARITY_SCHEMA
 from lib.recommend import ITEM_NEIGHBOURS_SCHEMA, USER_SCORES_SCHEMA
 from lib.schemas import LIVE_RECOMMENDATIONS_SCHEMA, RECENT_EVENT_TYPE
@@ -166,3 +166,23 @@ def test_random_models_and_sessions_rank_as_the_documented_rule(spark, seed):
         assert [r.rank for r in rows] == list(range(1, len(rows) + 1))
         assert [r.item_id for r in rows] == [i for i, _ in expected[user]], f"user {user}"
         assert [r.score for r in rows] == pytest.approx([s for _, s in expected[user]], rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        # bought 5; seen 1 (in the live session) and 2 (earlier): all excluded by default
+        ([], {(1, 1), (1, 2), (1, 5)}),
+        # live_repeats: the session's own item may come back, the earlier one may not
+        (["recommend.live_repeats=true"], {(1, 2), (1, 5)}),
+        # without exclude_seen only purchases are excluded, live_repeats or not
+        (["recommend.exclude_seen=false", "recommend.live_repeats=true"], {(1, 5)}),
+    ],
+)
+def test_live_exclusions_keep_purchases_and_follow_exclude_seen_and_live_repeats(spark, settings, expected):
+    rec = load_config(None, settings).recommend
+    context = spark.createDataFrame([(1, "1-0", [(T, 1, "view"), (T, None, "view")]), (3, "3-0", [])], CONTEXT_SCHEMA)
+    purchases = spark.createDataFrame([(1, 5, 9.99), (2, 6, 1.0)], "user_id int, item_id int, amount double")
+    seen = spark.createDataFrame([(1, 1), (1, 2), (2, 7)], "user_id int, item_id int")  # user 2 is not active
+    got = live_exclusions(context, purchases, seen, rec)
+    assert {(r.user_id, r.item_id) for r in got.collect()} == expected
