@@ -12,7 +12,7 @@ the session signal alone; popular items fill any remaining places. Excluded item
 and seen when ``exclude_seen``) are never recommended. Ties rank the smaller ``item_id`` first.
 
 The scoring runs in numpy, in one ``mapInPandas`` pass over the active users. The model's
-neighbour lists and popularity order are broadcast once per model version (``LiveRanker``),
+neighbour lists, past sessions and popularity order are broadcast once per model version (``LiveRanker``),
 so a micro-batch does not join (recent events x neighbours) rows in Spark: that join, its
 aggregation and the ranking windows were 64% of the stream's time under steady load.
 """
@@ -100,16 +100,13 @@ class ModelArrays:
         neighbour_weight[source, slot] = neighbours[WEIGHT].to_numpy(dtype=np.float64)[order]
         popular = popularity.sort_values([SCORE, ITEM_ID], ascending=[False, True], kind="stable")
 
-        def positions(items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return np.searchsorted(item_ids, items), np.ones(len(items), dtype=bool)
-
         return cls(
             item_ids=item_ids,
             neighbour_pos=neighbour_pos,
             neighbour_weight=neighbour_weight,
             popular_pos=np.searchsorted(item_ids, popular[ITEM_ID].to_numpy()),
             popular_score=popular[SCORE].to_numpy(dtype=np.float64),
-            sessions=SessionIndex.build(sequences_from(sessions, positions), n, rules_per_item),
+            sessions=SessionIndex.build(sequences_from(sessions, item_ids), n, rules_per_item),
         )
 
     def positions(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -225,14 +225,12 @@ def session_scores(
     return scores
 
 
-def sequences_from(frame: pd.DataFrame, positions) -> list[np.ndarray]:
+def sequences_from(frame: pd.DataFrame, item_ids: np.ndarray) -> list[np.ndarray]:
     """Item positions of each session of a ``SESSIONS_SCHEMA`` frame, most recent first;
-    ``positions(item_ids) -> (positions, known)`` maps item ids, unknown items are dropped."""
+    ``item_ids`` is sorted and holds every item of the frame."""
     frame = frame.sort_values(SESSION_END, ascending=False, kind="stable")
-    sequences = []
-    for items in frame[ITEMS]:
-        ids = np.asarray(items if items is not None else (), dtype=np.int64)
-        pos, known = positions(ids)
-        if known.sum() >= 2:
-            sequences.append(pos[known])
-    return sequences
+    return [
+        np.searchsorted(item_ids, np.asarray(items, dtype=np.int64))
+        for items in frame[ITEMS]
+        if items is not None and len(items) >= 2
+    ]
