@@ -45,8 +45,11 @@ if str(ROOT) not in sys.path:
 
 from bench.benchmark import Workdir, metastore_of  # noqa: E402
 from bench.serving import ApiProcess, get  # noqa: E402
+from lib.config import load_config  # noqa: E402
+from lib.generator import HEADER, format_event, write_atomically  # noqa: E402
 from lib.metastore import stop_server  # noqa: E402
 from lib.processes import free_port  # noqa: E402
+from lib.schemas import CLICK  # noqa: E402
 
 log = logging.getLogger("bench.sessions")
 
@@ -79,16 +82,10 @@ class Ids:
         return self.test_users.get_indexer(ids) + 1 + len(self.train_users)
 
 
-def csv_lines(users, items, times) -> str:
-    rows = (f"{u},{i},click,{t:%Y-%m-%d %H:%M:%S}" for u, i, t in zip(users, items, times))
-    return "user_id,item_id,event_type,timestamp\n" + "\n".join(rows) + "\n"
-
-
-def land(incoming: Path, name: str, text: str) -> None:
-    """Write a file next to the watched folder and rename it in, as producers should."""
-    staging = incoming.parent / f".{name}.tmp"
-    staging.write_text(text)
-    staging.rename(incoming / name)
+def land(incoming: Path, name: str, users, items, times) -> None:
+    """One activity file of clicks, renamed into the watched folder as producers should."""
+    lines = [format_event((int(u), int(i), CLICK, t)) for u, i, t in zip(users, items, times)]
+    write_atomically(incoming, name, [HEADER, *lines])
 
 
 def training_times(train: pd.DataFrame, max_gap_s: float) -> pd.Series:
@@ -108,11 +105,7 @@ def write_training_files(run: Workdir, train: pd.DataFrame, ids: Ids, max_gap_s:
     ordered_times = [t.to_pydatetime() for t in times.iloc[order]]
     for number, start in enumerate(range(0, len(order), TRAIN_FILE_ROWS)):
         end = start + TRAIN_FILE_ROWS
-        land(
-            run.incoming,
-            f"train-{number:05d}.csv",
-            csv_lines(users[start:end], items[start:end], ordered_times[start:end]),
-        )
+        land(run.incoming, f"train-{number:05d}.csv", users[start:end], items[start:end], ordered_times[start:end])
     return ordered_times[-1]
 
 
@@ -159,7 +152,9 @@ def replay_test(run: Workdir, port: int, test: pd.DataFrame, ids: Ids, start: da
         land(
             run.incoming,
             f"test-{step:05d}.csv",
-            csv_lines([u for u, _ in active], [items[step] for _, items in active], [moment] * len(active)),
+            [u for u, _ in active],
+            [items[step] for _, items in active],
+            [moment] * len(active),
         )
         began, waiting = time.monotonic(), dict(active)
         while waiting:
@@ -231,7 +226,7 @@ def main() -> int:
     run = Workdir(args.root, "run", stream={"max_files_per_trigger": 20}, extra_toml=extra)
     run.incoming.mkdir(parents=True, exist_ok=True)
     settings = [f"--set={o}" for o in args.set]
-    gap_s = run.cfg().sessions.gap_seconds
+    gap_s = load_config(run.config, args.set).sessions.gap_seconds
     timings = {}
     api = stream = None
     try:

@@ -29,8 +29,8 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, IntegerType, StructField, StructType, TimestampType
 
-from lib.config import micros
 from lib.schemas import EVENT_TS, ITEM_ID, SESSION_END, USER_ID
+from lib.sessions import starts_new_session
 
 ITEMS = "items"
 SESSIONS_SCHEMA = StructType([StructField(SESSION_END, TimestampType()), StructField(ITEMS, ArrayType(IntegerType()))])
@@ -44,10 +44,9 @@ RULE_STEPS = 20
 def session_sequences(events: DataFrame, gap_seconds: float, limit: int) -> DataFrame:
     """``SESSIONS_SCHEMA`` rows: the ``limit`` most recent sessions of two or more events, each
     its items in event order (sessions split as the stream does: a gap above ``gap_seconds``)."""
-    gap_micros = micros(gap_seconds)
     ordered = Window.partitionBy(USER_ID).orderBy(EVENT_TS, ITEM_ID)
-    event_micros, previous = F.unix_micros(EVENT_TS), F.lag(F.unix_micros(EVENT_TS)).over(ordered)
-    starts = (previous.isNull() | (event_micros - previous > gap_micros)).cast("int")
+    previous = F.lag(F.unix_micros(EVENT_TS)).over(ordered)
+    starts = starts_new_session(previous, F.unix_micros(EVENT_TS), gap_seconds).cast("int")
     events = (
         events.where(F.col(USER_ID).isNotNull() & F.col(ITEM_ID).isNotNull() & F.col(EVENT_TS).isNotNull())
         .select(USER_ID, ITEM_ID, EVENT_TS)
@@ -164,20 +163,14 @@ class SessionIndex:
         within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         return owner, values[np.repeat(starts, lengths) + within]
 
-    def position_weights(self, session: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Distinct items of a session (positions, oldest first), the weight of each (its last
-        occurrence's ``(position / length)^2``) and its step back from the end (1 = latest)."""
-        length = len(session)
-        reversed_items, first_from_end = np.unique(session[::-1], return_index=True)
-        last_position = length - first_from_end  # 1-based
-        return reversed_items, (last_position / length) ** 2, first_from_end + 1
-
-    def neighbourhood_scores(self, session: np.ndarray, neighbours: int, sample: int) -> np.ndarray:
-        """V-SKNN scores of every item (dense, ``num_items``) for one session's item positions."""
+    def neighbourhood_scores(
+        self, items: np.ndarray, weights: np.ndarray, steps: np.ndarray, neighbours: int, sample: int
+    ) -> np.ndarray:
+        """V-SKNN scores of every item (dense, ``num_items``) for a session's distinct items with
+        their ``position_weights``."""
         scores = np.zeros(self.num_items)
-        if not len(session) or not self.num_sessions:
+        if not len(items) or not self.num_sessions:
             return scores
-        items, weights, steps = self.position_weights(session)
         owner, sessions = self._gather(self.item_offsets, self.item_sessions, items)
         if not len(sessions):
             return scores
@@ -206,6 +199,15 @@ class SessionIndex:
         return scores
 
 
+def position_weights(session: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct items of a session (item positions, ascending), the weight of each (its last
+    occurrence's ``(position / length)^2``) and its step back from the end (1 = latest)."""
+    length = len(session)
+    items, first_from_end = np.unique(session[::-1], return_index=True)
+    last_position = length - first_from_end  # 1-based
+    return items, (last_position / length) ** 2, first_from_end + 1
+
+
 def _scaled(scores: np.ndarray) -> np.ndarray:
     top = scores.max(initial=0.0)
     return scores / top if top > 0 else scores
@@ -216,11 +218,11 @@ def session_scores(
 ) -> np.ndarray:
     """The live session signal of every item: neighbourhood + rules + repeats, each scaled to
     [0, 1] first (zeros where nothing is known)."""
-    scores = _scaled(index.neighbourhood_scores(session, neighbours, sample))
+    items, weights, steps = position_weights(session)
+    scores = _scaled(index.neighbourhood_scores(items, weights, steps, neighbours, sample))
     if sequence_weight:
         scores += sequence_weight * _scaled(index.rule_scores(session))
-    if repeat_weight and len(session):
-        items, weights, _ = index.position_weights(session)
+    if repeat_weight:
         scores[items] += repeat_weight * weights
     return scores
 

@@ -9,7 +9,7 @@ incremental stream agree with a batch recomputation.
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from lib.config import micros
@@ -72,12 +72,17 @@ def _latest(events, keep: int):
     return F.slice(events, F.greatest(F.size(events) - keep + 1, F.lit(1)), keep)
 
 
+def starts_new_session(previous_end_micros: Column, start_micros: Column, gap_seconds: float) -> Column:
+    """True where an event (or fragment) starting at ``start_micros`` opens a new session: the
+    user's previous one ended more than the gap before it, or there is none."""
+    return previous_end_micros.isNull() | (start_micros - previous_end_micros > micros(gap_seconds))
+
+
 def merge_sessions(fragments: DataFrame, gap_seconds: float) -> DataFrame:
     """Merge fragments of each user into sessions; returns ``SESSION_STATE_SCHEMA`` rows."""
-    gap_micros = micros(gap_seconds)
     ordered = Window.partitionBy(USER_ID).orderBy(SESSION_START, SESSION_END)
     previous_end = F.max(_micros(SESSION_END)).over(ordered.rowsBetween(Window.unboundedPreceding, -1))
-    starts_session = (previous_end.isNull() | (_micros(SESSION_START) - previous_end > gap_micros)).cast("long")
+    starts_session = starts_new_session(previous_end, _micros(SESSION_START), gap_seconds).cast("long")
     numbered = fragments.withColumn("_starts", starts_session).withColumn(
         "_session_seq", F.sum("_starts").over(ordered.rowsBetween(Window.unboundedPreceding, 0))
     )
