@@ -7,8 +7,7 @@ Usage: .venv/bin/python bench/freshness.py [--config PATH] [--since EPOCH_SECOND
 
 The micro-batch of a file is read from enriched_events (ingested_at = the batch's start, also
 stream_metrics.started_at); each table's commit of that batch carries `<query id>:<batch id>`
-in its userMetadata (a flush of the live tables' mirrors: the id of the last batch it folds in),
-and the commit's timestamp is when readers could see it.
+in its userMetadata, and the commit's timestamp is when readers could see it.
 """
 
 from __future__ import annotations
@@ -40,12 +39,6 @@ def commit_times(spark: SparkSession, path: str) -> dict[int, float]:
     return times
 
 
-def visible_at(commits: dict[int, float], batch: int) -> float | None:
-    """When a batch's rows became visible in a table: its first commit of that batch or a later
-    one (a flush of the live tables' mirrors commits several batches under the last one's id)."""
-    return min((at for committed, at in commits.items() if committed >= batch), default=None)
-
-
 def source_delays(
     spark: SparkSession, cfg: Config, arrived_at: Callable[[str], float | None], since: float = 0.0
 ) -> dict[str, list[tuple[float, float]]]:
@@ -71,9 +64,8 @@ def source_delays(
             continue
         batch = batch_of_start.get(row.ingested_at.timestamp())
         for table in TABLES:
-            visible = None if batch is None else visible_at(commits[table], batch)
-            if visible is not None:
-                delays[table].append((arrived, visible - arrived))
+            if batch is not None and batch in commits[table]:
+                delays[table].append((arrived, commits[table][batch] - arrived))
     for series in delays.values():
         series.sort()
     return delays

@@ -80,18 +80,10 @@ class StreamConfig:
     # Every this many micro-batches the stream compacts its table with the most data files, so
     # small per-batch files do not pile up; 0 turns compaction off.
     compact_every: int = 10
-    # How often the Delta mirrors of the live tables (live_sessions, live_recommendations,
-    # user_profiles) take the batches' rows, in the background; "0 seconds": after every batch,
-    # on its critical path. The online store has them at once either way.
-    mirror_interval: str = "10 seconds"
 
     @property
     def trigger_interval_seconds(self) -> float:
         return parse_duration(self.trigger_interval, "stream.trigger_interval")
-
-    @property
-    def mirror_interval_seconds(self) -> float:
-        return parse_duration(self.mirror_interval, "stream.mirror_interval")
 
 
 SOURCE_KINDS = ("files", "kafka")
@@ -235,8 +227,6 @@ class Config:
             raise ConfigError("stream.compact_every must be >= 0 (0 turns compaction off)")
         if self.stream.trigger_interval_seconds < 0:
             raise ConfigError("stream.trigger_interval must not be negative")
-        if self.stream.mirror_interval_seconds < 0:
-            raise ConfigError('stream.mirror_interval must not be negative ("0 seconds": after every batch)')
         if self.stream.max_line_chars < 64:
             raise ConfigError("stream.max_line_chars must be >= 64")
         if self.sessions.gap_seconds <= 0:

@@ -130,26 +130,6 @@ def add_profile_totals(stored: DataFrame, increments: DataFrame) -> DataFrame:
     )
 
 
-def sum_profile_totals(totals: DataFrame) -> DataFrame:
-    """One row of ``TOTALS_COLUMNS`` per user: the sum of that user's rows in ``totals`` (the
-    increments of several micro-batches), as ``add_profile_totals`` would fold them one by one."""
-    totals = totals.select(*TOTALS_COLUMNS)
-    engagement = totals.select(USER_ID, F.explode(ITEM_ENGAGEMENT).alias(ITEM_ID, "_w")).transform(
-        lambda pairs: _engagement_map(pairs, "_w")
-    )
-    summed = totals.groupBy(USER_ID).agg(
-        *[F.sum(c).cast("long").alias(c) for c in _COUNTS],
-        F.min(FIRST_SEEN).alias(FIRST_SEEN),
-        F.max(LAST_SEEN).alias(LAST_SEEN),
-    )
-    return summed.join(engagement, USER_ID, "left").select(
-        *[F.col(c) for c in TOTALS_COLUMNS if c != ITEM_ENGAGEMENT],
-        F.coalesce(F.col(ITEM_ENGAGEMENT), F.create_map().cast(_ENGAGEMENT_TYPE))
-        .cast(_ENGAGEMENT_TYPE)
-        .alias(ITEM_ENGAGEMENT),
-    )
-
-
 def _ratio(numerator: str, denominator: str) -> Column:
     return F.when(F.col(denominator) > 0, F.col(numerator) / F.col(denominator))
 

@@ -8,10 +8,6 @@ Session state (the open sessions) is kept per batch next to the query's checkpoi
 a crash therefore recomputes exactly the same outputs, and the sinks (``lib.sinks``) commit
 only the tables the crashed attempt had not committed yet: exactly once, across crashes.
 
-The Delta mirrors of the live tables (``live_sessions``, ``live_recommendations``,
-``user_profiles``) are off the batch's critical path: a batch puts their rows under the
-checkpoint and a flush folds them in on its own cadence (``lib.mirrors``), in the background.
-
 Watermark: ``max event time admitted so far - sessions.watermark``, as of the start of the
 batch. Events older than it are late: still written to ``enriched_events``, but dropped from
 session state and counted. A session closes when the watermark after the batch has passed
@@ -39,27 +35,27 @@ from lib.catalog import register_tables
 from lib.checkpoint import CheckpointLock, acquire_lock, check_compatible_config
 from lib.config import Config, micros
 from lib.enrich import with_purchase_history
-from lib.fs import HadoopFS
 from lib.interactions import event_weight
 from lib.kafka import check_topic
 from lib.live import LiveRanker, live_exclusions
-from lib.mirrors import MirrorFlusher, PendingMirrors, seen_items
 from lib.model_store import ModelStore
 from lib.online_sink import recommendation_docs, user_docs
 from lib.online_store import SQLiteStore
 from lib.parsing import parse_activity_lines, parse_activity_messages, quarantine_rows, valid_events
-from lib.profiles import profile_totals
+from lib.profiles import add_profile_totals, profile_totals, with_profile_metrics
 from lib.schemas import (
     ENRICHED_EVENTS,
     ENRICHED_EVENTS_SCHEMA,
     EVENT_TS,
     INGESTED_AT,
     IS_OPEN,
+    ITEM_ENGAGEMENT,
     ITEM_ID,
     LIVE_RECOMMENDATIONS,
     LIVE_RECOMMENDATIONS_SCHEMA,
     LIVE_SESSIONS,
     LIVE_SESSIONS_SCHEMA,
+    PROFILE_COLUMNS,
     QUARANTINE,
     QUARANTINE_SCHEMA,
     RANK,
@@ -90,7 +86,6 @@ log = logging.getLogger(__name__)
 QUERY_NAME = "streamrec_activity"
 STREAM_CHECKPOINT = "stream"
 SESSION_STATE_DIR = "session_state"
-PENDING_MIRRORS_DIR = "pending_mirrors"
 
 _TABLE_SCHEMAS = {
     ENRICHED_EVENTS: ENRICHED_EVENTS_SCHEMA,
@@ -130,6 +125,13 @@ def table_to_compact(file_counts: dict[str, int]) -> str | None:
     """
     name, files = max(((t, file_counts.get(t, 0)) for t in COMPACTED_TABLES), key=lambda pair: pair[1])
     return name if files > 1 else None
+
+
+# A profile row is rewritten when the batch touched its user or its purchase side changed.
+_PROFILE_CHANGED = (
+    "s._touched OR NOT (t.past_purchases <=> s.past_purchases "
+    "AND t.avg_purchase_amount <=> s.avg_purchase_amount AND t.top_items <=> s.top_items)"
+)
 
 
 class InjectedFault(RuntimeError):
@@ -268,8 +270,7 @@ class SessionBatchWriter:
         fail_after: str | None = None,
     ):
         """:param fail_after: fault injection for crash tests (off by default): raise
-        ``InjectedFault`` right after the named write ("enriched", "live_sessions", ..., and in a
-        flush of the mirrors "mirror:<table>")."""
+        ``InjectedFault`` right after the named write ("enriched", "live_sessions", ...)."""
         self.spark = spark
         self.cfg = cfg
         self.stats = stats or StreamStats()
@@ -283,17 +284,10 @@ class SessionBatchWriter:
         self.parked_for_stop = threading.Event()  # a batch waits in _end_for_stop
         self._maintenance = ThreadPoolExecutor(1, thread_name_prefix="maintenance")
         self._vacuum: Future | None = None
-        # The flushes of the mirrors and the compactions, one at a time, never beside each other.
-        self._mirror_worker = ThreadPoolExecutor(1, thread_name_prefix="mirrors")
-        self._mirror_flush: Future | None = None
-        self._mirror_flush_started = time.monotonic()
-        self._mirror_lock = threading.Lock()
-        self._mirrored_upto = -1  # the last batch a flush of this run covered
-        self._last_done_batch: int | None = None  # the last batch this run completed
         self.store = SQLiteStore(cfg.paths.online_store)
         self._store_bound = False
         self._ranker: tuple[str, LiveRanker] | None = None  # (model version, its ranker)
-        self._flusher: MirrorFlusher | None = None
+        self._purchase_files: list[str] | None = None  # as of the last profile update
 
     @property
     def checkpoint(self) -> str:
@@ -308,17 +302,6 @@ class SessionBatchWriter:
 
     def state_store(self) -> SessionStateStore:
         return SessionStateStore(self.spark, self.cfg.paths.checkpoint(f"{SESSION_STATE_DIR}/{self.app_id()}"))
-
-    def flusher(self) -> MirrorFlusher:
-        if self._flusher is None:
-            pending = PendingMirrors(self.spark, self.cfg.paths.checkpoint(f"{PENDING_MIRRORS_DIR}/{self.app_id()}"))
-            sink = BatchSink(self.spark, self.app_id())
-            self._flusher = MirrorFlusher(self.spark, self.cfg, sink, pending, self.store, self._fault)
-        return self._flusher
-
-    def _fault(self, name: str) -> None:
-        if name == self.fail_after:
-            raise InjectedFault(f"fault injected after the {name} write")
 
     def current_ranker(self) -> tuple[str, LiveRanker] | None:
         """The latest committed model's version and ranker, rebuilt when ``jobs/train.py``
@@ -356,7 +339,6 @@ class SessionBatchWriter:
         cached: list[DataFrame] = []
         try:
             self._process(batch_df, batch_id, started_at, report, cached)
-            self._last_done_batch = batch_id
         finally:
             for df in cached:
                 df.unpersist()
@@ -389,62 +371,8 @@ class SessionBatchWriter:
         self._vacuum = self._maintenance.submit(vacuum_tables)
 
     def close(self) -> None:
-        """Wait for background work (a flush, a VACUUM) to end, then bring the mirrors up to the
-        last batch this run completed."""
-        self._mirror_worker.shutdown(wait=True)
+        """Wait for background maintenance (a VACUUM) to end."""
         self._maintenance.shutdown(wait=True)
-        if self._last_done_batch is not None:
-            self.flush_mirrors(self._last_done_batch)
-
-    def flush_mirrors(self, upto: int) -> None:
-        """Fold the mirrors' pending rows up to batch ``upto`` into their tables, then compact
-        when a batch in the range was due for it (see ``due``)."""
-        with self._mirror_lock:
-            self.bind_store()
-            started_at = int(time.time() * 1_000_000)
-            began = time.monotonic()
-            self.flusher().flush(upto, _micros_literal(started_at))
-            compaction_due = any(
-                due(b, self.cfg.stream.compact_every) for b in range(self._mirrored_upto + 1, upto + 1)
-            )
-            self._mirrored_upto = max(self._mirrored_upto, upto)
-            log.info("mirrors flushed through batch %d in %.2f s", upto, time.monotonic() - began)
-            if compaction_due:
-                table = self.cfg.paths.table
-                to_compact = table_to_compact({name: data_files(self.spark, table(name)) for name in COMPACTED_TABLES})
-                if to_compact:
-                    compact(self.spark, table(to_compact))
-
-    def recover_mirrors(self) -> None:
-        """On start, fold in what a run that ended without a flush (kill -9) left pending, up to
-        the last batch the query committed."""
-        committed = [int(n) for n in HadoopFS(self.spark).list_names(f"{self.checkpoint}/commits") if n.isdigit()]
-        if committed:
-            # Compaction stays with the batches of this run (see flush_mirrors).
-            self._mirrored_upto = max(committed)
-            self.flush_mirrors(max(committed))
-
-    def _schedule_mirror_flush(self, batch_id: int, report: BatchReport) -> None:
-        """After a batch: flush now (``stream.mirror_interval`` 0), or in the background once the
-        interval passed since the last flush started and none is running."""
-        interval = self.cfg.stream.mirror_interval_seconds
-        if interval == 0:
-            with report.stage("mirrors"):
-                self.flush_mirrors(batch_id)
-            return
-        if self._mirror_flush is not None and not self._mirror_flush.done():
-            return
-        if time.monotonic() - self._mirror_flush_started < interval:
-            return
-
-        def flush():
-            try:
-                self.flush_mirrors(batch_id)
-            except Exception:
-                log.exception("flushing the mirrors failed; the stream goes on and tries again later")
-
-        self._mirror_flush_started = time.monotonic()
-        self._mirror_flush = self._mirror_worker.submit(flush)
 
     def request_stop(self) -> None:
         """From now on a starting batch writes nothing (see ``_end_for_stop``)."""
@@ -475,7 +403,6 @@ class SessionBatchWriter:
         sink, table = BatchSink(spark, self.app_id()), cfg.paths.table
         ingested_at = _micros_literal(started_at)
         state_store = self.state_store()
-        pending = self.flusher().pending
         self.bind_store()
 
         def keep(df: DataFrame) -> DataFrame:
@@ -533,21 +460,49 @@ class SessionBatchWriter:
                 )
                 live = keep(live)
                 self.store.put_sessions(batch_id, user_docs(live, LIVE_SESSIONS_SCHEMA.fieldNames()))
-                pending.put(LIVE_SESSIONS, live, batch_id)
+                sink.upsert(live, table(LIVE_SESSIONS), [USER_ID], batch_id)
 
         def write_item_popularity():
             if report.valid_rows:
                 engagement = events.groupBy(ITEM_ID).agg(F.sum(event_weight(cfg.recommend)).alias("engagement"))
                 self.store.add_item_engagement(batch_id, [(r[0], r[1]) for r in engagement.collect()])
 
-        def write_profile_increments():
-            if report.valid_rows or report.sessions_closed:
-                closed = sessions.where("_closed").select(USER_ID, SESSION_START, SESSION_END)
-                pending.put(USER_PROFILES, profile_totals(events, closed, cfg.recommend), batch_id)
+        # The profiles' rows (the live recommendations exclude the items they hold).
+        profile_rows: list[DataFrame] = []
+
+        def write_user_profiles():
+            if not (report.valid_rows or report.sessions_closed):
+                return
+            closed = sessions.where("_closed").select(USER_ID, SESSION_START, SESSION_END)
+            increments = keep(profile_totals(events, closed, cfg.recommend))
+            # Users without new activity need a new row only when the purchase history changed
+            # (new files); the first batch of a run checks them all, which also covers a restart.
+            purchase_files = sorted(purchases.inputFiles())
+            concerned = increments.select(USER_ID)
+            if purchase_files != self._purchase_files:
+                concerned = concerned.unionByName(purchases.select(USER_ID))
+            concerned = concerned.distinct()
+            stored = spark.read.format("delta").load(table(USER_PROFILES)).join(concerned, USER_ID, "left_semi")
+            # with_profile_metrics has a row for every buyer; a buyer not concerned has no stored
+            # totals read, and its row (purchases only) would overwrite the stored one.
+            rows = keep(
+                with_profile_metrics(add_profile_totals(stored, increments), purchases, cfg.recommend, ingested_at)
+                .join(concerned, USER_ID, "left_semi")
+                .join(increments.select(USER_ID, F.lit(True).alias("_touched")), USER_ID, "left")
+                .fillna(False, ["_touched"])
+            )
+            # A replay of a batch whose MERGE committed folds the batch in a second time (the stored
+            # rows include it): those rows still serve the live recommendations' exclusions, but
+            # neither the table nor the store takes them. The store took them before the MERGE.
+            if not sink.committed(table(USER_PROFILES), batch_id):
+                self.store.put_profiles(batch_id, user_docs(rows, PROFILE_COLUMNS))
+            profile_rows.append(rows)
+            sink.upsert(rows, table(USER_PROFILES), [USER_ID], batch_id, update_condition=_PROFILE_CHANGED)
+            self._purchase_files = purchase_files
 
         def write_live_recommendations():
             current = self.current_ranker()
-            if not report.valid_rows or current is None:
+            if not report.valid_rows or current is None or not profile_rows:
                 return
             model_version, ranker = current
             active = events.select(USER_ID).distinct()
@@ -556,19 +511,25 @@ class SessionBatchWriter:
                 .transform(with_session_metrics)
                 .select(USER_ID, SESSION_ID, RECENT_EVENTS)
             )
-            # Materialized without their lineage: the store and the pending rows read them, and
-            # neither read may re-plan or recompute the session lineage or the re-ranking.
+            seen = profile_rows[0].select(USER_ID, F.explode(F.map_keys(ITEM_ENGAGEMENT)).alias(ITEM_ID))
+            excluded = live_exclusions(context, purchases, seen, cfg.recommend)
+            # Materialized without their lineage: the MERGE reads its source twice, and neither
+            # read may re-plan or recompute the session lineage or the re-ranking.
             context = context.localCheckpoint()
-            with pending.lock:  # the increments read stay until the re-ranking has read them
-                seen = seen_items(spark, cfg, self.flusher().sink, pending, batch_id)
-                excluded = live_exclusions(context, purchases, seen, cfg.recommend)
-                recs = ranker.recommend(context, excluded, model_version, ingested_at).localCheckpoint()
+            recs = ranker.recommend(context, excluded, model_version, ingested_at).localCheckpoint()
             self.store.put_live_recommendations(batch_id, recommendation_docs(recs))
             # Every rank slot of an active user: a slot without a new row is deleted.
             slots = context.select(USER_ID).crossJoin(
                 spark.range(1, cfg.recommend.top_k + 1).select(F.col("id").cast("int").alias(RANK))
             )
-            pending.put(LIVE_RECOMMENDATIONS, slots.join(recs, [USER_ID, RANK], "left"), batch_id)
+            sink.upsert(
+                slots.join(recs, [USER_ID, RANK], "left"),
+                table(LIVE_RECOMMENDATIONS),
+                [USER_ID, RANK],
+                batch_id,
+                delete_condition=f"s.{ITEM_ID} IS NULL",
+                insert_condition=f"s.{ITEM_ID} IS NOT NULL",
+            )
 
         def write_state():
             state_store.write(sessions.where(~F.col("_closed")).select(*SESSION_STATE_SCHEMA.fieldNames()), batch_id)
@@ -600,7 +561,7 @@ class SessionBatchWriter:
         # bookkeeping on the driver, not work on the executors' cores.
         chains = (
             (("live_sessions", write_live_sessions), ("item_popularity", write_item_popularity)),
-            (("user_profiles", write_profile_increments), ("live_recommendations", write_live_recommendations)),
+            (("user_profiles", write_user_profiles), ("live_recommendations", write_live_recommendations)),
             (("session_features", write_session_features), ("state", write_state)),
         )
         with ThreadPoolExecutor(len(chains), thread_name_prefix=f"batch-{batch_id}") as pool:
@@ -608,7 +569,11 @@ class SessionBatchWriter:
         failures = [f.exception() for f in outcomes if f.exception() is not None]
         if failures:
             raise failures[0]
-        self._schedule_mirror_flush(batch_id, report)
+        if due(batch_id, cfg.stream.compact_every):
+            with report.stage("compact"):
+                to_compact = table_to_compact({name: data_files(spark, table(name)) for name in COMPACTED_TABLES})
+                if to_compact:
+                    compact(spark, table(to_compact))
         if due(batch_id, cfg.lake.vacuum_every):
             self._start_vacuum()
         with report.stage("metrics"):
@@ -753,7 +718,6 @@ def start_stream(
         source = activity_stream(spark, cfg)
         stats = stats or StreamStats()
         batch_writer = SessionBatchWriter(spark, cfg, stats)
-        batch_writer.recover_mirrors()
         writer = (
             source.writeStream.queryName(QUERY_NAME).foreachBatch(batch_writer).option("checkpointLocation", checkpoint)
         )

@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 
 from lib.batch import profiles_from_lake
 from lib.online_store import SQLiteStore
-from lib.stream import InjectedFault, SessionBatchWriter, ensure_tables, run_available_now, start_stream
+from lib.stream import InjectedFault, SessionBatchWriter, ensure_tables, run_available_now
 from tests.conftest import make_config
 from tests.integration.conftest import (
     active_files,
@@ -73,18 +73,9 @@ def test_restarts_add_nothing_and_pick_up_new_files_and_purchases(spark, tmp_pat
         "user_id,item_id,event_type,timestamp,note\n2,6,view,2024-01-02 00:00:00,caf\xe9\n".encode("latin-1")
     )
     (tmp_path / "incoming" / "empty.csv").write_bytes(b"")
-    # Two batches, not five; the second (batch 2) vacuums the tables with a retention of ~0. The
-    # mirrors are flushed in each batch, before its VACUUM (a flush at the end of the run would
-    # leave the version before it to the next VACUUM).
+    # Two batches, not five; the second (batch 2) vacuums the tables with a retention of ~0.
     run_available_now(
-        spark,
-        make_config(
-            tmp_path,
-            "stream.max_files_per_trigger=3",
-            "lake.vacuum_every=2",
-            "lake.retention=1 ms",
-            "stream.mirror_interval=0 seconds",
-        ),
+        spark, make_config(tmp_path, "stream.max_files_per_trigger=3", "lake.vacuum_every=2", "lake.retention=1 ms")
     )
     profiles = cfg.paths.table("user_profiles")  # rewritten by a MERGE in every batch
     assert parquet_files(profiles) == active_files(spark, profiles)
@@ -108,10 +99,9 @@ def test_restarts_add_nothing_and_pick_up_new_files_and_purchases(spark, tmp_pat
 
 
 def test_batch_replayed_after_crashes_commits_each_write_once(spark, tmp_path):
-    """A crash between the Delta appends and the MERGEs, then a crash in the mirrors' flush after
-    the profiles' MERGE, then two full replays: every table is committed exactly once. (The flush
-    runs in the batch here, ``stream.mirror_interval`` 0, so that a crash can fall inside it.)"""
-    cfg = make_config(tmp_path, "stream.mirror_interval=0 seconds")
+    """A crash between the Delta appends and the MERGEs, then a crash after the MERGEs, then
+    two full replays: every table is committed exactly once."""
+    cfg = make_config(tmp_path)
     write_purchases(cfg.paths.purchases, [(1, 1, 10.0, date(2023, 6, 1))])
     writer = activity_writer(cfg, users=6, items=20, bad_share=0.05)
     writer.write_file(200)
@@ -128,7 +118,7 @@ def test_batch_replayed_after_crashes_commits_each_write_once(spark, tmp_path):
     assert after_first_crash["enriched_events"] == initial["enriched_events"] + 1
     assert after_first_crash["live_sessions"] == initial["live_sessions"]  # the MERGE never ran
     with pytest.raises(InjectedFault):
-        SessionBatchWriter(spark, cfg, app_id="replay-test", fail_after="mirror:user_profiles")(batch, 0)
+        SessionBatchWriter(spark, cfg, app_id="replay-test", fail_after="user_profiles")(batch, 0)
     after_second_crash = table_versions(spark, cfg)
     assert after_second_crash["enriched_events"] == after_first_crash["enriched_events"]  # not appended again
     assert after_second_crash["user_profiles"] == initial["user_profiles"] + 1
@@ -162,36 +152,3 @@ def test_batch_replayed_after_crashes_commits_each_write_once(spark, tmp_path):
         )
     for row in read(spark, cfg, "user_profiles").collect():
         assert store.profile(row.user_id)["num_events"] == row.num_events
-
-
-def test_mirrors_a_run_left_behind_are_folded_in_once_on_the_next_start(spark, tmp_path):
-    """A run that ends without its final flush of the mirrors (as after kill -9) leaves the Delta
-    live tables behind the online store; the next start folds every pending batch in, once."""
-    cfg = make_config(tmp_path, "stream.mirror_interval=1 hour")
-    write_purchases(cfg.paths.purchases, [(1, 3, 10.0, date(2023, 6, 1)), (99, 4, 5.0, date(2023, 6, 2))])
-    writer = activity_writer(cfg, users=8, items=20)
-    writer.write_file(120)
-    writer.write_file(120)
-    handle = start_stream(spark, cfg, available_now=True)
-    handle.wait()
-    # What a killed process leaves: no close(), so no final flush; its checkpoint lock is freed.
-    handle.lock.release()
-    spark.streams.removeListener(handle.listener)
-    assert read(spark, cfg, "stream_metrics").count() == 2
-    assert read(spark, cfg, "live_sessions").count() == 0
-    assert read(spark, cfg, "user_profiles").count() == 0
-    store = SQLiteStore(cfg.paths.online_store, readonly=True)
-    users = {r.user_id for r in writer.manifest if r.user_id and r.expected_reason is None}
-    assert all(store.session(u) is not None for u in users)
-
-    run_available_now(spark, cfg)
-    live = read(spark, cfg, "live_sessions")
-    assert live.count() == live.select("user_id").distinct().count() == len(users)
-    for row in live.collect():
-        assert store.session(row.user_id)["session_id"] == row.session_id
-    # The buyer without events has a profile too; every profile equals a rebuild from the lake.
-    assert_same_profiles(read(spark, cfg, "user_profiles"), profiles_from_lake(spark, cfg))
-    assert read(spark, cfg, "user_profiles").where("user_id = 99").count() == 1
-    versions = table_versions(spark, cfg)
-    run_available_now(spark, cfg)
-    assert table_versions(spark, cfg) == versions

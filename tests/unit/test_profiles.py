@@ -7,7 +7,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, StringType, StructField, StructType, TimestampType
 
 from lib.config import load_config
-from lib.profiles import add_profile_totals, profile_totals, sum_profile_totals, with_profile_metrics
+from lib.profiles import add_profile_totals, profile_totals, with_profile_metrics
 from lib.schemas import PURCHASES_SCHEMA, USER_PROFILES_SCHEMA
 
 T0 = datetime(2024, 1, 1, 10, 0, 0)
@@ -102,24 +102,6 @@ def test_adding_totals_batch_by_batch_equals_building_from_everything(spark):
     stepwise = add_profile_totals(add_profile_totals(empty, first), second)
     whole = profile_totals(events(spark, EVENT_ROWS), sessions(spark, SESSION_ROWS), REC)
     assert_df_equality(stepwise.orderBy("user_id"), whole.orderBy("user_id"), ignore_nullable=True)
-
-
-def test_summing_several_batches_increments_equals_building_from_everything(spark):
-    """The mirrors' flush sums the pending increments of several batches in one pass; a user
-    with a closed session and no event (empty engagement) is summed too."""
-    session_only = [(5, T0, T0 + timedelta(minutes=3))]
-    batches = [
-        (EVENT_ROWS[:3], SESSION_ROWS[:1]),
-        (EVENT_ROWS[3:], SESSION_ROWS[1:]),
-        ([], session_only),
-        ([], []),
-    ]
-    increments = [profile_totals(events(spark, e), sessions(spark, s), REC) for e, s in batches]
-    pending = increments[0]
-    for more in increments[1:]:
-        pending = pending.unionByName(more)
-    whole = profile_totals(events(spark, EVENT_ROWS), sessions(spark, SESSION_ROWS + session_only), REC)
-    assert_df_equality(sum_profile_totals(pending).orderBy("user_id"), whole.orderBy("user_id"), ignore_nullable=True)
 
 
 def test_no_input_gives_no_profiles(spark):
