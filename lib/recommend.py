@@ -205,7 +205,7 @@ def choose_ease_penalty(
     factors = EASE_LAMBDA_FACTORS if small else (2.0, 8.0)
     dropouts = EASE_DROPOUTS if small else (0.0, 0.67)
     mean_diag = float(np.mean(np.diag(gram))) or 1.0
-    results = {}
+    ndcg: dict[tuple[float, float, float], float] = {}
     for dropout in dropouts:
         eigenvalues, eigenvectors = np.linalg.eigh(gram + np.diag(dropout / (1.0 - dropout) * np.diag(gram)))
         for factor in factors:
@@ -216,15 +216,19 @@ def choose_ease_penalty(
             raw_scores[history > 0] = -np.inf
             for exponent in EASE_POPULARITY_EXPONENTS:
                 scores = raw_scores / _popularity_scale(gram, exponent)
-                results[f"{factor:g}x/{dropout:g}/{exponent:g}"] = round(float(_ndcg_at_k(scores, held_out, k)), 5)
-    best = max(results, key=results.get)
-    factor, dropout, exponent = (float(v) for v in best.replace("x", "").split("/"))
+                ndcg[(factor, dropout, exponent)] = round(float(_ndcg_at_k(scores, held_out, k)), 5)
+    factor, dropout, exponent = max(ndcg, key=ndcg.get)  # the first of equals, in search order
+    # Named as the model's params store them: "<lambda factor>x/<dropout>/<popularity exponent>".
+    results = {f"{f:g}x/{d:g}/{e:g}": v for (f, d, e), v in ndcg.items()}
     log.info(
-        "EASE penalty search (NDCG@%d on %d validation users; lambda factor/dropout/popularity exponent): %s -> %s",
+        "EASE penalty search (NDCG@%d on %d validation users; lambda factor/dropout/popularity exponent): "
+        "%s -> %gx/%g/%g",
         k,
         len(users),
         results,
-        best,
+        factor,
+        dropout,
+        exponent,
     )
     return factor, dropout, exponent, results
 
@@ -288,6 +292,8 @@ def fit_model(
 ) -> TrainedModel:
     """Train ``model`` (default ``rec.model``) on ``interactions`` (``INTERACTIONS_SCHEMA``)."""
     name = model or rec.model
+    if name not in MODEL_FITTERS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_FITTERS)}")
     interactions = interactions.select(USER_ID, ITEM_ID, STRENGTH).persist()
     item_ids = np.sort(np.array([r[0] for r in interactions.select(ITEM_ID).distinct().collect()], dtype=np.int64))
     if name == "ease" and len(item_ids) > rec.ease_max_items:
@@ -298,41 +304,55 @@ def fit_model(
             rec.ease_max_items,
         )
         name = "item_knn"
-    popularity = item_popularity(interactions)
     params: dict = {"items": len(item_ids)}
-
-    def seen_filter(scores: DataFrame) -> DataFrame:
-        return without_seen(scores, interactions) if rec.exclude_seen else scores
-
-    if name == "ease":
-        gram = dense_gram(interactions, item_ids)
-        penalty, dropout, exponent = rec.ease_lambda_value, rec.ease_dropout, 0.0
-        if penalty is None:
-            factor, dropout, exponent, params["penalty_search_ndcg"] = choose_ease_penalty(
-                interactions, item_ids, rec.top_k, rec.seed
-            )
-            penalty = factor * (float(np.mean(np.diag(gram))) or 1.0)
-        params.update({"lambda": round(penalty, 3), "dropout": dropout, "popularity_exponent": exponent})
-        weights = ease_weights(gram, penalty, dropout, exponent)
-        del gram
-        neighbours = ease_neighbours(spark, weights, item_ids, rec.neighbours)
-        user_scores = score_dense(spark, interactions, weights, item_ids, rec.candidates, rec.exclude_seen)
-    else:
-        neighbours = cosine_neighbours(item_cooccurrence(interactions), rec.neighbours)
-        if name == "item_knn":
-            user_scores = top_candidates(seen_filter(score_by_neighbours(interactions, neighbours)), rec.candidates)
-        elif name == "als":
-            user_scores = _als_scores(interactions, rec, len(item_ids), seen_filter)
-            params.update(rank=rec.als_rank, max_iter=rec.als_max_iter, reg=rec.als_reg, alpha=rec.als_alpha)
-        elif name == "popularity":
-            # Everything comes from the popularity fallback of top_k_recommendations.
-            user_scores = spark.createDataFrame([], USER_SCORES_SCHEMA)
-        else:
-            raise ValueError(f"unknown model {name!r}")
-    return TrainedModel(name, user_scores, neighbours, popularity, params)
+    user_scores, neighbours = MODEL_FITTERS[name](spark, interactions, item_ids, rec, params)
+    return TrainedModel(name, user_scores, neighbours, item_popularity(interactions), params)
 
 
-def _als_scores(interactions: DataFrame, rec: RecommendConfig, num_items: int, seen_filter) -> DataFrame:
+def _without_seen_if_configured(scores: DataFrame, interactions: DataFrame, rec: RecommendConfig) -> DataFrame:
+    return without_seen(scores, interactions) if rec.exclude_seen else scores
+
+
+def _fit_ease(spark, interactions, item_ids, rec, params):
+    gram = dense_gram(interactions, item_ids)
+    penalty, dropout, exponent = rec.ease_lambda_value, rec.ease_dropout, 0.0
+    if penalty is None:
+        factor, dropout, exponent, params["penalty_search_ndcg"] = choose_ease_penalty(
+            interactions, item_ids, rec.top_k, rec.seed
+        )
+        penalty = factor * (float(np.mean(np.diag(gram))) or 1.0)
+    params.update({"lambda": round(penalty, 3), "dropout": dropout, "popularity_exponent": exponent})
+    weights = ease_weights(gram, penalty, dropout, exponent)
+    del gram
+    neighbours = ease_neighbours(spark, weights, item_ids, rec.neighbours)
+    return score_dense(spark, interactions, weights, item_ids, rec.candidates, rec.exclude_seen), neighbours
+
+
+def _fit_item_knn(spark, interactions, item_ids, rec, params):
+    neighbours = cosine_neighbours(item_cooccurrence(interactions), rec.neighbours)
+    scores = _without_seen_if_configured(score_by_neighbours(interactions, neighbours), interactions, rec)
+    return top_candidates(scores, rec.candidates), neighbours
+
+
+def _fit_als(spark, interactions, item_ids, rec, params):
+    params.update(rank=rec.als_rank, max_iter=rec.als_max_iter, reg=rec.als_reg, alpha=rec.als_alpha)
+    neighbours = cosine_neighbours(item_cooccurrence(interactions), rec.neighbours)
+    return _als_scores(interactions, rec, len(item_ids)), neighbours
+
+
+def _fit_popularity(spark, interactions, item_ids, rec, params):
+    # Every recommendation comes from the popularity fill of top_k_recommendations; the item
+    # neighbours still serve the live re-ranking.
+    neighbours = cosine_neighbours(item_cooccurrence(interactions), rec.neighbours)
+    return spark.createDataFrame([], USER_SCORES_SCHEMA), neighbours
+
+
+# How each model of ``recommend.model`` (lib.config.MODELS) is fitted: ``(spark, interactions,
+# item ids, RecommendConfig, params to record) -> (user scores, item neighbours)``.
+MODEL_FITTERS = {"ease": _fit_ease, "item_knn": _fit_item_knn, "als": _fit_als, "popularity": _fit_popularity}
+
+
+def _als_scores(interactions: DataFrame, rec: RecommendConfig, num_items: int) -> DataFrame:
     from pyspark.ml.recommendation import ALS
 
     als = ALS(
@@ -355,7 +375,7 @@ def _als_scores(interactions: DataFrame, rec: RecommendConfig, num_items: int, s
         .select(USER_ID, F.explode("recommendations").alias("r"))
         .select(USER_ID, F.col(f"r.{ITEM_ID}").alias(ITEM_ID), F.col("r.rating").cast("double").alias(SCORE))
     )
-    return top_candidates(seen_filter(scores), rec.candidates)
+    return top_candidates(_without_seen_if_configured(scores, interactions, rec), rec.candidates)
 
 
 def top_k_recommendations(

@@ -11,9 +11,9 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql.types import IntegerType, StringType, StructField, StructType, TimestampType
 
-from lib.config import load_config
+from lib.config import MODELS, load_config
 from lib.interactions import interactions_from
-from lib.recommend import fit_model, top_k_recommendations
+from lib.recommend import MODEL_FITTERS, fit_model, top_k_recommendations
 from lib.schemas import INTERACTIONS_SCHEMA, PURCHASES_SCHEMA
 
 T = datetime(2024, 1, 1, 12, 0, 0)
@@ -127,3 +127,20 @@ def test_no_interactions_gives_no_recommendations(spark):
     empty = spark.createDataFrame([], INTERACTIONS_SCHEMA)
     for model in ("item_knn", "ease", "popularity"):
         assert recommendations(spark, empty, model, k=2) == {}
+
+
+def test_every_configurable_model_has_a_fit_and_an_unknown_one_is_refused(spark, interactions):
+    assert set(MODEL_FITTERS) == set(MODELS)
+    with pytest.raises(ValueError, match="unknown model 'svd'; choose one of"):
+        fit_model(spark, interactions, rec_config(), model="svd")
+
+
+def test_ease_penalty_search_fits_the_setting_it_scored_best(spark):
+    """Two groups of five items, six users each: every user has a held-out item to score."""
+    rows = [(user, item, 1.0, T) for user in range(1, 13) for item in (range(1, 6) if user <= 6 else range(6, 11))]
+    trained = fit_model(spark, spark.createDataFrame(rows, INTERACTIONS_SCHEMA), rec_config("model=ease", "top_k=2"))
+    ndcg = trained.params["penalty_search_ndcg"]
+    assert len(ndcg) == 6 * 3 * 3  # lambda factors x dropouts x popularity exponents
+    best = max(ndcg, key=ndcg.get)  # the first of equals, in search order
+    _factor, dropout, exponent = (float(v) for v in best.replace("x", "").split("/"))
+    assert (trained.params["dropout"], trained.params["popularity_exponent"]) == (dropout, exponent)
