@@ -25,6 +25,7 @@ Models (``recommend.model``):
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -313,6 +314,10 @@ def _without_seen_if_configured(scores: DataFrame, interactions: DataFrame, rec:
     return without_seen(scores, interactions) if rec.exclude_seen else scores
 
 
+def _cosine_item_neighbours(interactions: DataFrame, rec: RecommendConfig) -> DataFrame:
+    return cosine_neighbours(item_cooccurrence(interactions), rec.neighbours)
+
+
 def _fit_ease(spark, interactions, item_ids, rec, params):
     gram = dense_gram(interactions, item_ids)
     penalty, dropout, exponent = rec.ease_lambda_value, rec.ease_dropout, 0.0
@@ -329,27 +334,33 @@ def _fit_ease(spark, interactions, item_ids, rec, params):
 
 
 def _fit_item_knn(spark, interactions, item_ids, rec, params):
-    neighbours = cosine_neighbours(item_cooccurrence(interactions), rec.neighbours)
+    neighbours = _cosine_item_neighbours(interactions, rec)
     scores = _without_seen_if_configured(score_by_neighbours(interactions, neighbours), interactions, rec)
     return top_candidates(scores, rec.candidates), neighbours
 
 
 def _fit_als(spark, interactions, item_ids, rec, params):
     params.update(rank=rec.als_rank, max_iter=rec.als_max_iter, reg=rec.als_reg, alpha=rec.als_alpha)
-    neighbours = cosine_neighbours(item_cooccurrence(interactions), rec.neighbours)
+    neighbours = _cosine_item_neighbours(interactions, rec)
     return _als_scores(interactions, rec, len(item_ids)), neighbours
 
 
 def _fit_popularity(spark, interactions, item_ids, rec, params):
     # Every recommendation comes from the popularity fill of top_k_recommendations; the item
     # neighbours still serve the live re-ranking.
-    neighbours = cosine_neighbours(item_cooccurrence(interactions), rec.neighbours)
+    neighbours = _cosine_item_neighbours(interactions, rec)
     return spark.createDataFrame([], USER_SCORES_SCHEMA), neighbours
 
 
 # How each model of ``recommend.model`` (lib.config.MODELS) is fitted: ``(spark, interactions,
-# item ids, RecommendConfig, params to record) -> (user scores, item neighbours)``.
-MODEL_FITTERS = {"ease": _fit_ease, "item_knn": _fit_item_knn, "als": _fit_als, "popularity": _fit_popularity}
+# sorted item ids, config, params to record) -> (user scores, item neighbours)``.
+ModelFit = Callable[[SparkSession, DataFrame, np.ndarray, RecommendConfig, dict], tuple[DataFrame, DataFrame]]
+MODEL_FITTERS: dict[str, ModelFit] = {
+    "ease": _fit_ease,
+    "item_knn": _fit_item_knn,
+    "als": _fit_als,
+    "popularity": _fit_popularity,
+}
 
 
 def _als_scores(interactions: DataFrame, rec: RecommendConfig, num_items: int) -> DataFrame:
