@@ -45,15 +45,21 @@ def _unquote(field: Column) -> Column:
     ).otherwise(field)
 
 
-def csv_fields(line: Column) -> Column:
-    """The fields of a CSV line as ``array<string>``, quotes removed.
+def _quoted_csv_fields(line: Column) -> Column:
+    """The fields of a CSV line as ``array<string>``, each as written (quotes kept).
 
     Lines without a quote take the fast path (a plain split); others are tokenized with an
-    RFC 4180 regular expression. An empty line has one empty field.
+    RFC 4180 regular expression. An empty line has one empty field. No higher-order function
+    here: a lambda would keep Spark from compiling the per-line projection.
     """
     return F.when(F.instr(line, '"') == 0, F.split(line, ",", -1)).otherwise(
-        F.transform(F.regexp_extract_all(line, F.lit(_CSV_FIELD), 1), _unquote)
+        F.regexp_extract_all(line, F.lit(_CSV_FIELD), 1)
     )
+
+
+def csv_fields(line: Column) -> Column:
+    """The fields of a CSV line as ``array<string>``, quotes removed."""
+    return F.transform(_quoted_csv_fields(line), _unquote)
 
 
 def file_headers(lines: DataFrame) -> DataFrame:
@@ -62,17 +68,20 @@ def file_headers(lines: DataFrame) -> DataFrame:
     header rejects the file. The first line of a file is the lowest ``line_id`` of the block
     starting at offset 0.
     """
-    first_line = F.min(F.when(F.col("file_block_start") == 0, F.struct("line_id", "value")))
+    # Two hash aggregates' worth of work: a minimum of a struct (line id, text) would make Spark
+    # sort every line of the batch.
     per_file = lines.groupBy(SOURCE_FILE).agg(
-        first_line.alias("_first"),
+        F.min(F.when(F.col("file_block_start") == 0, F.col("line_id"))).alias("header_line_id"),
         (F.count(F.when(F.trim("value") != "", 1)) - 1).alias("file_data_lines"),
     )
-    header_text = F.regexp_replace(F.col("_first.value"), f"^{_BOM}", "")
+    first_lines = lines.select(F.col("line_id").alias("header_line_id"), F.col("value").alias("header"))
+    with_header = first_lines.join(F.broadcast(per_file), "header_line_id")
+    header_text = F.regexp_replace(F.col("header"), f"^{_BOM}", "")
     header_fields = F.transform(csv_fields(header_text), lambda h: F.lower(F.trim(h)))
-    with_fields = per_file.select(
+    with_fields = with_header.select(
         SOURCE_FILE,
-        F.col("_first.line_id").alias("header_line_id"),
-        F.col("_first.value").alias("header"),
+        "header_line_id",
+        "header",
         header_fields.alias("header_fields"),
         "file_data_lines",
     )
@@ -166,14 +175,14 @@ def _with_fields(rows: DataFrame, raw: dict[str, Column]) -> DataFrame:
 def _parsed(fields: DataFrame, value: Column, row_reason: Column, rejected_lines: Column) -> DataFrame:
     """The result shape of the parsers: the raw columns, the typed event, and its ``reason``:
     ``row_reason`` (the line, message or file as a whole) first, else every field's reason."""
-    field_reasons = F.array_compact(
-        F.array(
-            _id_reason(_raw_field(USER_ID), _typed_field(USER_ID), USER_ID),
-            _id_reason(_raw_field(ITEM_ID), _typed_field(ITEM_ID), ITEM_ID),
-            _event_type_reason(_raw_field(EVENT_TYPE), _typed_field(EVENT_TYPE)),
-            _timestamp_reason(_raw_field(TIMESTAMP), _typed_field(TIMESTAMP)),
-        )
-    )
+    field_reasons = [
+        _id_reason(_raw_field(USER_ID), _typed_field(USER_ID), USER_ID),
+        _id_reason(_raw_field(ITEM_ID), _typed_field(ITEM_ID), ITEM_ID),
+        _event_type_reason(_raw_field(EVENT_TYPE), _typed_field(EVENT_TYPE)),
+        _timestamp_reason(_raw_field(TIMESTAMP), _typed_field(TIMESTAMP)),
+    ]
+    # concat_ws skips the null reasons; no reason is never an empty one.
+    all_field_reasons = F.nullif(F.concat_ws("; ", *field_reasons), F.lit(""))
     return fields.select(
         value.alias("value"),
         SOURCE_FILE,
@@ -183,7 +192,7 @@ def _parsed(fields: DataFrame, value: Column, row_reason: Column, rejected_lines
         _typed_field(ITEM_ID).alias(ITEM_ID),
         _typed_field(EVENT_TYPE).alias(EVENT_TYPE),
         _typed_field(TIMESTAMP).alias(EVENT_TS),
-        F.coalesce(row_reason, F.when(F.size(field_reasons) > 0, F.array_join(field_reasons, "; "))).alias("reason"),
+        F.coalesce(row_reason, all_field_reasons).alias("reason"),
         rejected_lines.alias("rejected_lines"),
     )
 
@@ -216,8 +225,8 @@ def parse_activity_lines(
     # represented by its header's single quarantine row.
     kept = joined.where(F.when(rejected_file, is_header).otherwise(~is_header & (F.trim("value") != "")))
     too_long = F.length("value") > max_line_chars
-    tokenized = kept.withColumn("_fields", F.when(~rejected_file & ~too_long, csv_fields(F.col("value"))))
-    raw = {name: F.try_element_at(F.col("_fields"), F.col(f"pos_{name}")) for name in REQUIRED_EVENT_COLUMNS}
+    tokenized = kept.withColumn("_fields", F.when(~rejected_file & ~too_long, _quoted_csv_fields(F.col("value"))))
+    raw = {name: _unquote(F.try_element_at(F.col("_fields"), F.col(f"pos_{name}"))) for name in REQUIRED_EVENT_COLUMNS}
     line_reason = (
         F.when(~F.is_valid_utf8("value"), F.lit("invalid_utf8"))
         .when(
