@@ -45,21 +45,15 @@ def _unquote(field: Column) -> Column:
     ).otherwise(field)
 
 
-def _quoted_csv_fields(line: Column) -> Column:
-    """The fields of a CSV line as ``array<string>``, each as written (quotes kept).
+def csv_fields(line: Column) -> Column:
+    """The fields of a CSV line as ``array<string>``, quotes removed.
 
     Lines without a quote take the fast path (a plain split); others are tokenized with an
-    RFC 4180 regular expression. An empty line has one empty field. No higher-order function
-    here: a lambda would keep Spark from compiling the per-line projection.
+    RFC 4180 regular expression. An empty line has one empty field.
     """
     return F.when(F.instr(line, '"') == 0, F.split(line, ",", -1)).otherwise(
-        F.regexp_extract_all(line, F.lit(_CSV_FIELD), 1)
+        F.transform(F.regexp_extract_all(line, F.lit(_CSV_FIELD), 1), _unquote)
     )
-
-
-def csv_fields(line: Column) -> Column:
-    """The fields of a CSV line as ``array<string>``, quotes removed."""
-    return F.transform(_quoted_csv_fields(line), _unquote)
 
 
 def file_headers(lines: DataFrame) -> DataFrame:
@@ -225,8 +219,8 @@ def parse_activity_lines(
     # represented by its header's single quarantine row.
     kept = joined.where(F.when(rejected_file, is_header).otherwise(~is_header & (F.trim("value") != "")))
     too_long = F.length("value") > max_line_chars
-    tokenized = kept.withColumn("_fields", F.when(~rejected_file & ~too_long, _quoted_csv_fields(F.col("value"))))
-    raw = {name: _unquote(F.try_element_at(F.col("_fields"), F.col(f"pos_{name}"))) for name in REQUIRED_EVENT_COLUMNS}
+    tokenized = kept.withColumn("_fields", F.when(~rejected_file & ~too_long, csv_fields(F.col("value"))))
+    raw = {name: F.try_element_at(F.col("_fields"), F.col(f"pos_{name}")) for name in REQUIRED_EVENT_COLUMNS}
     line_reason = (
         F.when(~F.is_valid_utf8("value"), F.lit("invalid_utf8"))
         .when(
