@@ -4,26 +4,12 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 
-from lib.config import load_config
 from lib.metastore import stop_server
 from lib.spark import get_spark
-
-# One Hive metastore (and its Derby server) per test process, shared by the session and by the jobs
-# tests start: pytest-xdist's workers are processes of their own.
-TEST_METASTORE = Path(tempfile.mkdtemp(prefix="streamrec-test-metastore-"))
-
-TEST_SPARK_CONF = {
-    "spark.sql.shuffle.partitions": "1",
-    "spark.default.parallelism": "2",
-    "spark.ui.enabled": "false",
-    "spark.databricks.delta.snapshotPartitions": "1",
-    "spark.driver.memory": "2g",
-}
+from tests.helpers import TEST_METASTORE, TEST_SPARK_CONF, make_config
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,22 +27,6 @@ def spark(metastore_server):
     logging.getLogger("py4j").setLevel(logging.WARNING)
     yield session
     session.stop()
-
-
-def make_config(root: Path, *overrides: str):
-    """A pipeline config whose paths all live under ``root``."""
-    return load_config(
-        None,
-        [
-            f"paths.events_dir={root / 'incoming'}",
-            f"paths.purchases={root / 'purchases'}",
-            f"paths.lake={root / 'lake'}",
-            f"paths.checkpoints={root / 'checkpoints'}",
-            f"paths.online_store={root / 'online' / 'streamrec.sqlite'}",
-            f"paths.metastore={TEST_METASTORE}",
-            *overrides,
-        ],
-    )
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from pyspark.sql import functions as F
 
 from lib.stream import run_available_now
 from lib.verify import check_profiles
-from tests.conftest import make_config
-from tests.integration.conftest import (
+from tests.helpers import (
     activity_writer,
     generated_purchases,
+    make_config,
     read,
     write_config_file,
     write_purchases,

@@ -9,8 +9,7 @@ from datetime import datetime, timezone
 import pytest
 
 from lib.online_store import SQLiteStore
-from tests.conftest import make_config
-from tests.integration.conftest import ApiServer
+from tests.helpers import ApiServer, make_config
 
 
 def recs(model_version: str, session_id: str | None, items: list[tuple[int, float]]) -> str:

@@ -9,8 +9,7 @@ from pyspark.sql import functions as F
 
 from bench.benchmark import active_files, duckdb_pipeline, state_rows
 from lib.stream import run_available_now
-from tests.conftest import make_config
-from tests.integration.conftest import activity_writer, generated_purchases, read, write_purchases
+from tests.helpers import activity_writer, generated_purchases, make_config, read, write_purchases
 
 
 def test_duckdb_baseline_and_observers_agree_with_the_stream(spark, tmp_path):

@@ -20,10 +20,10 @@ from lib.processes import free_port
 from lib.schemas import TABLES
 from lib.stream import ensure_tables, run_available_now
 from lib.verify import check_lake
-from tests.conftest import make_config
-from tests.integration.conftest import (
+from tests.helpers import (
     activity_writer,
     generated_purchases,
+    make_config,
     read,
     write_config_file,
     write_purchases,

@@ -18,11 +18,11 @@ import pytest
 from bench.chaos import descendants
 from lib.stream import run_available_now
 from lib.verify import compare_lakes, read_manifest, verify
-from tests.conftest import make_config
-from tests.integration.conftest import (
+from tests.helpers import (
     activity_writer,
     batches_logged,
     generated_purchases,
+    make_config,
     start_stream_job,
     wait_for_batches,
     write_config_file,

@@ -12,7 +12,7 @@ import pytest
 
 from lib.checkpoint import LOCK_FILE, CheckpointError, acquire_lock, check_compatible_config, process_start_ticks
 from lib.stream import STREAM_CHECKPOINT, start_stream
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 
 def write_lock(folder, pid: int, start_ticks: int | None) -> None:

@@ -15,8 +15,7 @@ import pyspark
 import pytest
 
 from lib.processes import free_port
-from tests.conftest import make_config
-from tests.integration.conftest import activity_writer, generated_purchases, read, write_config_file, write_purchases
+from tests.helpers import activity_writer, generated_purchases, make_config, read, write_config_file, write_purchases
 
 ROOT = Path(__file__).resolve().parents[2]
 SPARK_HOME = Path(pyspark.__file__).parent

@@ -10,8 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from lib.stream import run_available_now
-from tests.conftest import make_config
-from tests.integration.conftest import read, write_lines
+from tests.helpers import make_config, read, write_lines
 
 H = "user_id,item_id,event_type,timestamp"
 TS = "2024-01-01 10:00:00"

@@ -21,10 +21,10 @@ from lib.kafka import KafkaError, create_topic, start_broker, stop_broker
 from lib.processes import free_port
 from lib.stream import run_available_now, start_stream
 from lib.verify import read_manifest, verify
-from tests.conftest import make_config
-from tests.integration.conftest import (
+from tests.helpers import (
     batches_logged,
     generated_purchases,
+    make_config,
     start_stream_job,
     wait_for_batches,
     write_config_file,

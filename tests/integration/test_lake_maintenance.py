@@ -7,8 +7,7 @@ import subprocess
 from pathlib import Path
 
 from lib.sinks import BatchSink, compact, vacuum
-from tests.conftest import make_config
-from tests.integration.conftest import active_files, parquet_files
+from tests.helpers import active_files, make_config, parquet_files
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from lib.stream import run_available_now
-from tests.conftest import make_config
-from tests.integration.conftest import read, write_lines
+from tests.helpers import make_config, read, write_lines
 
 HEADER = "user_id,item_id,event_type,timestamp"
 
@@ -43,7 +42,7 @@ def test_ten_percent_late_events_are_all_enriched_and_the_dropped_count_is_predi
     """10% of events arrive up to twice the watermark delay late; the verifier replays the
     watermark rule over the stream's micro-batches and predicts exactly what was dropped."""
     from lib.verify import read_manifest, verify
-    from tests.integration.conftest import activity_writer, write_manifest
+    from tests.helpers import activity_writer, write_manifest
 
     cfg = make_config(tmp_path)
     writer = activity_writer(cfg, users=150, items=30, out_of_order_share=0.10, max_out_of_order_s=1200.0)

@@ -7,8 +7,7 @@ from datetime import date
 
 from lib.stream import run_available_now
 from lib.verify import check_profiles
-from tests.conftest import make_config
-from tests.integration.conftest import read, write_lines, write_purchases
+from tests.helpers import make_config, read, write_lines, write_purchases
 
 HEADER = "user_id,item_id,event_type,timestamp"
 

@@ -14,12 +14,12 @@ from lib.batch import profiles_from_lake, train_and_publish
 from lib.model_store import ModelStore
 from lib.schemas import LIVE_RECOMMENDATIONS_SCHEMA, RECOMMENDATIONS_SCHEMA, USER_PROFILES_SCHEMA
 from lib.stream import run_available_now
-from tests.conftest import make_config
-from tests.integration.conftest import (
+from tests.helpers import (
     ApiServer,
     activity_writer,
     assert_same_profiles,
     generated_purchases,
+    make_config,
     read,
     write_purchases,
 )

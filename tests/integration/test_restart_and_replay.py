@@ -13,11 +13,11 @@ from pyspark.sql import functions as F
 from lib.batch import profiles_from_lake
 from lib.online_store import SQLiteStore
 from lib.stream import InjectedFault, SessionBatchWriter, ensure_tables, run_available_now
-from tests.conftest import make_config
-from tests.integration.conftest import (
+from tests.helpers import (
     active_files,
     activity_writer,
     assert_same_profiles,
+    make_config,
     parquet_files,
     read,
     write_lines,

@@ -18,16 +18,16 @@ from lib.schemas import (
 )
 from lib.stream import run_available_now
 from lib.verify import multiset_diff, read_manifest, verify
-from tests.conftest import make_config
-from tests.integration import reference
-from tests.integration.conftest import (
+from tests.helpers import (
     ApiServer,
     activity_writer,
     generated_purchases,
+    make_config,
     read,
     write_manifest,
     write_purchases,
 )
+from tests.integration import reference
 
 TIMESTAMPS = {f.name for f in LIVE_SESSIONS_SCHEMA.fields if f.dataType.simpleString() == "timestamp"}
 GAP_S = 1800

@@ -1,4 +1,6 @@
-"""Helpers for driving the real stream over generated files."""
+"""Helpers of the tests: configs under a temporary folder, input files and purchase tables
+written as the generator would, the stream and the API started as a user starts them, and
+readers of their results."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import dataclasses
 import json
 import os
 import subprocess
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -14,11 +17,41 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.serving import ApiProcess, get
+from lib.config import load_config
 from lib.generator import ActivityProfile, ActivityWriter, Catalogue, generate_purchases, simulate_events
 from lib.processes import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+# One Hive metastore (and its Derby server) per test process, shared by the session and by the jobs
+# tests start: pytest-xdist's workers are processes of their own.
+TEST_METASTORE = Path(tempfile.mkdtemp(prefix="streamrec-test-metastore-"))
+
+TEST_SPARK_CONF = {
+    "spark.sql.shuffle.partitions": "1",
+    "spark.default.parallelism": "2",
+    "spark.ui.enabled": "false",
+    "spark.databricks.delta.snapshotPartitions": "1",
+    "spark.driver.memory": "2g",
+}
+
+
+ROOT = Path(__file__).resolve().parents[1]
 BATCH_LINE = "INFO lib.stream: batch "
+
+
+def make_config(root: Path, *overrides: str):
+    """A pipeline config whose paths all live under ``root``."""
+    return load_config(
+        None,
+        [
+            f"paths.events_dir={root / 'incoming'}",
+            f"paths.purchases={root / 'purchases'}",
+            f"paths.lake={root / 'lake'}",
+            f"paths.checkpoints={root / 'checkpoints'}",
+            f"paths.online_store={root / 'online' / 'streamrec.sqlite'}",
+            f"paths.metastore={TEST_METASTORE}",
+            *overrides,
+        ],
+    )
 
 
 def start_stream_job(toml: Path, log: Path) -> subprocess.Popen:
