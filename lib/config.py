@@ -12,7 +12,9 @@ import dataclasses
 import os
 import re
 import tomllib
+import typing
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from lib.paths import PROJECT_ROOT
@@ -81,7 +83,7 @@ class StreamConfig:
     # small per-batch files do not pile up; 0 turns compaction off.
     compact_every: int = 10
 
-    @property
+    @cached_property
     def trigger_interval_seconds(self) -> float:
         return parse_duration(self.trigger_interval, "stream.trigger_interval")
 
@@ -113,11 +115,11 @@ class SessionsConfig:
     gap: str = "30 minutes"
     watermark: str = "10 minutes"
 
-    @property
+    @cached_property
     def gap_seconds(self) -> float:
         return parse_duration(self.gap, "sessions.gap")
 
-    @property
+    @cached_property
     def watermark_seconds(self) -> float:
         return parse_duration(self.watermark, "sessions.watermark")
 
@@ -130,7 +132,7 @@ class LakeConfig:
     # Every this many micro-batches the stream vacuums its tables; 0 leaves it to a maintenance job.
     vacuum_every: int = 100
 
-    @property
+    @cached_property
     def retention_hours(self) -> float:
         return parse_duration(self.retention, "lake.retention") / 3600.0
 
@@ -185,7 +187,7 @@ class RecommendConfig:
     profile_top_items: int = 10
     seed: int = 42
 
-    @property
+    @cached_property
     def session_half_life_seconds(self) -> float:
         return parse_duration(self.session_half_life, "recommend.session_half_life")
 
@@ -211,6 +213,9 @@ class RecommendConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """Every section of ``conf/pipeline.toml``. Durations are text in the file ("30 minutes") and
+    read as numbers through properties (``sessions.gap_seconds``), parsed on first use and kept."""
+
     paths: PathsConfig = field(default_factory=PathsConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
@@ -374,18 +379,14 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         values = raw.get(name, {})
         if not isinstance(values, dict):
             raise ConfigError(f"[{name}] in {path} must be a table of keys")
-        known = {f.name: f.type for f in dataclasses.fields(cls)}
-        unknown = set(values) - set(known)
+        types = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
         if unknown:
             raise ConfigError(f"unknown key(s) {sorted(unknown)} in [{name}] of {path}; known: {sorted(known)}")
-        scalar = {"int": int, "str": str, "bool": bool, "float": float, "dict": dict}
-        types = {f.name: scalar[f.type] for f in dataclasses.fields(cls)}
         kwargs = {k: _coerce(name, k, v, types[k]) for k, v in values.items()}
         if name == "paths":
             kwargs = {k: _resolve_path(v) for k, v in {**dataclasses.asdict(cls()), **kwargs}.items()}
         sections[name] = cls(**kwargs)
-    config = Config(**sections)
-    # Touch every duration so a typo fails here, not hours into a run.
-    config.stream.trigger_interval_seconds, config.sessions.gap_seconds, config.sessions.watermark_seconds
-    config.lake.retention_hours
-    return config.validate()
+    # validate() reads every duration: a typo fails here, not hours into a run, and each is parsed once.
+    return Config(**sections).validate()
