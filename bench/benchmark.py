@@ -37,6 +37,7 @@ from lib.generator import ActivityProfile, Catalogue, KafkaActivityWriter, simul
 from lib.kafka import create_topic, start_broker, stop_broker
 from lib.metastore import stop_server
 from lib.processes import free_port
+from lib.schemas import STREAM_TABLES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,15 +56,6 @@ API_LOAD_RATE = 500
 API_LOAD_SECONDS = 60
 API_LOAD_EVENTS_PER_S = 2000  # the freshness run during which the API is loaded
 BATCH_LINE = re.compile(r"INFO lib\.stream: batch (\d+): (\d+) rows in ([\d.]+) s")
-STREAM_TABLES = (
-    "enriched_events",
-    "session_features",
-    "live_sessions",
-    "quarantine",
-    "stream_metrics",
-    "user_profiles",
-    "live_recommendations",
-)
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,11 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from lib.config import Config, load_config
+from lib.schemas import ENRICHED_EVENTS, LIVE_RECOMMENDATIONS, LIVE_SESSIONS
 from lib.spark import get_spark
 
-TABLES = ("enriched_events", "live_sessions", "live_recommendations")
+# The hops measured: from a file's arrival to its rows in each of these tables.
+TABLES = (ENRICHED_EVENTS, LIVE_SESSIONS, LIVE_RECOMMENDATIONS)
 
 
 def commit_times(spark: SparkSession, path: str) -> dict[int, float]:

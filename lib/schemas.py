@@ -58,17 +58,6 @@ STREAM_METRICS = "stream_metrics"
 USER_PROFILES = "user_profiles"
 RECOMMENDATIONS = "recommendations"
 LIVE_RECOMMENDATIONS = "live_recommendations"
-TABLES = (
-    ENRICHED_EVENTS,
-    SESSION_FEATURES,
-    LIVE_SESSIONS,
-    QUARANTINE,
-    STREAM_METRICS,
-    USER_PROFILES,
-    RECOMMENDATIONS,
-    LIVE_RECOMMENDATIONS,
-)
-
 # Recommendation columns.
 RANK = "rank"
 SCORE = "score"
@@ -253,3 +242,19 @@ LIVE_RECOMMENDATIONS_SCHEMA = StructType(RECOMMENDATIONS_SCHEMA.fields + [Struct
 
 # The contract's user_profiles columns (the table also keeps running totals for the stream).
 PROFILE_COLUMNS = USER_PROFILES_SCHEMA.fieldNames()[: USER_PROFILES_SCHEMA.fieldNames().index(UPDATED_AT) + 1]
+
+# Every table of the lake with its schema, in the order tools list them: the one registry the
+# stream (which creates them all), the catalog, the verifier, the report and the benchmark read.
+TABLE_SCHEMAS = {
+    ENRICHED_EVENTS: ENRICHED_EVENTS_SCHEMA,
+    SESSION_FEATURES: SESSION_FEATURES_SCHEMA,
+    LIVE_SESSIONS: LIVE_SESSIONS_SCHEMA,
+    QUARANTINE: QUARANTINE_SCHEMA,
+    STREAM_METRICS: STREAM_METRICS_SCHEMA,
+    USER_PROFILES: USER_PROFILES_SCHEMA,
+    RECOMMENDATIONS: RECOMMENDATIONS_SCHEMA,
+    LIVE_RECOMMENDATIONS: LIVE_RECOMMENDATIONS_SCHEMA,
+}
+TABLES = tuple(TABLE_SCHEMAS)
+# The tables only the stream writes (jobs/train.py rewrites recommendations whole).
+STREAM_TABLES = tuple(name for name in TABLES if name != RECOMMENDATIONS)

@@ -52,16 +52,12 @@ from lib.schemas import (
     ITEM_ENGAGEMENT,
     ITEM_ID,
     LIVE_RECOMMENDATIONS,
-    LIVE_RECOMMENDATIONS_SCHEMA,
     LIVE_SESSIONS,
     LIVE_SESSIONS_SCHEMA,
     PROFILE_COLUMNS,
     QUARANTINE,
-    QUARANTINE_SCHEMA,
     RANK,
     RECENT_EVENTS,
-    RECOMMENDATIONS,
-    RECOMMENDATIONS_SCHEMA,
     SESSION_END,
     SESSION_FEATURES,
     SESSION_FEATURES_SCHEMA,
@@ -70,11 +66,10 @@ from lib.schemas import (
     SESSION_STATE_SCHEMA,
     SOURCE_FILE,
     STREAM_METRICS,
-    STREAM_METRICS_SCHEMA,
+    TABLE_SCHEMAS,
     UPDATED_AT,
     USER_ID,
     USER_PROFILES,
-    USER_PROFILES_SCHEMA,
 )
 from lib.sessions import event_fragments, is_closed, latest_session_per_user, merge_sessions, with_session_metrics
 from lib.sinks import BatchSink, compact, data_files, ensure_delta_table, vacuum
@@ -87,19 +82,8 @@ QUERY_NAME = "streamrec_activity"
 STREAM_CHECKPOINT = "stream"
 SESSION_STATE_DIR = "session_state"
 
-_TABLE_SCHEMAS = {
-    ENRICHED_EVENTS: ENRICHED_EVENTS_SCHEMA,
-    SESSION_FEATURES: SESSION_FEATURES_SCHEMA,
-    LIVE_SESSIONS: LIVE_SESSIONS_SCHEMA,
-    QUARANTINE: QUARANTINE_SCHEMA,
-    STREAM_METRICS: STREAM_METRICS_SCHEMA,
-    USER_PROFILES: USER_PROFILES_SCHEMA,
-    RECOMMENDATIONS: RECOMMENDATIONS_SCHEMA,
-    LIVE_RECOMMENDATIONS: LIVE_RECOMMENDATIONS_SCHEMA,
-}
-
-# The tables only the stream writes, which it compacts (``recommendations`` is rewritten whole
-# by jobs/train.py, which could run at the same time). On a tie the first is compacted.
+# The tables the stream compacts: those only it writes (``lib.schemas.STREAM_TABLES``; jobs/train.py
+# could be rewriting ``recommendations`` at the same time), in the order a tie is broken.
 COMPACTED_TABLES = (
     ENRICHED_EVENTS,
     LIVE_SESSIONS,
@@ -238,7 +222,7 @@ def activity_stream(spark: SparkSession, cfg: Config) -> DataFrame:
 
 def ensure_tables(spark: SparkSession, cfg: Config) -> None:
     """Create every output table (empty) so that readers and MERGE targets exist from the start."""
-    for name, schema in _TABLE_SCHEMAS.items():
+    for name, schema in TABLE_SCHEMAS.items():
         ensure_delta_table(spark, cfg.paths.table(name), schema)
 
 

@@ -65,6 +65,7 @@ def test_unknown_section_in_file(tmp_path):
 
 
 def test_compaction_takes_the_most_fragmented_stream_table_every_n_batches_and_can_be_off():
+    from lib.schemas import STREAM_TABLES
     from lib.stream import COMPACTED_TABLES, due, table_to_compact
 
     assert [b for b in range(0, 10) if due(b, 3)] == [3, 6, 9]
@@ -77,6 +78,7 @@ def test_compaction_takes_the_most_fragmented_stream_table_every_n_batches_and_c
     assert table_to_compact({"stream_metrics": 1, "quarantine": 0}) is None  # nothing to bin-pack
     assert table_to_compact({"recommendations": 50}) is None
     assert "recommendations" not in COMPACTED_TABLES  # rewritten by train.py, maybe concurrently
+    assert sorted(COMPACTED_TABLES) == sorted(STREAM_TABLES)  # every table only the stream writes
 
 
 def test_kafka_source_and_its_consumer_options_from_file_and_overrides(tmp_path):
