@@ -1,7 +1,11 @@
 """Verifier: compares the generator's ground truth (``--manifest``) with the tables, as
 multisets of keys: missing, duplicated and unexpected rows per table, and closed sessions
 against a batch recomputation from the manifest (without the events the watermark rule drops,
-whose number must equal what the stream reported)."""
+whose number must equal what the stream reported).
+
+The recomputation shares no code with the stream's sessions (``lib.sessions``): it groups the
+events with Spark's own ``session_window``, so a bug in the stream's merging cannot hide itself.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,30 @@ from pyspark.sql.types import IntegerType, StringType, StructField, StructType
 
 from lib.config import Config, micros
 from lib.parsing import parse_timestamp
-from lib.schemas import TABLES
-from lib.sessions import is_closed, sessionize
+from lib.schemas import (
+    ADD_TO_CART,
+    CLICK,
+    EVENT_TS,
+    EVENT_TYPE,
+    INGESTED_AT,
+    IS_OPEN,
+    ITEM_ID,
+    LAST_EVENT,
+    NUM_ADD_TO_CART,
+    NUM_CLICKS,
+    NUM_EVENTS,
+    NUM_VIEWS,
+    PROFILE_COLUMNS,
+    RANK,
+    SESSION_END,
+    SESSION_ID,
+    SESSION_START,
+    SOURCE_FILE,
+    TABLES,
+    UPDATED_AT,
+    USER_ID,
+    VIEW,
+)
 
 MANIFEST_SCHEMA = StructType(
     [
@@ -23,21 +49,21 @@ MANIFEST_SCHEMA = StructType(
         StructField("line", IntegerType()),
         StructField("raw", StringType()),
         StructField("expected_reason", StringType()),
-        StructField("user_id", IntegerType()),
-        StructField("item_id", IntegerType()),
-        StructField("event_type", StringType()),
-        StructField("event_ts", StringType()),
+        StructField(USER_ID, IntegerType()),
+        StructField(ITEM_ID, IntegerType()),
+        StructField(EVENT_TYPE, StringType()),
+        StructField(EVENT_TS, StringType()),
     ]
 )
 SESSION_KEYS = [
-    "user_id",
-    "session_start",
-    "session_end",
-    "num_events",
-    "num_views",
-    "num_clicks",
-    "num_add_to_cart",
-    "last_event",
+    USER_ID,
+    SESSION_START,
+    SESSION_END,
+    NUM_EVENTS,
+    NUM_VIEWS,
+    NUM_CLICKS,
+    NUM_ADD_TO_CART,
+    LAST_EVENT,
 ]
 
 
@@ -92,42 +118,39 @@ def verify(spark: SparkSession, cfg: Config, manifest: DataFrame) -> list[TableC
     valid = manifest.where(F.col("expected_reason").isNull())
     enriched = multiset_diff(
         "enriched_events",
-        valid.select("user_id", "item_id", "event_type", "event_ts", F.col("file").alias("source_file")),
+        valid.select(USER_ID, ITEM_ID, EVENT_TYPE, EVENT_TS, F.col("file").alias(SOURCE_FILE)),
         table("enriched_events").select(
-            "user_id",
-            "item_id",
-            "event_type",
-            F.date_format("event_ts", "yyyy-MM-dd HH:mm:ss").alias("event_ts"),
-            _basename("source_file").alias("source_file"),
+            USER_ID,
+            ITEM_ID,
+            EVENT_TYPE,
+            F.date_format(EVENT_TS, "yyyy-MM-dd HH:mm:ss").alias(EVENT_TS),
+            _basename(SOURCE_FILE).alias(SOURCE_FILE),
         ),
     )
     quarantine = multiset_diff(
         "quarantine",
         manifest.where(F.col("expected_reason").isNotNull()).select(
-            F.col("file").alias("source_file"), "raw", F.col("expected_reason").alias("code")
+            F.col("file").alias(SOURCE_FILE), "raw", F.col("expected_reason").alias("code")
         ),
         table("quarantine").select(
-            _basename("source_file").alias("source_file"),
+            _basename(SOURCE_FILE).alias(SOURCE_FILE),
             "raw",
             F.split(F.split("reason", ";")[0], ":")[0].alias("code"),
         ),
     )
     events = valid.select(
-        "user_id",
-        "item_id",
-        "event_type",
-        parse_timestamp(F.col("event_ts")).alias("event_ts"),
-        F.col("file").alias("source_file"),
-        F.lit(0).cast("long").alias("file_block_start"),
-        F.col("line").cast("long").alias("line_id"),
+        USER_ID,
+        ITEM_ID,
+        EVENT_TYPE,
+        parse_timestamp(F.col(EVENT_TS)).alias(EVENT_TS),
+        F.col("file").alias(SOURCE_FILE),
+        F.col("line").cast("long").alias("line"),
     )
     events = with_late_flag(events, table("enriched_events"), cfg.sessions.watermark_seconds).persist()
     on_time = events.where(~F.col("_late")).drop("_late")
-    final_watermark = on_time.agg(F.max(F.unix_micros("event_ts"))).first()[0]
+    final_watermark = on_time.agg(F.max(F.unix_micros(EVENT_TS))).first()[0]
     watermark = None if final_watermark is None else final_watermark - micros(cfg.sessions.watermark_seconds)
-    expected_sessions = sessionize(on_time, cfg.sessions.gap_seconds).where(
-        is_closed(watermark, cfg.sessions.gap_seconds)
-    )
+    expected_sessions = closed_sessions(on_time, cfg.sessions.gap_seconds, watermark)
     sessions = multiset_diff(
         "session_features", expected_sessions.select(*SESSION_KEYS), table("session_features").select(*SESSION_KEYS)
     )
@@ -145,6 +168,38 @@ def verify(spark: SparkSession, cfg: Config, manifest: DataFrame) -> list[TableC
     return [enriched, quarantine, sessions, late]
 
 
+def closed_sessions(events: DataFrame, gap_seconds: float, watermark_micros: int | None) -> DataFrame:
+    """The sessions of ``events`` (``SESSION_KEYS``) whose end plus the gap the watermark has
+    passed, grouped by Spark's ``session_window``.
+
+    The contract's rule: an event more than the gap after the previous one starts a new session,
+    one exactly the gap after it does not. Spark's rule is the same: the window of an event at
+    ``t`` ends at ``t + gap``, and an event starting at or before that end joins it (the unit
+    tests pin both sides of the boundary).
+    """
+    window = F.session_window(EVENT_TS, f"{micros(gap_seconds)} microseconds")
+    latest = F.struct(EVENT_TS, SOURCE_FILE, "line")
+
+    def count_of(event_type: str):
+        return F.count(F.when(F.col(EVENT_TYPE) == event_type, 1))
+
+    sessions = events.groupBy(USER_ID, window.alias("_window")).agg(
+        F.min(EVENT_TS).alias(SESSION_START),
+        F.max(EVENT_TS).alias(SESSION_END),
+        F.count(F.lit(1)).alias(NUM_EVENTS),
+        count_of(VIEW).alias(NUM_VIEWS),
+        count_of(CLICK).alias(NUM_CLICKS),
+        count_of(ADD_TO_CART).alias(NUM_ADD_TO_CART),
+        F.max_by(EVENT_TYPE, latest).alias(LAST_EVENT),
+    )
+    closed = (
+        F.lit(False)
+        if watermark_micros is None
+        else F.unix_micros(SESSION_END) + micros(gap_seconds) < watermark_micros
+    )
+    return sessions.where(closed).select(*SESSION_KEYS)
+
+
 def with_late_flag(events: DataFrame, enriched: DataFrame, watermark_seconds: float) -> DataFrame:
     """Add ``_late``: whether the watermark rule drops the event from session state.
 
@@ -153,25 +208,21 @@ def with_late_flag(events: DataFrame, enriched: DataFrame, watermark_seconds: fl
     delay; late events never raise that maximum (they are older than it), so it does not
     matter that they are dropped.
     """
-    batches = enriched.select(
-        _basename("source_file").alias("source_file"), F.col("ingested_at").alias("_batch")
-    ).distinct()
-    per_batch = (
-        events.join(batches, "source_file").groupBy("_batch").agg(F.max(F.unix_micros("event_ts")).alias("_max"))
-    )
+    batches = enriched.select(_basename(SOURCE_FILE).alias(SOURCE_FILE), F.col(INGESTED_AT).alias("_batch")).distinct()
+    per_batch = events.join(batches, SOURCE_FILE).groupBy("_batch").agg(F.max(F.unix_micros(EVENT_TS)).alias("_max"))
     before = per_batch.withColumn(
         "_max_before", F.max("_max").over(Window.orderBy("_batch").rowsBetween(Window.unboundedPreceding, -1))
     )
     delay = micros(watermark_seconds)
     return (
-        events.join(batches, "source_file", "left")
+        events.join(batches, SOURCE_FILE, "left")
         .join(before.select("_batch", "_max_before"), "_batch", "left")
-        .withColumn("_late", F.coalesce(F.unix_micros("event_ts") < F.col("_max_before") - delay, F.lit(False)))
+        .withColumn("_late", F.coalesce(F.unix_micros(EVENT_TS) < F.col("_max_before") - delay, F.lit(False)))
         .drop("_batch", "_max_before")
     )
 
 
-LIVE_SESSION_KEYS = [*SESSION_KEYS, "session_id", "is_open"]
+LIVE_SESSION_KEYS = [*SESSION_KEYS, SESSION_ID, IS_OPEN]
 
 
 def compare_lakes(spark: SparkSession, cfg: Config, other_lake: str) -> list[TableCheck]:
@@ -192,22 +243,7 @@ def compare_lakes(spark: SparkSession, cfg: Config, other_lake: str) -> list[Tab
 
 
 # The user_profiles columns of the contract; updated_at says when, not what.
-_PROFILE_VALUES = [
-    "user_id",
-    "num_sessions",
-    "num_events",
-    "num_views",
-    "num_clicks",
-    "num_add_to_cart",
-    "avg_session_length_s",
-    "click_through_rate",
-    "cart_rate",
-    "first_seen",
-    "last_seen",
-    "past_purchases",
-    "avg_purchase_amount",
-    "top_items",
-]
+_PROFILE_VALUES = [c for c in PROFILE_COLUMNS if c != UPDATED_AT]
 
 
 def _profile_values(profiles: DataFrame) -> DataFrame:
@@ -243,11 +279,11 @@ def check_lake(spark: SparkSession, cfg: Config, names: bool = True) -> list[Tab
     from lib.sources import read_table
 
     keys = {
-        "session_features": ["user_id", "session_start"],
-        "live_sessions": ["user_id"],
-        "user_profiles": ["user_id"],
-        "recommendations": ["user_id", "rank"],
-        "live_recommendations": ["user_id", "rank"],
+        "session_features": [USER_ID, SESSION_START],
+        "live_sessions": [USER_ID],
+        "user_profiles": [USER_ID],
+        "recommendations": [USER_ID, RANK],
+        "live_recommendations": [USER_ID, RANK],
     }
     checks = []
     present = []
