@@ -62,14 +62,14 @@ def file_headers(lines: DataFrame) -> DataFrame:
     header rejects the file. The first line of a file is the lowest ``line_id`` of the block
     starting at offset 0.
     """
-    # Two hash aggregates' worth of work: a minimum of a struct (line id, text) would make Spark
-    # sort every line of the batch.
+    # The lowest line id by a hash aggregate, then its text by a broadcast join: a minimum over a
+    # struct of (line id, text) would make Spark sort every line of the batch.
     per_file = lines.groupBy(SOURCE_FILE).agg(
         F.min(F.when(F.col("file_block_start") == 0, F.col("line_id"))).alias("header_line_id"),
         (F.count(F.when(F.trim("value") != "", 1)) - 1).alias("file_data_lines"),
     )
-    first_lines = lines.select(F.col("line_id").alias("header_line_id"), F.col("value").alias("header"))
-    with_header = first_lines.join(F.broadcast(per_file), "header_line_id")
+    first_lines = lines.select(SOURCE_FILE, F.col("line_id").alias("header_line_id"), F.col("value").alias("header"))
+    with_header = first_lines.join(F.broadcast(per_file), [SOURCE_FILE, "header_line_id"])
     header_text = F.regexp_replace(F.col("header"), f"^{_BOM}", "")
     header_fields = F.transform(csv_fields(header_text), lambda h: F.lower(F.trim(h)))
     with_fields = with_header.select(
@@ -175,7 +175,7 @@ def _parsed(fields: DataFrame, value: Column, row_reason: Column, rejected_lines
         _event_type_reason(_raw_field(EVENT_TYPE), _typed_field(EVENT_TYPE)),
         _timestamp_reason(_raw_field(TIMESTAMP), _typed_field(TIMESTAMP)),
     ]
-    # concat_ws skips the null reasons; no reason is never an empty one.
+    # concat_ws skips null reasons, and a reason is never empty: an empty result means none.
     all_field_reasons = F.nullif(F.concat_ws("; ", *field_reasons), F.lit(""))
     return fields.select(
         value.alias("value"),
