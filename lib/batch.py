@@ -22,8 +22,10 @@ from lib.schemas import (
     GENERATED_AT,
     ITEM_ID,
     MODEL_VERSION,
+    RANK,
     RECOMMENDATIONS,
     RECOMMENDATIONS_SCHEMA,
+    SCORE,
     SESSION_FEATURES,
     USER_ID,
     USER_PROFILES,
@@ -85,9 +87,9 @@ def train_and_publish(spark: SparkSession, cfg: Config, model: str | None = None
             stored.user_scores, stored.popularity, interactions, interactions, rec.top_k, rec.exclude_seen
         ).select(
             USER_ID,
-            "rank",
+            RANK,
             ITEM_ID,
-            "score",
+            SCORE,
             F.lit(version).alias(MODEL_VERSION),
             F.current_timestamp().alias(GENERATED_AT),
         )

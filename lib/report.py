@@ -11,6 +11,7 @@ from lib.schemas import (
     LIVE_RECOMMENDATIONS,
     LIVE_SESSIONS,
     QUARANTINE,
+    RANK,
     RECOMMENDATIONS,
     SESSION_FEATURES,
     SESSION_START,
@@ -57,7 +58,7 @@ def profile_of(spark: SparkSession, cfg: Config, user_id: int) -> DataFrame | No
 def recommendations_of(spark: SparkSession, cfg: Config, user_id: int, live: bool = False) -> DataFrame | None:
     """The user's batch (or live) recommendations, best first."""
     recs = read_table(spark, cfg, LIVE_RECOMMENDATIONS if live else RECOMMENDATIONS)
-    return None if recs is None else recs.where(F.col(USER_ID) == user_id).orderBy("rank")
+    return None if recs is None else recs.where(F.col(USER_ID) == user_id).orderBy(RANK)
 
 
 def quarantine_reasons(spark: SparkSession, cfg: Config) -> DataFrame | None:
