@@ -151,9 +151,7 @@ def verify(spark: SparkSession, cfg: Config, manifest: DataFrame) -> list[TableC
     final_watermark = on_time.agg(F.max(F.unix_micros(EVENT_TS))).first()[0]
     watermark = None if final_watermark is None else final_watermark - micros(cfg.sessions.watermark_seconds)
     expected_sessions = closed_sessions(on_time, cfg.sessions.gap_seconds, watermark)
-    sessions = multiset_diff(
-        "session_features", expected_sessions.select(*SESSION_KEYS), table("session_features").select(*SESSION_KEYS)
-    )
+    sessions = multiset_diff("session_features", expected_sessions, table("session_features").select(*SESSION_KEYS))
     predicted_late = events.where("_late").count()
     reported_late = table("stream_metrics").agg(F.sum("late_rows_dropped")).first()[0] or 0
     late = TableCheck(

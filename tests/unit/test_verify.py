@@ -1,14 +1,23 @@
 """The verifier's own session oracle (Spark's session_window) against the contract's rule, and
 against the stream's sessionization on the same events."""
 
+import random
 from datetime import datetime, timedelta
 
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
-from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType, TimestampType
+from pyspark.sql.types import LongType, StructField, StructType
 
 from lib.config import micros
-from lib.schemas import SESSION_FEATURES_SCHEMA
+from lib.schemas import (
+    EVENT_TS,
+    EVENT_TYPE,
+    ITEM_ID,
+    SESSION_FEATURES_SCHEMA,
+    SOURCE_FILE,
+    USER_ID,
+    VALID_EVENTS_SCHEMA,
+)
 from lib.sessions import is_closed, sessionize
 from lib.verify import SESSION_KEYS, closed_sessions
 
@@ -16,14 +25,8 @@ GAP = 30 * 60
 T0 = datetime(2024, 1, 1, 10, 0, 0)
 # The verifier's events: a manifest's file name and line number.
 ORACLE_EVENTS_SCHEMA = StructType(
-    [
-        StructField("user_id", IntegerType()),
-        StructField("item_id", IntegerType()),
-        StructField("event_type", StringType()),
-        StructField("event_ts", TimestampType()),
-        StructField("source_file", StringType()),
-        StructField("line", LongType()),
-    ]
+    [VALID_EVENTS_SCHEMA[c] for c in (USER_ID, ITEM_ID, EVENT_TYPE, EVENT_TS, SOURCE_FILE)]
+    + [StructField("line", LongType())]
 )
 # The session_features columns the verifier compares.
 SESSIONS_SCHEMA = StructType([SESSION_FEATURES_SCHEMA[c] for c in SESSION_KEYS])
@@ -69,8 +72,6 @@ def test_oracle_closes_nothing_without_a_watermark_and_nothing_from_no_events(sp
 
 def test_oracle_agrees_with_the_streams_sessionization_on_random_activity(spark):
     """Two independent implementations of one rule: the same closed sessions."""
-    import random
-
     rng = random.Random(11)
     rows, line = [], 0
     for user in range(1, 30):
