@@ -73,6 +73,8 @@ def main(argv=None) -> int:
             if stop_requested or (deadline is not None and time.monotonic() >= deadline):
                 log.info("stopping after the current micro-batch")
                 stream.request_stop()
+        if args.available_now and not stream.writer.stop_requested.is_set():
+            stream.finish_run()
     except StreamingQueryException as exc:
         hint = failure_hint(str(exc))
         log.error("stream failed: %s", hint or "see the error below")

@@ -82,6 +82,9 @@ class StreamConfig:
     # Every this many micro-batches the stream compacts its table with the most data files, so
     # small per-batch files do not pile up; 0 turns compaction off.
     compact_every: int = 10
+    # In an availableNow run, a batch leaves the live tables (profiles, live sessions, live
+    # recommendations) to a later batch while more files wait: a backlog needs only its end state.
+    defer_live_in_backlog: bool = True
 
     @cached_property
     def trigger_interval_seconds(self) -> float:

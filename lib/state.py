@@ -64,3 +64,43 @@ class SessionStateStore:
         for old in self.batches():
             if old < batch_id - 1:
                 self._fs.delete(self._dir(old), recursive=True)
+
+
+class PendingUpdatesStore:
+    """The live updates of batches that left them to a later batch (``lib.live_updates``), one
+    Parquet folder per batch under the query's checkpoint (``<dir>/batch=<id>``).
+
+    A replayed batch rewrites its folder with the same rows. Folders are deleted once a batch
+    has folded them into the live tables; until then, a batch after a crash reads them again.
+    """
+
+    def __init__(self, spark: SparkSession, root: str):
+        self.spark = spark
+        self.root = root.rstrip("/")
+        self._fs = HadoopFS(spark)
+
+    def _dir(self, batch_id: int) -> str:
+        return f"{self.root}/batch={batch_id}"
+
+    def batches(self) -> list[int]:
+        """Batch ids with a complete folder, ascending."""
+        ids = []
+        for name in self._fs.list_names(self.root):
+            match = _BATCH_DIR.match(name)
+            if match and self._fs.exists(f"{self.root}/{name}/_SUCCESS"):
+                ids.append(int(match.group(1)))
+        return sorted(ids)
+
+    def write(self, updates: DataFrame, batch_id: int) -> None:
+        updates.coalesce(1).write.mode("overwrite").parquet(self._dir(batch_id))
+
+    def read(self, batch_ids: list[int]) -> DataFrame | None:
+        """The updates of ``batch_ids`` (None for none)."""
+        if not batch_ids:
+            return None
+        return self.spark.read.parquet(*(self._dir(b) for b in batch_ids))
+
+    def delete_through(self, batch_id: int) -> None:
+        for old in self.batches():
+            if old <= batch_id:
+                self._fs.delete(self._dir(old), recursive=True)

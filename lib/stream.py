@@ -8,6 +8,13 @@ Session state (the open sessions) is kept per batch next to the query's checkpoi
 a crash therefore recomputes exactly the same outputs, and the sinks (``lib.sinks``) commit
 only the tables the crashed attempt had not committed yet: exactly once, across crashes.
 
+A backlog (an availableNow run, ``lib.backlog``) needs only the live state after its last
+batch: while more files wait, a batch keeps its live updates (``lib.live_updates``) under the
+checkpoint instead of folding them into ``user_profiles``, ``live_sessions``,
+``live_recommendations`` and the store, and the batch that finds nothing waiting folds them
+all. Each table folds the batches after the last one it committed, so a crash anywhere in
+between is replayed exactly once too.
+
 Watermark: ``max event time admitted so far - sessions.watermark``, as of the start of the
 batch. Events older than it are late: still written to ``enriched_events``, but dropped from
 session state and counted. A session closes when the watermark after the batch has passed
@@ -27,10 +34,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from pyspark.errors import StreamingQueryException
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
+from lib.backlog import FileBacklog
 from lib.catalog import register_tables
 from lib.checkpoint import CheckpointLock, acquire_lock, check_compatible_config
 from lib.config import Config, micros
@@ -38,11 +46,12 @@ from lib.enrich import with_purchase_history
 from lib.interactions import event_weight
 from lib.kafka import check_topic
 from lib.live import LiveRanker, live_exclusions
+from lib.live_updates import CLOSED, RANKED, UPDATE_COLUMNS, live_updates, session_pool, updates_after
 from lib.model_store import ModelStore
 from lib.online_sink import recommendation_docs, user_docs
 from lib.online_store import SQLiteStore
 from lib.parsing import parse_activity_lines, parse_activity_messages, quarantine_rows, valid_events
-from lib.profiles import add_profile_totals, profile_totals, with_profile_metrics
+from lib.profiles import TOTALS_COLUMNS, add_profile_totals, sum_profile_totals, with_profile_metrics
 from lib.schemas import (
     ENRICHED_EVENTS,
     ENRICHED_EVENTS_SCHEMA,
@@ -74,13 +83,17 @@ from lib.schemas import (
 from lib.sessions import event_fragments, is_closed, latest_session_per_user, merge_sessions, with_session_metrics
 from lib.sinks import BatchSink, compact, data_files, ensure_delta_table, vacuum
 from lib.sources import activity_lines_stream, activity_messages_stream, ensure_dir, read_purchases, unsafe_files
-from lib.state import SessionStateStore
+from lib.state import PendingUpdatesStore, SessionStateStore
 
 log = logging.getLogger(__name__)
 
 QUERY_NAME = "streamrec_activity"
 STREAM_CHECKPOINT = "stream"
 SESSION_STATE_DIR = "session_state"
+PENDING_UPDATES_DIR = "pending_updates"
+# The tables only the state after a backlog's last batch matters for: a batch may leave them to
+# a later one while more input waits (``lib.backlog``).
+LIVE_TABLES = (USER_PROFILES, LIVE_SESSIONS, LIVE_RECOMMENDATIONS)
 
 # The tables the stream compacts: those only it writes (``lib.schemas.STREAM_TABLES``; jobs/train.py
 # could be rewriting ``recommendations`` at the same time), in the order a tie is broken.
@@ -159,6 +172,7 @@ class BatchReport:
     sessions_closed: int = 0
     open_sessions: int = 0
     watermark_micros: int | None = None
+    files_waiting: int = 0
     duration_s: float = 0.0
     stage_s: dict[str, float] = field(default_factory=dict)
 
@@ -239,6 +253,28 @@ def _micros_literal(micros: int | None):
     return F.timestamp_micros(F.lit(micros).cast("long"))
 
 
+@dataclass(frozen=True)
+class LiveFold:
+    """The live updates a batch folds into ``LIVE_TABLES``: its own and those earlier batches
+    of the run left (``lib.live_updates``)."""
+
+    batch_id: int
+    updates: DataFrame | None  # UPDATE_COLUMNS rows of ``batches``
+    batches: tuple[int, ...]
+    folded: dict[str, int]  # per live table, the last batch it has folded in (-1: none)
+    open_sessions: DataFrame  # after this batch
+    purchases: DataFrame
+    ingested_at: Column
+
+    def batches_after(self, batch_id: int) -> int:
+        return sum(b > batch_id for b in self.batches) if self.updates is not None else 0
+
+    def updates_for(self, *tables: str) -> DataFrame | None:
+        """The updates some of ``tables`` lack; None when they lack none."""
+        after = min(self.folded[t] for t in tables)
+        return updates_after(self.updates, after) if self.batches_after(after) else None
+
+
 class SessionBatchWriter:
     """The ``foreachBatch`` function of the stream: ``writer(batch_df, batch_id)``.
 
@@ -252,14 +288,18 @@ class SessionBatchWriter:
         stats: StreamStats | None = None,
         app_id: str | None = None,
         fail_after: str | None = None,
+        backlog: FileBacklog | None = None,
     ):
         """:param fail_after: fault injection for crash tests (off by default): raise
-        ``InjectedFault`` right after the named write ("enriched", "live_sessions", ...)."""
+        ``InjectedFault`` right after the named write ("enriched", "live_sessions", ...).
+        :param backlog: the files an availableNow run has still to read; while any wait, a batch
+        leaves its live updates to a later one."""
         self.spark = spark
         self.cfg = cfg
         self.stats = stats or StreamStats()
         self._app_id = app_id
         self.fail_after = fail_after
+        self.backlog = backlog
         self.stop_requested = threading.Event()
         # Guards stop_requested against a batch starting: a batch is either running (and the
         # stop waits for it) or saw the request (and ends without writing).
@@ -286,6 +326,155 @@ class SessionBatchWriter:
 
     def state_store(self) -> SessionStateStore:
         return SessionStateStore(self.spark, self.cfg.paths.checkpoint(f"{SESSION_STATE_DIR}/{self.app_id()}"))
+
+    def pending_store(self) -> PendingUpdatesStore:
+        return PendingUpdatesStore(self.spark, self.cfg.paths.checkpoint(f"{PENDING_UPDATES_DIR}/{self.app_id()}"))
+
+    def _live_fold(
+        self,
+        batch_id: int,
+        open_sessions: DataFrame,
+        updates: DataFrame | None,
+        purchases: DataFrame,
+        ingested_at: Column,
+        keep: Callable[[DataFrame], DataFrame],
+    ) -> LiveFold:
+        """What batch ``batch_id`` folds into the live tables: ``updates`` (its own; None when it
+        has none) plus those earlier batches left, each table from the first batch it lacks."""
+        sink, pending = BatchSink(self.spark, self.app_id()), self.pending_store()
+        folded = {name: sink.last_committed_batch(self.cfg.paths.table(name)) for name in LIVE_TABLES}
+        # A replayed batch's own updates are recomputed; finish_run (no updates) reads them back.
+        left = [
+            b
+            for b in pending.batches()
+            if min(folded.values()) < b and (b < batch_id or (b == batch_id and updates is None))
+        ]
+        stored = pending.read(left)
+        if stored is not None:
+            stored = stored.select(*UPDATE_COLUMNS)
+            updates = keep(stored if updates is None else stored.unionByName(updates))
+        batches = sorted(set(left) | ({batch_id} if updates is not None else set()))
+        return LiveFold(batch_id, updates, tuple(batches), folded, open_sessions, purchases, ingested_at)
+
+    def _write_live_sessions(self, fold: LiveFold, sink: BatchSink, keep) -> None:
+        updates = fold.updates_for(LIVE_SESSIONS)
+        if updates is None:
+            return
+        live = (
+            latest_session_per_user(session_pool(fold.open_sessions, updates).join(updates, USER_ID, "left_semi"))
+            .withColumn(IS_OPEN, ~F.col(CLOSED))
+            .transform(with_session_metrics)
+            .transform(lambda df: with_purchase_history(df, fold.purchases, as_of=SESSION_START))
+            .withColumn(UPDATED_AT, fold.ingested_at)
+            .select(*LIVE_SESSIONS_SCHEMA.fieldNames())
+        )
+        live = keep(live)
+        self.store.put_sessions(fold.batch_id, user_docs(live, LIVE_SESSIONS_SCHEMA.fieldNames()))
+        sink.upsert(live, self.cfg.paths.table(LIVE_SESSIONS), [USER_ID], fold.batch_id)
+
+    def _write_user_profiles(self, fold: LiveFold, sink: BatchSink, keep) -> list[DataFrame]:
+        """Fold the updates into ``user_profiles``; returns the rows of the users concerned (the
+        live recommendations exclude the items they hold), or nothing when there are none."""
+        concerned_updates = fold.updates_for(USER_PROFILES, LIVE_RECOMMENDATIONS)
+        if concerned_updates is None:
+            return []
+        own = fold.updates_for(USER_PROFILES)
+        if own is None:
+            increments = concerned_updates.limit(0)
+        elif fold.batches_after(fold.folded[USER_PROFILES]) > 1:
+            increments = keep(sum_profile_totals(own))
+        else:
+            increments = own  # one batch's updates: one row per user already
+        increments = increments.select(*TOTALS_COLUMNS)
+        # Users without new activity need a new row only when the purchase history changed
+        # (new files); the first batch of a run checks them all, which also covers a restart.
+        purchases = fold.purchases
+        purchase_files = sorted(purchases.inputFiles())
+        concerned = concerned_updates.select(USER_ID)
+        if purchase_files != self._purchase_files:
+            concerned = concerned.unionByName(purchases.select(USER_ID))
+        concerned = concerned.distinct()
+        stored = self.spark.read.format("delta").load(self.cfg.paths.table(USER_PROFILES))
+        stored = stored.join(concerned, USER_ID, "left_semi")
+        # with_profile_metrics has a row for every buyer; a buyer not concerned has no stored
+        # totals read, and its row (purchases only) would overwrite the stored one.
+        totals = add_profile_totals(stored, increments)
+        rows = keep(
+            with_profile_metrics(totals, purchases, self.cfg.recommend, fold.ingested_at)
+            .join(concerned, USER_ID, "left_semi")
+            .join(increments.select(USER_ID, F.lit(True).alias("_touched")), USER_ID, "left")
+            .fillna(False, ["_touched"])
+        )
+        # When a crashed attempt of this batch committed the profiles, the stored rows hold the
+        # updates already (``own`` is None): they serve the live recommendations' exclusions only.
+        if own is not None:
+            self.store.put_profiles(fold.batch_id, user_docs(rows, PROFILE_COLUMNS))
+            sink.upsert(
+                rows, self.cfg.paths.table(USER_PROFILES), [USER_ID], fold.batch_id, update_condition=_PROFILE_CHANGED
+            )
+        self._purchase_files = purchase_files
+        return [rows]
+
+    def _write_live_recommendations(self, fold: LiveFold, sink: BatchSink, profile_rows: list[DataFrame]) -> None:
+        current = self.current_ranker()
+        updates = fold.updates_for(LIVE_RECOMMENDATIONS)
+        if updates is None or current is None or not profile_rows:
+            return
+        model_version, ranker = current
+        ranked = updates.where(F.col(RANKED))
+        context = (
+            latest_session_per_user(session_pool(fold.open_sessions, updates).join(ranked, USER_ID, "left_semi"))
+            .transform(with_session_metrics)
+            .select(USER_ID, SESSION_ID, RECENT_EVENTS)
+        )
+        seen = profile_rows[0].select(USER_ID, F.explode(F.map_keys(ITEM_ENGAGEMENT)).alias(ITEM_ID))
+        excluded = live_exclusions(context, fold.purchases, seen, self.cfg.recommend)
+        # Materialized without their lineage: the MERGE reads its source twice, and neither
+        # read may re-plan or recompute the session lineage or the re-ranking.
+        context = context.localCheckpoint()
+        recs = ranker.recommend(context, excluded, model_version, fold.ingested_at).localCheckpoint()
+        self.store.put_live_recommendations(fold.batch_id, recommendation_docs(recs))
+        # Every rank slot of a re-ranked user: a slot without a new row is deleted.
+        slots = context.select(USER_ID).crossJoin(
+            self.spark.range(1, self.cfg.recommend.top_k + 1).select(F.col("id").cast("int").alias(RANK))
+        )
+        sink.upsert(
+            slots.join(recs, [USER_ID, RANK], "left"),
+            self.cfg.paths.table(LIVE_RECOMMENDATIONS),
+            [USER_ID, RANK],
+            fold.batch_id,
+            delete_condition=f"s.{ITEM_ID} IS NULL",
+            insert_condition=f"s.{ITEM_ID} IS NOT NULL",
+        )
+
+    def finish_run(self) -> None:
+        """After an availableNow run ended on its own: fold the updates its batches left, should
+        its last batch have left them (``lib.backlog`` counts waiting files conservatively, so
+        this is a safety net, not the rule)."""
+        pending, state_store = self.pending_store(), self.state_store()
+        left, states = pending.batches(), state_store.batches()
+        if not left or not states:
+            return
+        last = states[-1]
+        log.warning("batches %s left live updates no later batch folded; folding them as batch %d", left, last)
+        self.bind_store()
+        cached: list[DataFrame] = []
+
+        def keep(df: DataFrame) -> DataFrame:
+            cached.append(df.persist())
+            return df
+
+        try:
+            purchases = keep(read_purchases(self.spark, self.cfg.paths.purchases))
+            ingested_at = _micros_literal(int(time.time() * 1_000_000))
+            fold = self._live_fold(last, keep(state_store.read_before(last + 1)), None, purchases, ingested_at, keep)
+            sink = BatchSink(self.spark, self.app_id())
+            self._write_live_sessions(fold, sink, keep)
+            self._write_live_recommendations(fold, sink, self._write_user_profiles(fold, sink, keep))
+            pending.delete_through(last)
+        finally:
+            for df in cached:
+                df.unpersist()
 
     def current_ranker(self) -> tuple[str, LiveRanker] | None:
         """The latest committed model's version and ranker, rebuilt when ``jobs/train.py``
@@ -425,98 +614,19 @@ class SessionBatchWriter:
         def write_session_features():
             if report.sessions_closed:
                 closed = (
-                    sessions.where("_closed")
+                    sessions.where(CLOSED)
                     .transform(with_session_metrics)
                     .transform(lambda df: with_purchase_history(df, purchases, as_of=SESSION_START))
                 )
                 sink.append(closed.select(*SESSION_FEATURES_SCHEMA.fieldNames()), table(SESSION_FEATURES), batch_id)
-
-        def write_live_sessions():
-            if report.valid_rows or report.sessions_closed:
-                touched_users = events.select(USER_ID).unionByName(sessions.where("_closed").select(USER_ID)).distinct()
-                live = (
-                    latest_session_per_user(sessions.join(touched_users, USER_ID, "left_semi"))
-                    .withColumn(IS_OPEN, ~F.col("_closed"))
-                    .transform(with_session_metrics)
-                    .transform(lambda df: with_purchase_history(df, purchases, as_of=SESSION_START))
-                    .withColumn(UPDATED_AT, ingested_at)
-                    .select(*LIVE_SESSIONS_SCHEMA.fieldNames())
-                )
-                live = keep(live)
-                self.store.put_sessions(batch_id, user_docs(live, LIVE_SESSIONS_SCHEMA.fieldNames()))
-                sink.upsert(live, table(LIVE_SESSIONS), [USER_ID], batch_id)
 
         def write_item_popularity():
             if report.valid_rows:
                 engagement = events.groupBy(ITEM_ID).agg(F.sum(event_weight(cfg.recommend)).alias("engagement"))
                 self.store.add_item_engagement(batch_id, [(r[0], r[1]) for r in engagement.collect()])
 
-        # The profiles' rows (the live recommendations exclude the items they hold).
-        profile_rows: list[DataFrame] = []
-
-        def write_user_profiles():
-            if not (report.valid_rows or report.sessions_closed):
-                return
-            closed = sessions.where("_closed").select(USER_ID, SESSION_START, SESSION_END)
-            increments = keep(profile_totals(events, closed, cfg.recommend))
-            # Users without new activity need a new row only when the purchase history changed
-            # (new files); the first batch of a run checks them all, which also covers a restart.
-            purchase_files = sorted(purchases.inputFiles())
-            concerned = increments.select(USER_ID)
-            if purchase_files != self._purchase_files:
-                concerned = concerned.unionByName(purchases.select(USER_ID))
-            concerned = concerned.distinct()
-            stored = spark.read.format("delta").load(table(USER_PROFILES)).join(concerned, USER_ID, "left_semi")
-            # with_profile_metrics has a row for every buyer; a buyer not concerned has no stored
-            # totals read, and its row (purchases only) would overwrite the stored one.
-            rows = keep(
-                with_profile_metrics(add_profile_totals(stored, increments), purchases, cfg.recommend, ingested_at)
-                .join(concerned, USER_ID, "left_semi")
-                .join(increments.select(USER_ID, F.lit(True).alias("_touched")), USER_ID, "left")
-                .fillna(False, ["_touched"])
-            )
-            # A replay of a batch whose MERGE committed folds the batch in a second time (the stored
-            # rows include it): those rows still serve the live recommendations' exclusions, but
-            # neither the table nor the store takes them. The store took them before the MERGE.
-            if not sink.committed(table(USER_PROFILES), batch_id):
-                self.store.put_profiles(batch_id, user_docs(rows, PROFILE_COLUMNS))
-            profile_rows.append(rows)
-            sink.upsert(rows, table(USER_PROFILES), [USER_ID], batch_id, update_condition=_PROFILE_CHANGED)
-            self._purchase_files = purchase_files
-
-        def write_live_recommendations():
-            current = self.current_ranker()
-            if not report.valid_rows or current is None or not profile_rows:
-                return
-            model_version, ranker = current
-            active = events.select(USER_ID).distinct()
-            context = (
-                latest_session_per_user(sessions.join(active, USER_ID, "left_semi"))
-                .transform(with_session_metrics)
-                .select(USER_ID, SESSION_ID, RECENT_EVENTS)
-            )
-            seen = profile_rows[0].select(USER_ID, F.explode(F.map_keys(ITEM_ENGAGEMENT)).alias(ITEM_ID))
-            excluded = live_exclusions(context, purchases, seen, cfg.recommend)
-            # Materialized without their lineage: the MERGE reads its source twice, and neither
-            # read may re-plan or recompute the session lineage or the re-ranking.
-            context = context.localCheckpoint()
-            recs = ranker.recommend(context, excluded, model_version, ingested_at).localCheckpoint()
-            self.store.put_live_recommendations(batch_id, recommendation_docs(recs))
-            # Every rank slot of an active user: a slot without a new row is deleted.
-            slots = context.select(USER_ID).crossJoin(
-                spark.range(1, cfg.recommend.top_k + 1).select(F.col("id").cast("int").alias(RANK))
-            )
-            sink.upsert(
-                slots.join(recs, [USER_ID, RANK], "left"),
-                table(LIVE_RECOMMENDATIONS),
-                [USER_ID, RANK],
-                batch_id,
-                delete_condition=f"s.{ITEM_ID} IS NULL",
-                insert_condition=f"s.{ITEM_ID} IS NOT NULL",
-            )
-
         def write_state():
-            state_store.write(sessions.where(~F.col("_closed")).select(*SESSION_STATE_SCHEMA.fieldNames()), batch_id)
+            state_store.write(sessions.where(~F.col(CLOSED)).select(*SESSION_STATE_SCHEMA.fieldNames()), batch_id)
 
         def run(*writes) -> None:
             for name, write in writes:
@@ -534,18 +644,42 @@ class SessionBatchWriter:
             report.watermark_micros = None if max_end is None else max_end - delay_micros
             fragments = event_fragments(events.where(~late)).unionByName(state)
             sessions = keep(
-                merge_sessions(fragments, gap_s).withColumn("_closed", is_closed(report.watermark_micros, gap_s))
+                merge_sessions(fragments, gap_s).withColumn(CLOSED, is_closed(report.watermark_micros, gap_s))
             )
             outcome = sessions.agg(
-                F.count(F.when(F.col("_closed"), 1)).alias("closed"),
-                F.count(F.when(~F.col("_closed"), 1)).alias("open"),
+                F.count(F.when(F.col(CLOSED), 1)).alias("closed"),
+                F.count(F.when(~F.col(CLOSED), 1)).alias("open"),
             ).first()
             report.sessions_closed, report.open_sessions = outcome["closed"], outcome["open"]
+        updates = live_updates(events, sessions, cfg.recommend, batch_id)
+        has_updates = bool(report.valid_rows or report.sessions_closed)
+        pending = self.pending_store()
+        report.files_waiting = self.backlog.waiting_after(batch_id) if self.backlog is not None else 0
+        if report.files_waiting:
+            # More of the backlog waits: the live tables need only the state after its last batch.
+            live_chains = ((("pending_updates", lambda: pending.write(updates, batch_id)),),)
+        else:
+            fold = self._live_fold(
+                batch_id,
+                sessions.where(~F.col(CLOSED)),
+                keep(updates) if has_updates else None,
+                purchases,
+                ingested_at,
+                keep,
+            )
+            profile_rows: list[DataFrame] = []
+            live_chains = (
+                (("live_sessions", lambda: self._write_live_sessions(fold, sink, keep)),),
+                (
+                    ("user_profiles", lambda: profile_rows.extend(self._write_user_profiles(fold, sink, keep))),
+                    ("live_recommendations", lambda: self._write_live_recommendations(fold, sink, profile_rows)),
+                ),
+            )
         # The rest run side by side: a micro-batch's time is mostly planning and Delta's
         # bookkeeping on the driver, not work on the executors' cores.
         chains = (
-            (("live_sessions", write_live_sessions), ("item_popularity", write_item_popularity)),
-            (("user_profiles", write_user_profiles), ("live_recommendations", write_live_recommendations)),
+            (*live_chains[0], ("item_popularity", write_item_popularity)),
+            *live_chains[1:],
             (("session_features", write_session_features), ("state", write_state)),
         )
         with ThreadPoolExecutor(len(chains), thread_name_prefix=f"batch-{batch_id}") as pool:
@@ -553,6 +687,8 @@ class SessionBatchWriter:
         failures = [f.exception() for f in outcomes if f.exception() is not None]
         if failures:
             raise failures[0]
+        if not report.files_waiting:
+            pending.delete_through(batch_id)
         if due(batch_id, cfg.stream.compact_every):
             with report.stage("compact"):
                 to_compact = table_to_compact({name: data_files(spark, table(name)) for name in COMPACTED_TABLES})
@@ -674,6 +810,10 @@ class StreamHandle:
                 return True
             raise
 
+    def finish_run(self) -> None:
+        """After an availableNow run ended on its own (see ``SessionBatchWriter.finish_run``)."""
+        self.writer.finish_run()
+
     def close(self, drain_timeout_s: float = 10.0) -> None:
         """Release the checkpoint and unregister the listener once it logged the last events."""
         if self.query.isActive:
@@ -701,7 +841,10 @@ def start_stream(
         register_tables(spark, cfg)
         source = activity_stream(spark, cfg)
         stats = stats or StreamStats()
-        batch_writer = SessionBatchWriter(spark, cfg, stats)
+        backlog = None
+        if available_now and cfg.source.kind == "files" and cfg.stream.defer_live_in_backlog:
+            backlog = FileBacklog(spark, cfg.paths.events_dir, checkpoint)
+        batch_writer = SessionBatchWriter(spark, cfg, stats, backlog=backlog)
         writer = (
             source.writeStream.queryName(QUERY_NAME).foreachBatch(batch_writer).option("checkpointLocation", checkpoint)
         )
@@ -723,6 +866,7 @@ def run_available_now(spark: SparkSession, cfg: Config) -> StreamStats:
     handle = start_stream(spark, cfg, available_now=True, stats=stats)
     try:
         handle.wait()
+        handle.finish_run()
     finally:
         handle.close()
     return stats

@@ -54,12 +54,12 @@ def make_config(root: Path, *overrides: str):
     )
 
 
-def start_stream_job(toml: Path, log: Path) -> subprocess.Popen:
-    """``./spark-submit.sh jobs/stream.py --config toml``, its output appended to ``log``, in a
+def start_stream_job(toml: Path, log: Path, *args: str) -> subprocess.Popen:
+    """``./spark-submit.sh jobs/stream.py --config toml [args]``, its output appended to ``log``, in a
     process group of its own (as a supervisor, `timeout` or Airflow would start it)."""
     with open(log, "a") as out:
         return subprocess.Popen(
-            [str(ROOT / "spark-submit.sh"), "jobs/stream.py", "--config", str(toml)],
+            [str(ROOT / "spark-submit.sh"), "jobs/stream.py", "--config", str(toml), *args],
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,

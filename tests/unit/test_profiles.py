@@ -7,7 +7,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, StringType, StructField, StructType, TimestampType
 
 from lib.config import load_config
-from lib.profiles import add_profile_totals, profile_totals, with_profile_metrics
+from lib.profiles import add_profile_totals, profile_totals, sum_profile_totals, with_profile_metrics
 from lib.schemas import PURCHASES_SCHEMA, USER_PROFILES_SCHEMA
 
 T0 = datetime(2024, 1, 1, 10, 0, 0)
@@ -106,3 +106,16 @@ def test_adding_totals_batch_by_batch_equals_building_from_everything(spark):
 
 def test_no_input_gives_no_profiles(spark):
     assert build(spark, [], [], []).count() == 0
+
+
+def test_summing_the_totals_of_several_batches_equals_the_totals_of_all(spark):
+    per_batch = [
+        profile_totals(events(spark, EVENT_ROWS[:3]), sessions(spark, []), REC),
+        profile_totals(events(spark, []), sessions(spark, SESSION_ROWS[:1]), REC),  # sessions only: no first_seen
+        profile_totals(events(spark, []), sessions(spark, []), REC),  # an empty batch
+        profile_totals(events(spark, EVENT_ROWS[3:]), sessions(spark, SESSION_ROWS[1:]), REC),
+    ]
+    stacked = per_batch[0].unionByName(per_batch[1]).unionByName(per_batch[2]).unionByName(per_batch[3])
+    whole = profile_totals(events(spark, EVENT_ROWS), sessions(spark, SESSION_ROWS), REC)
+    assert_df_equality(sum_profile_totals(stacked).orderBy("user_id"), whole.orderBy("user_id"), ignore_nullable=True)
+    assert sum_profile_totals(per_batch[2]).count() == 0

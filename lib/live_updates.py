@@ -1,0 +1,64 @@
+"""A micro-batch's live updates: for each user it touched, what ``user_profiles``,
+``live_sessions`` and ``live_recommendations`` need from that batch.
+
+A batch either folds its updates into those tables at once or leaves them to a later batch of
+the same run (``lib.stream``: a backlog needs only the state after its last batch). Either way
+the tables end the same: the profile totals add up (``lib.profiles.sum_profile_totals``); the
+latest session of a user is either still open after the folding batch or the latest of the
+sessions its updates closed; and a user is re-ranked on the latest session, as the batch that
+last carried their events would have.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from lib.config import RecommendConfig
+from lib.profiles import TOTALS_COLUMNS, profile_totals
+from lib.schemas import SESSION_END, SESSION_START, SESSION_STATE_SCHEMA, USER_ID
+from lib.sessions import latest_session_per_user
+
+UPDATE_BATCH = "_batch"
+RANKED = "_ranked"  # the batch carried events of the user, and the user had a session in it
+CLOSED_SESSION = "_closed_session"  # the user's latest session the batch closed, or null
+CLOSED = "_closed"
+
+UPDATE_COLUMNS = (*TOTALS_COLUMNS, RANKED, CLOSED_SESSION, UPDATE_BATCH)
+
+
+def live_updates(events: DataFrame, sessions: DataFrame, rec: RecommendConfig, batch_id: int) -> DataFrame:
+    """One row (``UPDATE_COLUMNS``) per user with events or a closed session in the batch.
+
+    :param events: the batch's valid events, late ones included.
+    :param sessions: the sessions after the batch (``SESSION_STATE_SCHEMA`` plus ``_closed``).
+    """
+    closed = sessions.where(F.col(CLOSED))
+    totals = profile_totals(events, closed.select(USER_ID, SESSION_START, SESSION_END), rec)
+    ranked = events.select(USER_ID).distinct().join(sessions.select(USER_ID), USER_ID, "left_semi")
+    latest_closed = latest_session_per_user(closed).select(
+        USER_ID, F.struct(*SESSION_STATE_SCHEMA.fieldNames()).alias(CLOSED_SESSION)
+    )
+    return (
+        totals.join(ranked.withColumn(RANKED, F.lit(True)), USER_ID, "left")
+        .join(latest_closed, USER_ID, "left")
+        .select(
+            *TOTALS_COLUMNS,
+            F.coalesce(F.col(RANKED), F.lit(False)).alias(RANKED),
+            CLOSED_SESSION,
+            F.lit(batch_id).cast("long").alias(UPDATE_BATCH),
+        )
+    )
+
+
+def updates_after(updates: DataFrame, batch_id: int) -> DataFrame:
+    """The updates of the batches after ``batch_id``."""
+    return updates.where(F.col(UPDATE_BATCH) > F.lit(batch_id))
+
+
+def session_pool(open_sessions: DataFrame, updates: DataFrame) -> DataFrame:
+    """The open sessions plus the sessions ``updates`` closed (``SESSION_STATE_SCHEMA`` plus ``_closed``)."""
+    closed = updates.where(F.col(CLOSED_SESSION).isNotNull()).select(f"{CLOSED_SESSION}.*")
+    return open_sessions.select(*SESSION_STATE_SCHEMA.fieldNames(), F.lit(False).alias(CLOSED)).unionByName(
+        closed.select(*SESSION_STATE_SCHEMA.fieldNames(), F.lit(True).alias(CLOSED))
+    )
