@@ -11,6 +11,8 @@ last carried their events would have.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -27,27 +29,48 @@ CLOSED = "_closed"
 UPDATE_COLUMNS = (*TOTALS_COLUMNS, RANKED, CLOSED_SESSION, UPDATE_BATCH)
 
 
-def live_updates(events: DataFrame, sessions: DataFrame, rec: RecommendConfig, batch_id: int) -> DataFrame:
-    """One row (``UPDATE_COLUMNS``) per user with events or a closed session in the batch.
+@dataclass(frozen=True)
+class BatchChanges:
+    """What one batch changed for the live tables, from the batch alone."""
 
-    :param events: the batch's valid events, late ones included.
+    touched: DataFrame  # user_id: events or a closed session in the batch
+    ranked: DataFrame | None  # user_id: events and a session in the batch; None: no events
+    totals: DataFrame  # TOTALS_COLUMNS: the batch's profile totals
+
+
+def batch_changes(events: DataFrame, sessions: DataFrame, rec: RecommendConfig, has_events: bool) -> BatchChanges:
+    """:param events: the batch's valid events, late ones included.
     :param sessions: the sessions after the batch (``SESSION_STATE_SCHEMA`` plus ``_closed``).
+    :param has_events: whether ``events`` has rows (the caller counted them).
     """
     closed = sessions.where(F.col(CLOSED))
-    totals = profile_totals(events, closed.select(USER_ID, SESSION_START, SESSION_END), rec)
-    ranked = events.select(USER_ID).distinct().join(sessions.select(USER_ID), USER_ID, "left_semi")
-    latest_closed = latest_session_per_user(closed).select(
+    users = events.select(USER_ID)
+    return BatchChanges(
+        touched=users.unionByName(closed.select(USER_ID)).distinct(),
+        ranked=users.distinct().join(sessions.select(USER_ID), USER_ID, "left_semi") if has_events else None,
+        totals=profile_totals(events, closed.select(USER_ID, SESSION_START, SESSION_END), rec),
+    )
+
+
+def live_updates(changes: BatchChanges, sessions: DataFrame, batch_id: int) -> DataFrame:
+    """The batch's changes as rows (``UPDATE_COLUMNS``), one per user it touched, to be folded
+    by a later batch.
+
+    :param sessions: the sessions after the batch (``SESSION_STATE_SCHEMA`` plus ``_closed``).
+    """
+    latest_closed = latest_session_per_user(sessions.where(F.col(CLOSED))).select(
         USER_ID, F.struct(*SESSION_STATE_SCHEMA.fieldNames()).alias(CLOSED_SESSION)
     )
-    return (
-        totals.join(ranked.withColumn(RANKED, F.lit(True)), USER_ID, "left")
-        .join(latest_closed, USER_ID, "left")
-        .select(
-            *TOTALS_COLUMNS,
-            F.coalesce(F.col(RANKED), F.lit(False)).alias(RANKED),
-            CLOSED_SESSION,
-            F.lit(batch_id).cast("long").alias(UPDATE_BATCH),
-        )
+    rows = changes.totals
+    if changes.ranked is not None:
+        rows = rows.join(changes.ranked.withColumn(RANKED, F.lit(True)), USER_ID, "left")
+    else:
+        rows = rows.withColumn(RANKED, F.lit(None).cast("boolean"))
+    return rows.join(latest_closed, USER_ID, "left").select(
+        *TOTALS_COLUMNS,
+        F.coalesce(F.col(RANKED), F.lit(False)).alias(RANKED),
+        CLOSED_SESSION,
+        F.lit(batch_id).cast("long").alias(UPDATE_BATCH),
     )
 
 
@@ -56,9 +79,10 @@ def updates_after(updates: DataFrame, batch_id: int) -> DataFrame:
     return updates.where(F.col(UPDATE_BATCH) > F.lit(batch_id))
 
 
-def session_pool(open_sessions: DataFrame, updates: DataFrame) -> DataFrame:
-    """The open sessions plus the sessions ``updates`` closed (``SESSION_STATE_SCHEMA`` plus ``_closed``)."""
+def session_pool(sessions: DataFrame, updates: DataFrame | None) -> DataFrame:
+    """``sessions`` plus the sessions ``updates`` closed (``SESSION_STATE_SCHEMA`` plus ``_closed``)."""
+    pool = sessions.select(*SESSION_STATE_SCHEMA.fieldNames(), CLOSED)
+    if updates is None:
+        return pool
     closed = updates.where(F.col(CLOSED_SESSION).isNotNull()).select(f"{CLOSED_SESSION}.*")
-    return open_sessions.select(*SESSION_STATE_SCHEMA.fieldNames(), F.lit(False).alias(CLOSED)).unionByName(
-        closed.select(*SESSION_STATE_SCHEMA.fieldNames(), F.lit(True).alias(CLOSED))
-    )
+    return pool.unionByName(closed.select(*SESSION_STATE_SCHEMA.fieldNames(), F.lit(True).alias(CLOSED)))

@@ -46,7 +46,16 @@ from lib.enrich import with_purchase_history
 from lib.interactions import event_weight
 from lib.kafka import check_topic
 from lib.live import LiveRanker, live_exclusions
-from lib.live_updates import CLOSED, RANKED, UPDATE_COLUMNS, live_updates, session_pool, updates_after
+from lib.live_updates import (
+    CLOSED,
+    RANKED,
+    UPDATE_COLUMNS,
+    BatchChanges,
+    batch_changes,
+    live_updates,
+    session_pool,
+    updates_after,
+)
 from lib.model_store import ModelStore
 from lib.online_sink import recommendation_docs, user_docs
 from lib.online_store import SQLiteStore
@@ -79,6 +88,7 @@ from lib.schemas import (
     UPDATED_AT,
     USER_ID,
     USER_PROFILES,
+    USER_PROFILES_SCHEMA,
 )
 from lib.sessions import event_fragments, is_closed, latest_session_per_user, merge_sessions, with_session_metrics
 from lib.sinks import BatchSink, compact, data_files, ensure_delta_table, vacuum
@@ -255,24 +265,57 @@ def _micros_literal(micros: int | None):
 
 @dataclass(frozen=True)
 class LiveFold:
-    """The live updates a batch folds into ``LIVE_TABLES``: its own and those earlier batches
-    of the run left (``lib.live_updates``)."""
+    """What a batch folds into ``LIVE_TABLES``: its own changes and the updates earlier batches
+    of the run left (``lib.live_updates``), each table from the first batch it lacks."""
 
     batch_id: int
-    updates: DataFrame | None  # UPDATE_COLUMNS rows of ``batches``
-    batches: tuple[int, ...]
+    sessions: DataFrame  # after this batch (SESSION_STATE_SCHEMA plus CLOSED: those it closed)
+    own: BatchChanges | None  # None: the batch changed nothing
+    left: DataFrame | None  # UPDATE_COLUMNS rows of left_batches
+    left_batches: tuple[int, ...]
     folded: dict[str, int]  # per live table, the last batch it has folded in (-1: none)
-    open_sessions: DataFrame  # after this batch
     purchases: DataFrame
     ingested_at: Column
 
-    def batches_after(self, batch_id: int) -> int:
-        return sum(b > batch_id for b in self.batches) if self.updates is not None else 0
+    def _after(self, tables: tuple[str, ...]) -> int:
+        return min(self.folded[t] for t in tables)
 
-    def updates_for(self, *tables: str) -> DataFrame | None:
-        """The updates some of ``tables`` lack; None when they lack none."""
-        after = min(self.folded[t] for t in tables)
-        return updates_after(self.updates, after) if self.batches_after(after) else None
+    def own_for(self, *tables: str) -> BatchChanges | None:
+        return self.own if self.own is not None and self.batch_id > self._after(tables) else None
+
+    def left_for(self, *tables: str) -> DataFrame | None:
+        after = self._after(tables)
+        return updates_after(self.left, after) if any(b > after for b in self.left_batches) else None
+
+    def changed(self, *tables: str) -> bool:
+        return self.own_for(*tables) is not None or self.left_for(*tables) is not None
+
+    def users(self, *tables: str) -> DataFrame:
+        """The users whose rows in ``tables`` change (some of them: those that lack updates)."""
+        own, left = self.own_for(*tables), self.left_for(*tables)
+        parts = ([own.touched] if own else []) + ([left.select(USER_ID)] if left is not None else [])
+        return parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1]).distinct()
+
+    def ranked(self, table: str) -> DataFrame | None:
+        own, left = self.own_for(table), self.left_for(table)
+        parts = ([own.ranked] if own and own.ranked is not None else []) + (
+            [left.where(F.col(RANKED)).select(USER_ID)] if left is not None else []
+        )
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1]).distinct()
+
+    def pool(self, table: str) -> DataFrame:
+        """The sessions the latest of each user's is taken from."""
+        return session_pool(self.sessions, self.left_for(table))
+
+    def totals(self, table: str) -> DataFrame | None:
+        """The profile totals ``table`` lacks, one row per user; None when it lacks none."""
+        own, left = self.own_for(table), self.left_for(table)
+        if left is None:
+            return own.totals if own else None
+        left = left.select(*TOTALS_COLUMNS)
+        return sum_profile_totals(left if own is None else left.unionByName(own.totals.select(*TOTALS_COLUMNS)))
 
 
 class SessionBatchWriter:
@@ -333,35 +376,33 @@ class SessionBatchWriter:
     def _live_fold(
         self,
         batch_id: int,
-        open_sessions: DataFrame,
-        updates: DataFrame | None,
+        sessions: DataFrame,
+        own: BatchChanges | None,
         purchases: DataFrame,
         ingested_at: Column,
         keep: Callable[[DataFrame], DataFrame],
     ) -> LiveFold:
-        """What batch ``batch_id`` folds into the live tables: ``updates`` (its own; None when it
-        has none) plus those earlier batches left, each table from the first batch it lacks."""
+        """What batch ``batch_id`` folds into the live tables: ``own`` (None when it changed
+        nothing) plus the updates earlier batches left that some table lacks."""
         sink, pending = BatchSink(self.spark, self.app_id()), self.pending_store()
         folded = {name: sink.last_committed_batch(self.cfg.paths.table(name)) for name in LIVE_TABLES}
-        # A replayed batch's own updates are recomputed; finish_run (no updates) reads them back.
-        left = [
+        # A replayed batch's own updates are recomputed; finish_run (no own) reads them back.
+        left_batches = [
             b
             for b in pending.batches()
-            if min(folded.values()) < b and (b < batch_id or (b == batch_id and updates is None))
+            if min(folded.values()) < b and (b < batch_id or (b == batch_id and own is None))
         ]
-        stored = pending.read(left)
-        if stored is not None:
-            stored = stored.select(*UPDATE_COLUMNS)
-            updates = keep(stored if updates is None else stored.unionByName(updates))
-        batches = sorted(set(left) | ({batch_id} if updates is not None else set()))
-        return LiveFold(batch_id, updates, tuple(batches), folded, open_sessions, purchases, ingested_at)
+        left = pending.read(left_batches)
+        if left is not None:
+            left = keep(left.select(*UPDATE_COLUMNS))
+        return LiveFold(batch_id, sessions, own, left, tuple(left_batches), folded, purchases, ingested_at)
 
     def _write_live_sessions(self, fold: LiveFold, sink: BatchSink, keep) -> None:
-        updates = fold.updates_for(LIVE_SESSIONS)
-        if updates is None:
+        if not fold.changed(LIVE_SESSIONS):
             return
+        touched = fold.users(LIVE_SESSIONS)
         live = (
-            latest_session_per_user(session_pool(fold.open_sessions, updates).join(updates, USER_ID, "left_semi"))
+            latest_session_per_user(fold.pool(LIVE_SESSIONS).join(touched, USER_ID, "left_semi"))
             .withColumn(IS_OPEN, ~F.col(CLOSED))
             .transform(with_session_metrics)
             .transform(lambda df: with_purchase_history(df, fold.purchases, as_of=SESSION_START))
@@ -375,22 +416,18 @@ class SessionBatchWriter:
     def _write_user_profiles(self, fold: LiveFold, sink: BatchSink, keep) -> list[DataFrame]:
         """Fold the updates into ``user_profiles``; returns the rows of the users concerned (the
         live recommendations exclude the items they hold), or nothing when there are none."""
-        concerned_updates = fold.updates_for(USER_PROFILES, LIVE_RECOMMENDATIONS)
-        if concerned_updates is None:
+        if not fold.changed(USER_PROFILES, LIVE_RECOMMENDATIONS):
             return []
-        own = fold.updates_for(USER_PROFILES)
-        if own is None:
-            increments = concerned_updates.limit(0)
-        elif fold.batches_after(fold.folded[USER_PROFILES]) > 1:
-            increments = keep(sum_profile_totals(own))
+        lacking = fold.totals(USER_PROFILES)
+        if lacking is None:
+            increments = self.spark.createDataFrame([], USER_PROFILES_SCHEMA).select(*TOTALS_COLUMNS)
         else:
-            increments = own  # one batch's updates: one row per user already
-        increments = increments.select(*TOTALS_COLUMNS)
+            increments = keep(lacking)
         # Users without new activity need a new row only when the purchase history changed
         # (new files); the first batch of a run checks them all, which also covers a restart.
         purchases = fold.purchases
         purchase_files = sorted(purchases.inputFiles())
-        concerned = concerned_updates.select(USER_ID)
+        concerned = fold.users(USER_PROFILES, LIVE_RECOMMENDATIONS)
         if purchase_files != self._purchase_files:
             concerned = concerned.unionByName(purchases.select(USER_ID))
         concerned = concerned.distinct()
@@ -398,16 +435,16 @@ class SessionBatchWriter:
         stored = stored.join(concerned, USER_ID, "left_semi")
         # with_profile_metrics has a row for every buyer; a buyer not concerned has no stored
         # totals read, and its row (purchases only) would overwrite the stored one.
-        totals = add_profile_totals(stored, increments)
+        summed = add_profile_totals(stored, increments)
         rows = keep(
-            with_profile_metrics(totals, purchases, self.cfg.recommend, fold.ingested_at)
+            with_profile_metrics(summed, purchases, self.cfg.recommend, fold.ingested_at)
             .join(concerned, USER_ID, "left_semi")
             .join(increments.select(USER_ID, F.lit(True).alias("_touched")), USER_ID, "left")
             .fillna(False, ["_touched"])
         )
         # When a crashed attempt of this batch committed the profiles, the stored rows hold the
-        # updates already (``own`` is None): they serve the live recommendations' exclusions only.
-        if own is not None:
+        # updates already (none lacking): they serve the live recommendations' exclusions only.
+        if lacking is not None:
             self.store.put_profiles(fold.batch_id, user_docs(rows, PROFILE_COLUMNS))
             sink.upsert(
                 rows, self.cfg.paths.table(USER_PROFILES), [USER_ID], fold.batch_id, update_condition=_PROFILE_CHANGED
@@ -417,13 +454,12 @@ class SessionBatchWriter:
 
     def _write_live_recommendations(self, fold: LiveFold, sink: BatchSink, profile_rows: list[DataFrame]) -> None:
         current = self.current_ranker()
-        updates = fold.updates_for(LIVE_RECOMMENDATIONS)
-        if updates is None or current is None or not profile_rows:
+        ranked = fold.ranked(LIVE_RECOMMENDATIONS)
+        if ranked is None or current is None or not profile_rows:
             return
         model_version, ranker = current
-        ranked = updates.where(F.col(RANKED))
         context = (
-            latest_session_per_user(session_pool(fold.open_sessions, updates).join(ranked, USER_ID, "left_semi"))
+            latest_session_per_user(fold.pool(LIVE_RECOMMENDATIONS).join(ranked, USER_ID, "left_semi"))
             .transform(with_session_metrics)
             .select(USER_ID, SESSION_ID, RECENT_EVENTS)
         )
@@ -467,7 +503,8 @@ class SessionBatchWriter:
         try:
             purchases = keep(read_purchases(self.spark, self.cfg.paths.purchases))
             ingested_at = _micros_literal(int(time.time() * 1_000_000))
-            fold = self._live_fold(last, keep(state_store.read_before(last + 1)), None, purchases, ingested_at, keep)
+            sessions = keep(state_store.read_before(last + 1).withColumn(CLOSED, F.lit(False)))
+            fold = self._live_fold(last, sessions, None, purchases, ingested_at, keep)
             sink = BatchSink(self.spark, self.app_id())
             self._write_live_sessions(fold, sink, keep)
             self._write_live_recommendations(fold, sink, self._write_user_profiles(fold, sink, keep))
@@ -651,22 +688,17 @@ class SessionBatchWriter:
                 F.count(F.when(~F.col(CLOSED), 1)).alias("open"),
             ).first()
             report.sessions_closed, report.open_sessions = outcome["closed"], outcome["open"]
-        updates = live_updates(events, sessions, cfg.recommend, batch_id)
         has_updates = bool(report.valid_rows or report.sessions_closed)
+        changes = batch_changes(events, sessions, cfg.recommend, has_events=bool(report.valid_rows))
         pending = self.pending_store()
         report.files_waiting = self.backlog.waiting_after(batch_id) if self.backlog is not None else 0
         if report.files_waiting:
             # More of the backlog waits: the live tables need only the state after its last batch.
+            updates = live_updates(changes, sessions, batch_id)
             live_chains = ((("pending_updates", lambda: pending.write(updates, batch_id)),),)
         else:
-            fold = self._live_fold(
-                batch_id,
-                sessions.where(~F.col(CLOSED)),
-                keep(updates) if has_updates else None,
-                purchases,
-                ingested_at,
-                keep,
-            )
+            own = changes if has_updates else None
+            fold = self._live_fold(batch_id, sessions, own, purchases, ingested_at, keep)
             profile_rows: list[DataFrame] = []
             live_chains = (
                 (("live_sessions", lambda: self._write_live_sessions(fold, sink, keep)),),

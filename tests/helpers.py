@@ -67,6 +67,19 @@ def start_stream_job(toml: Path, log: Path, *args: str) -> subprocess.Popen:
         )
 
 
+def running(pids: list[int]) -> list[int]:
+    """Those of ``pids`` that are still running (a zombie has ended)."""
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
 def batches_logged(log: Path) -> int:
     """Micro-batches the stream's log reports done."""
     return log.read_text(errors="replace").count(BATCH_LINE) if log.exists() else 0

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
+from bench.chaos import descendants
 from lib.backlog import FileBacklog
 from lib.online_store import SQLiteStore
 from lib.stream import (
@@ -32,6 +33,7 @@ from tests.helpers import (
     assert_same_profiles,
     make_config,
     read,
+    running,
     start_stream_job,
     wait_for_batches,
     write_config_file,
@@ -107,8 +109,13 @@ def test_kill_9_amid_a_backlog_then_a_new_run_ends_as_a_clean_run(spark, tmp_pat
         time.sleep(random.Random(5).uniform(0, 4))
         assert job.poll() is None  # the run had batches to go
     finally:
+        processes = [job.pid, *descendants(job.pid)]
         os.killpg(job.pid, signal.SIGKILL)
         job.wait()
+        deadline = time.monotonic() + 30
+        while running(processes) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert not running(processes)  # nothing holds the checkpoint's lock
     assert "6 file(s) wait to be read in this run" in log.read_text()
 
     run_available_now(spark, cfg)

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -23,25 +22,13 @@ from tests.helpers import (
     batches_logged,
     generated_purchases,
     make_config,
+    running,
     start_stream_job,
     wait_for_batches,
     write_config_file,
     write_manifest,
     write_purchases,
 )
-
-
-def running(pids: list[int]) -> list[int]:
-    """Those of ``pids`` that are still running (a zombie has ended)."""
-    alive = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if state != "Z":
-            alive.append(pid)
-    return alive
 
 
 def test_planned_stop_is_quiet_and_kill_9_of_the_group_or_wrapper_ends_the_job_and_loses_nothing(spark, tmp_path):

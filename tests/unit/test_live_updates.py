@@ -8,7 +8,16 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BooleanType, IntegerType, LongType, StructField, StructType, TimestampType
 
 from lib.config import load_config
-from lib.live_updates import CLOSED, CLOSED_SESSION, RANKED, UPDATE_BATCH, live_updates, session_pool, updates_after
+from lib.live_updates import (
+    CLOSED,
+    CLOSED_SESSION,
+    RANKED,
+    UPDATE_BATCH,
+    batch_changes,
+    live_updates,
+    session_pool,
+    updates_after,
+)
 from lib.schemas import SESSION_START, USER_ID, VALID_EVENTS_SCHEMA
 from lib.sessions import event_fragments, latest_session_per_user, merge_sessions
 
@@ -58,7 +67,7 @@ def test_one_row_per_touched_user_with_ranking_and_the_latest_closed_session(spa
     closed = F.col(USER_ID).isin(2, 4) | ((F.col(USER_ID) == 1) & (F.col(SESSION_START) == F.lit(T0)))
     sessions = sessions_after(spark, ON_TIME, closed)
     events = events_df(spark, [e for e in ON_TIME if e[0] != 4] + LATE)
-    actual = summary(live_updates(events, sessions, REC, 7))
+    actual = summary(live_updates(batch_changes(events, sessions, REC, has_events=True), sessions, 7))
     expected = spark.createDataFrame(
         [
             (1, 2, True, T0, 7),
@@ -73,17 +82,24 @@ def test_one_row_per_touched_user_with_ranking_and_the_latest_closed_session(spa
 
 def test_no_events_and_no_closed_sessions_give_no_updates(spark):
     sessions = sessions_after(spark, ON_TIME, F.lit(False))
-    assert live_updates(events_df(spark, []), sessions, REC, 0).count() == 0
+    changes = batch_changes(events_df(spark, []), sessions, REC, has_events=False)
+    assert changes.ranked is None
+    assert live_updates(changes, sessions, 0).count() == 0
 
 
 def test_the_pool_holds_the_open_sessions_and_the_closed_ones_of_the_updates_after_a_batch(spark):
-    first = live_updates(events_df(spark, ON_TIME), sessions_after(spark, ON_TIME, F.col(USER_ID) == 2), REC, 1)
+    def updates(on_time, sessions, batch_id):
+        return live_updates(
+            batch_changes(events_df(spark, on_time), sessions, REC, has_events=True), sessions, batch_id
+        )
+
+    first = updates(ON_TIME, sessions_after(spark, ON_TIME, F.col(USER_ID) == 2), 1)
     later_on_time = [(2, 22, "view", T0 + timedelta(hours=9))]
     later = sessions_after(spark, later_on_time, F.lit(False))
-    second = live_updates(events_df(spark, later_on_time), later, REC, 2)
-    updates = first.unionByName(second)
+    second = updates(later_on_time, later, 2)
+    both = first.unionByName(second)
 
-    pool = session_pool(later.where(~F.col(CLOSED)), updates_after(updates, 0))
+    pool = session_pool(later.where(~F.col(CLOSED)), updates_after(both, 0))
     latest = latest_session_per_user(pool.where(F.col(USER_ID) == 2)).select(USER_ID, SESSION_START, CLOSED)
     expected = spark.createDataFrame(
         [(2, T0 + timedelta(hours=9), False)],  # the open session is later than the closed ones
@@ -92,4 +108,4 @@ def test_the_pool_holds_the_open_sessions_and_the_closed_ones_of_the_updates_aft
     assert_df_equality(latest, expected, ignore_row_order=True, ignore_nullable=True)
 
     # Once batch 1 is folded, its closed sessions are not in the pool of what is left.
-    assert session_pool(later.where(F.lit(False)), updates_after(updates, 1)).count() == 0
+    assert session_pool(later.where(F.lit(False)), updates_after(both, 1)).count() == 0
