@@ -25,7 +25,10 @@ class StateMissingError(RuntimeError):
     """The state a batch needs is gone: the checkpoint folder was damaged or partly deleted."""
 
 
-class SessionStateStore:
+class _BatchFolders:
+    """One Parquet folder per batch under ``root`` (``<root>/batch=<id>``); a folder counts once
+    its ``_SUCCESS`` marker exists."""
+
     def __init__(self, spark: SparkSession, root: str):
         self.spark = spark
         self.root = root.rstrip("/")
@@ -38,7 +41,7 @@ class SessionStateStore:
         return self._fs.exists(f"{self._dir(batch_id)}/_SUCCESS")
 
     def batches(self) -> list[int]:
-        """Batch ids with a complete state folder, ascending."""
+        """Batch ids with a complete folder, ascending."""
         ids = []
         for name in self._fs.list_names(self.root):
             match = _BATCH_DIR.match(name)
@@ -46,6 +49,11 @@ class SessionStateStore:
                 ids.append(int(match.group(1)))
         return sorted(ids)
 
+    def _delete(self, batch_id: int) -> None:
+        self._fs.delete(self._dir(batch_id), recursive=True)
+
+
+class SessionStateStore(_BatchFolders):
     def read_before(self, batch_id: int) -> DataFrame:
         """The open sessions as they were after batch ``batch_id - 1``."""
         previous = batch_id - 1
@@ -63,33 +71,16 @@ class SessionStateStore:
         sessions.coalesce(1).write.mode("overwrite").parquet(self._dir(batch_id))
         for old in self.batches():
             if old < batch_id - 1:
-                self._fs.delete(self._dir(old), recursive=True)
+                self._delete(old)
 
 
-class PendingUpdatesStore:
+class PendingUpdatesStore(_BatchFolders):
     """The live updates of batches that left them to a later batch (``lib.live_updates``), one
     Parquet folder per batch under the query's checkpoint (``<dir>/batch=<id>``).
 
     A replayed batch rewrites its folder with the same rows. Folders are deleted once a batch
     has folded them into the live tables; until then, a batch after a crash reads them again.
     """
-
-    def __init__(self, spark: SparkSession, root: str):
-        self.spark = spark
-        self.root = root.rstrip("/")
-        self._fs = HadoopFS(spark)
-
-    def _dir(self, batch_id: int) -> str:
-        return f"{self.root}/batch={batch_id}"
-
-    def batches(self) -> list[int]:
-        """Batch ids with a complete folder, ascending."""
-        ids = []
-        for name in self._fs.list_names(self.root):
-            match = _BATCH_DIR.match(name)
-            if match and self._fs.exists(f"{self.root}/{name}/_SUCCESS"):
-                ids.append(int(match.group(1)))
-        return sorted(ids)
 
     def write(self, updates: DataFrame, batch_id: int) -> None:
         updates.coalesce(1).write.mode("overwrite").parquet(self._dir(batch_id))
@@ -103,4 +94,4 @@ class PendingUpdatesStore:
     def delete_through(self, batch_id: int) -> None:
         for old in self.batches():
             if old <= batch_id:
-                self._fs.delete(self._dir(old), recursive=True)
+                self._delete(old)

@@ -263,6 +263,13 @@ def _micros_literal(micros: int | None):
     return F.timestamp_micros(F.lit(micros).cast("long"))
 
 
+def _distinct_users(own: DataFrame | None, left: DataFrame | None) -> DataFrame | None:
+    """The users of the batch's own changes and of the updates earlier batches left, once each."""
+    if own is None or left is None:
+        return own if left is None else left
+    return own.unionByName(left).distinct()
+
+
 @dataclass(frozen=True)
 class LiveFold:
     """What a batch folds into ``LIVE_TABLES``: its own changes and the updates earlier batches
@@ -293,17 +300,13 @@ class LiveFold:
     def users(self, *tables: str) -> DataFrame:
         """The users whose rows in ``tables`` change (some of them: those that lack updates)."""
         own, left = self.own_for(*tables), self.left_for(*tables)
-        parts = ([own.touched] if own else []) + ([left.select(USER_ID)] if left is not None else [])
-        return parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1]).distinct()
+        return _distinct_users(own.touched if own else None, left.select(USER_ID) if left is not None else None)
 
     def ranked(self, table: str) -> DataFrame | None:
         own, left = self.own_for(table), self.left_for(table)
-        parts = ([own.ranked] if own and own.ranked is not None else []) + (
-            [left.where(F.col(RANKED)).select(USER_ID)] if left is not None else []
+        return _distinct_users(
+            own.ranked if own else None, left.where(F.col(RANKED)).select(USER_ID) if left is not None else None
         )
-        if not parts:
-            return None
-        return parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1]).distinct()
 
     def pool(self, table: str) -> DataFrame:
         """The sessions the latest of each user's is taken from."""
