@@ -1,15 +1,18 @@
-"""Which files an availableNow run of the file source has still to read.
+"""What an availableNow run has still to read: files of the file source, messages of Kafka.
 
-An availableNow run reads the files present when it starts, ``stream.max_files_per_trigger``
-per micro-batch. A batch that knows more of them wait may leave the work only the end state
-needs (profiles, live sessions, live recommendations) to a later batch of the same run
-(``lib.stream``).
+An availableNow run reads the input present when it starts, ``stream.max_files_per_trigger``
+files or ``kafka.max_offsets_per_trigger`` messages per micro-batch. A batch that knows more
+input waits may leave the work only the end state needs (profiles, live sessions, live
+recommendations) to a later batch of the same run (``lib.stream``).
 
-The answer may only err on one side: a file counted as waiting must be one the run will read,
+The answer may only err on one side: input counted as waiting must be input the run will read,
 or the run would end with that work undone (``SessionBatchWriter.finish_run`` catches that
-case too). So only the regular, visible files listed before the query starts count, less those
-the file source's log under the checkpoint records as read, less those the source's
-``maxFileAge`` (7 days behind the newest file, Spark's default, which streamrec keeps) skips.
+case too). So only what is listed before the query starts counts:
+- files: the regular, visible files in the folder, less those the file source's log under the
+  checkpoint records as read, less those the source's ``maxFileAge`` (7 days behind the newest
+  file, Spark's default, which streamrec keeps) skips;
+- Kafka: each partition's end offset then, less the batch's end offset in the query's offset
+  log. The query takes its own end offsets when it starts, later: never fewer messages.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from lib.fs import HadoopFS
 log = logging.getLogger(__name__)
 
 SOURCE_LOG = "sources/0"
+OFFSET_LOG = "offsets"
 MAX_FILE_AGE_MS = 7 * 24 * 3600 * 1000
 _LOG_FILE = re.compile(r"^(\d+)(\.compact)?$")
 
@@ -78,3 +82,39 @@ class FileBacklog:
         log.warning("no source log entry for batch %d under %s; not deferring any more work", batch_id, self._log_dir)
         self._waiting.clear()
         return 0
+
+
+def batch_end_offsets(text: str) -> dict[int, int]:
+    """Per partition, the offset a Kafka batch read up to (exclusive), from its entry in the
+    query's offset log: a version line, the batch's metadata, then the source's offsets as
+    ``{"<topic>": {"<partition>": offset}}``."""
+    lines = text.splitlines()
+    if len(lines) < 3:
+        return {}
+    return {int(p): int(offset) for topic in json.loads(lines[2]).values() for p, offset in topic.items()}
+
+
+class KafkaBacklog:
+    """Created before the availableNow query starts, from the topic's end offsets
+    (``lib.kafka.end_offsets``); asked after each batch's offset log entry exists."""
+
+    def __init__(self, spark: SparkSession, checkpoint: str, end_offsets: dict[int, int]):
+        self._fs = HadoopFS(spark)
+        self._log_dir = f"{checkpoint.rstrip('/')}/{OFFSET_LOG}"
+        self._end = dict(end_offsets)
+
+    def waiting_after(self, batch_id: int) -> int:
+        """How many messages the run has still to read once batch ``batch_id`` has read its own."""
+        if not self._end:
+            return 0
+        text = self._fs.read_text(f"{self._log_dir}/{batch_id}")
+        if text is None:
+            log.warning("no offset log entry for batch %d under %s; deferring no more work", batch_id, self._log_dir)
+            self._end.clear()
+            return 0
+        # A partition missing from the entry counts as read: the error may only be to fold early.
+        reached = batch_end_offsets(text)
+        waiting = sum(max(0, end - reached.get(p, end)) for p, end in self._end.items())
+        if not waiting:
+            self._end.clear()
+        return waiting

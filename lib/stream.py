@@ -38,13 +38,13 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
-from lib.backlog import FileBacklog
+from lib.backlog import FileBacklog, KafkaBacklog
 from lib.catalog import register_tables
 from lib.checkpoint import CheckpointLock, acquire_lock, check_compatible_config
 from lib.config import Config, micros
 from lib.enrich import with_purchase_history
 from lib.interactions import event_weight
-from lib.kafka import check_topic
+from lib.kafka import KafkaError, check_topic, end_offsets
 from lib.live import LiveRanker, live_exclusions
 from lib.live_updates import (
     CLOSED,
@@ -182,7 +182,7 @@ class BatchReport:
     sessions_closed: int = 0
     open_sessions: int = 0
     watermark_micros: int | None = None
-    files_waiting: int = 0
+    input_waiting: int = 0
     duration_s: float = 0.0
     stage_s: dict[str, float] = field(default_factory=dict)
 
@@ -694,8 +694,8 @@ class SessionBatchWriter:
         has_updates = bool(report.valid_rows or report.sessions_closed)
         changes = batch_changes(events, sessions, cfg.recommend, has_events=bool(report.valid_rows))
         pending = self.pending_store()
-        report.files_waiting = self.backlog.waiting_after(batch_id) if self.backlog is not None else 0
-        if report.files_waiting:
+        report.input_waiting = self.backlog.waiting_after(batch_id) if self.backlog is not None else 0
+        if report.input_waiting:
             # More of the backlog waits: the live tables need only the state after its last batch.
             updates = live_updates(changes, sessions, batch_id)
             live_chains = ((("pending_updates", lambda: pending.write(updates, batch_id)),),)
@@ -722,7 +722,7 @@ class SessionBatchWriter:
         failures = [f.exception() for f in outcomes if f.exception() is not None]
         if failures:
             raise failures[0]
-        if not report.files_waiting:
+        if not report.input_waiting:
             pending.delete_through(batch_id)
         if due(batch_id, cfg.stream.compact_every):
             with report.stage("compact"):
@@ -876,9 +876,7 @@ def start_stream(
         register_tables(spark, cfg)
         source = activity_stream(spark, cfg)
         stats = stats or StreamStats()
-        backlog = None
-        if available_now and cfg.source.kind == "files" and cfg.stream.defer_live_in_backlog:
-            backlog = FileBacklog(spark, cfg.paths.events_dir, checkpoint)
+        backlog = _backlog(spark, cfg, checkpoint) if available_now and cfg.stream.defer_live_in_backlog else None
         batch_writer = SessionBatchWriter(spark, cfg, stats, backlog=backlog)
         writer = (
             source.writeStream.queryName(QUERY_NAME).foreachBatch(batch_writer).option("checkpointLocation", checkpoint)
@@ -893,6 +891,19 @@ def start_stream(
     except BaseException:
         lock.release()
         raise
+
+
+def _backlog(spark: SparkSession, cfg: Config, checkpoint: str) -> FileBacklog | KafkaBacklog | None:
+    """What the availableNow run about to start has to read, taken before it starts."""
+    if cfg.source.kind == "files":
+        return FileBacklog(spark, cfg.paths.events_dir, checkpoint)
+    try:
+        offsets = end_offsets(cfg.kafka.bootstrap_servers, cfg.kafka.topic, cfg.kafka.options)
+    except KafkaError as exc:
+        log.warning("%s; every batch of this run updates the live tables", exc)
+        return None
+    log.info("end offsets of topic %r before this run: %s", cfg.kafka.topic, offsets)
+    return KafkaBacklog(spark, checkpoint, offsets)
 
 
 def run_available_now(spark: SparkSession, cfg: Config) -> StreamStats:

@@ -160,6 +160,21 @@ def assert_same_profiles(actual, expected) -> None:
     )
 
 
+def store_docs(cfg, users) -> dict:
+    """Each user's session and profile as the online store serves them, ``updated_at`` aside."""
+    from lib.online_store import SQLiteStore
+
+    store = SQLiteStore(cfg.paths.online_store, readonly=True)
+    docs = {}
+    for user in users:
+        session, profile = store.session(user), store.profile(user)
+        for doc in (session, profile):
+            if doc is not None:
+                doc.pop("updated_at", None)
+        docs[user] = (session, profile)
+    return docs
+
+
 class ApiServer:
     """``jobs/serve.py`` as a user runs it (``bench.serving.ApiProcess``): a real uvicorn process
     on a free port of 127.0.0.1, stopped by pid on exit."""

@@ -35,6 +35,7 @@ from tests.helpers import (
     read,
     running,
     start_stream_job,
+    store_docs,
     wait_for_batches,
     write_config_file,
     write_manifest,
@@ -42,19 +43,6 @@ from tests.helpers import (
 )
 
 PURCHASES = [(1, 1, 10.0, date(2023, 6, 1)), (2, 5, 20.0, date(2023, 6, 2))]
-
-
-def store_docs(cfg, users):
-    """Each user's session and profile as the online store serves them, ``updated_at`` aside."""
-    store = SQLiteStore(cfg.paths.online_store, readonly=True)
-    docs = {}
-    for user in users:
-        session, profile = store.session(user), store.profile(user)
-        for doc in (session, profile):
-            if doc is not None:
-                doc.pop("updated_at", None)
-        docs[user] = (session, profile)
-    return docs
 
 
 def pending_batches(cfg) -> list[str]:
@@ -79,7 +67,7 @@ def test_a_backlog_read_in_several_batches_ends_as_with_updates_every_batch(spar
     deferred_stats = run_available_now(spark, deferring)
     every_stats = run_available_now(spark, every_batch)
 
-    waiting = {b: r.files_waiting for b, r in deferred_stats.reports.items()}
+    waiting = {b: r.input_waiting for b, r in deferred_stats.reports.items()}
     assert waiting == {0: 3, 1: 2, 2: 1, 3: 0}
     assert all("pending_updates" in deferred_stats.reports[b].stage_s for b in (0, 1, 2))
     assert "user_profiles" in deferred_stats.reports[3].stage_s

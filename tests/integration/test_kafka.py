@@ -1,8 +1,8 @@
 """The Kafka source against a real single-node broker (scripts/kafka.sh's, started once for this
 module on a free port and stopped by pid): exactly once across a kill -9 of the job and a
-broker restart mid-stream, malformed and oversized messages quarantined with reasons, and the
-faults a user meets first (no broker, no topic, a message over the broker's limit) refused
-with the fix."""
+broker restart mid-stream, malformed and oversized messages quarantined with reasons, a backlog
+that updates the live tables once, and the faults a user meets first (no broker, no topic, a
+message over the broker's limit) refused with the fix."""
 
 from __future__ import annotations
 
@@ -20,12 +20,15 @@ from lib.generator import ActivityProfile, Catalogue, KafkaActivityWriter, simul
 from lib.kafka import KafkaError, create_topic, start_broker, stop_broker
 from lib.processes import free_port
 from lib.stream import run_available_now, start_stream
-from lib.verify import read_manifest, verify
+from lib.verify import check_profiles, compare_lakes, read_manifest, verify
 from tests.helpers import (
+    assert_same_profiles,
     batches_logged,
     generated_purchases,
     make_config,
+    read,
     start_stream_job,
+    store_docs,
     wait_for_batches,
     write_config_file,
     write_manifest,
@@ -112,6 +115,41 @@ def test_exactly_once_across_kill_9_and_a_broker_restart_with_bad_messages_quara
     counts = {c.table: c.actual for c in checks}
     assert counts["enriched_events"] == sum(1 for r in writer.manifest if r.expected_reason is None) > 800
     assert counts["quarantine"] == sum(1 for r in writer.manifest if r.expected_reason) > 10
+
+
+def test_a_backlog_on_kafka_updates_the_live_tables_once_and_ends_as_with_updates_every_batch(spark, tmp_path, broker):
+    topic = "activity-backlog"
+    create_topic(broker.bootstrap, topic, partitions=2)
+    writer = producer(broker, topic, users=12, items=30, bad_share=0.02)
+    writer.write_batch(600)
+    writer.close()
+    per_batch = "kafka.max_offsets_per_trigger=200"
+    deferring = kafka_config(tmp_path / "deferring", broker, topic, per_batch)
+    every_batch = kafka_config(tmp_path / "every_batch", broker, topic, per_batch, "stream.defer_live_in_backlog=false")
+    for cfg in (deferring, every_batch):
+        write_purchases(cfg.paths.purchases, generated_purchases(users=12, items=30, count=40))
+
+    deferred = run_available_now(spark, deferring)
+    every = run_available_now(spark, every_batch)
+
+    reports = [deferred.reports[b] for b in sorted(deferred.reports)]
+    assert len(reports) >= 3
+    # Each batch knows how many of the messages there before the run it has still to read.
+    read_so_far = 0
+    for report in reports:
+        read_so_far += report.input_lines
+        assert report.input_waiting == len(writer.manifest) - read_so_far
+    assert all("pending_updates" in r.stage_s for r in reports[:-1])
+    assert "user_profiles" in reports[-1].stage_s
+    assert all("user_profiles" in r.stage_s for r in every.reports.values())
+
+    for check in compare_lakes(spark, deferring, every_batch.paths.lake):
+        assert check.ok, check
+    assert_same_profiles(read(spark, deferring, "user_profiles"), read(spark, every_batch, "user_profiles"))
+    assert check_profiles(spark, deferring).ok
+    users = {r.user_id for r in read(spark, deferring, "user_profiles").collect()}
+    assert len(users) >= 12
+    assert store_docs(deferring, users) == store_docs(every_batch, users)
 
 
 def test_no_broker_or_no_topic_refuses_to_start_with_the_fix(spark, tmp_path, broker):
