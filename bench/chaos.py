@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from lib.checkpoint import batches_committed
 from lib.metastore import stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,17 +150,17 @@ def scenario_kill(root: Path, scale: dict, results: list) -> None:
         background=True,
     )
     killed, batches_before_kill = [], []
-    log = run.dir / "stream.log"
+    checkpoint = run.dir / "checkpoints" / "stream"
     for kill in range(scale["kills"]):
-        seen = log.read_text().count("INFO lib.stream: batch ") if log.exists() else 0
+        seen = batches_committed(checkpoint)
         stream = run.stream()
         # Random points inside the run: after its first micro-batch completed (a kill during
         # start-up alone would only ever hit the first batch), then a random delay.
         deadline = time.monotonic() + 300
-        while log.read_text().count("INFO lib.stream: batch ") == seen and time.monotonic() < deadline:
+        while batches_committed(checkpoint) == seen and time.monotonic() < deadline:
             time.sleep(1)
         time.sleep(rng.uniform(*scale["kill_after_s"]))
-        batches_before_kill.append(log.read_text().count("INFO lib.stream: batch ") - seen)
+        batches_before_kill.append(batches_committed(checkpoint) - seen)
         killed.append(kill_tree(stream))
     generator.wait()
     catch_up = time.monotonic()

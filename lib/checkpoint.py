@@ -160,3 +160,13 @@ def check_compatible_config(spark: SparkSession, checkpoint_dir: str, cfg: Confi
             "Either set sessions.gap back, or start over: point paths.checkpoints and paths.lake at new "
             "folders (or delete both)."
         )
+
+
+def batches_committed(checkpoint_dir: str | os.PathLike) -> int:
+    """How many micro-batches the query of a local checkpoint folder has committed: one more than
+    the highest batch id in Spark's commit log (``commits/<id>``), 0 before the first. Spark
+    purges old entries of that log, so the count comes from the id, not the number of files.
+    For harnesses that wait on a running stream without reading its log."""
+    commits = os.path.join(checkpoint_dir, "commits")
+    ids = [int(name) for name in os.listdir(commits) if name.isdigit()] if os.path.isdir(commits) else []
+    return max(ids, default=-1) + 1

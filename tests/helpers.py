@@ -17,9 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.serving import ApiProcess, get
+from lib.checkpoint import batches_committed as checkpoint_batches
 from lib.config import load_config
 from lib.generator import ActivityProfile, ActivityWriter, Catalogue, generate_purchases, simulate_events
 from lib.processes import free_port
+from lib.stream import STREAM_CHECKPOINT
 
 # One Hive metastore (and its Derby server) per test process, shared by the session and by the jobs
 # tests start: pytest-xdist's workers are processes of their own.
@@ -35,7 +37,6 @@ TEST_SPARK_CONF = {
 
 
 ROOT = Path(__file__).resolve().parents[1]
-BATCH_LINE = "INFO lib.stream: batch "
 
 
 def make_config(root: Path, *overrides: str):
@@ -80,18 +81,19 @@ def running(pids: list[int]) -> list[int]:
     return alive
 
 
-def batches_logged(log: Path) -> int:
-    """Micro-batches the stream's log reports done."""
-    return log.read_text(errors="replace").count(BATCH_LINE) if log.exists() else 0
+def batches_committed(cfg) -> int:
+    """Micro-batches the stream of ``cfg`` has committed (its checkpoint's commit log)."""
+    return checkpoint_batches(cfg.paths.checkpoint(STREAM_CHECKPOINT))
 
 
-def wait_for_batches(log: Path, job: subprocess.Popen, more_than: int, timeout_s: float = 900) -> None:
-    """Wait until ``log`` reports more than ``more_than`` batches, the job still running. The
-    first batch of a new JVM can take minutes on a loaded 2-core machine."""
+def wait_for_batches(cfg, job: subprocess.Popen, more_than: int, log: Path, timeout_s: float = 900) -> None:
+    """Wait until the stream of ``cfg`` has committed more than ``more_than`` batches, the job
+    still running (``log`` is its output, shown when it is not). The first batch of a new JVM can
+    take minutes on a loaded 2-core machine."""
     deadline = time.monotonic() + timeout_s
-    while batches_logged(log) <= more_than and job.poll() is None and time.monotonic() < deadline:
+    while batches_committed(cfg) <= more_than and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert job.poll() is None and batches_logged(log) > more_than, log.read_text(errors="replace")[-3000:]
+    assert job.poll() is None and batches_committed(cfg) > more_than, log.read_text(errors="replace")[-3000:]
 
 
 def write_purchases(folder: str, rows, name: str = "part-00000.parquet") -> None:

@@ -93,7 +93,7 @@ def test_kill_9_amid_a_backlog_then_a_new_run_ends_as_a_clean_run(spark, tmp_pat
     log = tmp_path / "stream.log"
     job = start_stream_job(toml, log, "--available-now")
     try:
-        wait_for_batches(log, job, 1)  # batches 0 and 1 left their live updates
+        wait_for_batches(cfg, job, 1, log)  # batches 0 and 1 left their live updates
         time.sleep(random.Random(5).uniform(0, 4))
         assert job.poll() is None  # the run had batches to go
     finally:

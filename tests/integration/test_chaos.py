@@ -19,7 +19,7 @@ from lib.stream import run_available_now
 from lib.verify import compare_lakes, read_manifest, verify
 from tests.helpers import (
     activity_writer,
-    batches_logged,
+    batches_committed,
     generated_purchases,
     make_config,
     running,
@@ -49,9 +49,9 @@ def test_planned_stop_is_quiet_and_kill_9_of_the_group_or_wrapper_ends_the_job_a
 
     # A planned stop after a completed micro-batch (so that the kills below resume from committed
     # progress): SIGTERM to the wrapper ends the job with 0 and logs no error.
-    seen, logged_before = batches_logged(log), len(log.read_text()) if log.exists() else 0
+    seen, logged_before = batches_committed(cfg), len(log.read_text()) if log.exists() else 0
     job = start()
-    wait_for_batches(log, job, seen)
+    wait_for_batches(cfg, job, seen, log)
     time.sleep(rng.uniform(0, 4))
     job.send_signal(signal.SIGTERM)
     assert job.wait(timeout=600) == 0, log.read_text()[-3000:]

@@ -23,7 +23,7 @@ from lib.stream import run_available_now, start_stream
 from lib.verify import check_profiles, compare_lakes, read_manifest, verify
 from tests.helpers import (
     assert_same_profiles,
-    batches_logged,
+    batches_committed,
     generated_purchases,
     make_config,
     read,
@@ -80,7 +80,7 @@ def test_exactly_once_across_kill_9_and_a_broker_restart_with_bad_messages_quara
 
     # kill -9 of the job's process group after its first micro-batch, with messages still arriving.
     job = start()
-    wait_for_batches(log, job, 0)
+    wait_for_batches(cfg, job, 0, log)
     writer.write_batch(300)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
@@ -88,8 +88,8 @@ def test_exactly_once_across_kill_9_and_a_broker_restart_with_bad_messages_quara
     # Restarted, it resumes from its checkpoint; then the broker is stopped under it and started
     # again on the same folder and port, while the producer waits for it to come back.
     job = start()
-    seen = batches_logged(log)
-    wait_for_batches(log, job, seen)
+    seen = batches_committed(cfg)
+    wait_for_batches(cfg, job, seen, log)
     stop_broker(broker.folder)
     late_batch = threading.Thread(target=writer.write_batch, args=(300, 180.0))
     late_batch.start()
@@ -98,8 +98,8 @@ def test_exactly_once_across_kill_9_and_a_broker_restart_with_bad_messages_quara
     start_broker(broker.folder, broker.port)
     late_batch.join()
     writer.close()
-    seen = batches_logged(log)
-    wait_for_batches(log, job, seen)
+    seen = batches_committed(cfg)
+    wait_for_batches(cfg, job, seen, log)
     job.send_signal(signal.SIGTERM)
     assert job.wait(timeout=600) == 0, log.read_text()[-3000:]
     assert "Traceback" not in log.read_text()
