@@ -177,6 +177,20 @@ def store_docs(cfg, users) -> dict:
     return docs
 
 
+def assert_ends_as_every_batch(spark, deferring, every_batch, users: int) -> None:
+    """The lake and store of a run that deferred the live tables equal those of a run that updated
+    them every batch (``every_batch``), its profiles a rebuild, for at least ``users`` users."""
+    from lib.verify import check_profiles, compare_lakes
+
+    for check in compare_lakes(spark, deferring, every_batch.paths.lake):
+        assert check.ok, check
+    assert_same_profiles(read(spark, deferring, "user_profiles"), read(spark, every_batch, "user_profiles"))
+    assert check_profiles(spark, deferring).ok
+    seen = {r.user_id for r in read(spark, deferring, "user_profiles").collect()}
+    assert len(seen) >= users
+    assert store_docs(deferring, seen) == store_docs(every_batch, seen)
+
+
 class ApiServer:
     """``jobs/serve.py`` as a user runs it (``bench.serving.ApiProcess``): a real uvicorn process
     on a free port of 127.0.0.1, stopped by pid on exit."""

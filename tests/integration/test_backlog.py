@@ -30,6 +30,7 @@ from lib.stream import (
 from lib.verify import check_profiles, compare_lakes, read_manifest, verify
 from tests.helpers import (
     activity_writer,
+    assert_ends_as_every_batch,
     assert_same_profiles,
     make_config,
     read,
@@ -74,13 +75,7 @@ def test_a_backlog_read_in_several_batches_ends_as_with_updates_every_batch(spar
     assert all("user_profiles" in r.stage_s for r in every_stats.reports.values())
     assert pending_batches(deferring) == []  # folded, then deleted
 
-    for check in compare_lakes(spark, deferring, every_batch.paths.lake):
-        assert check.ok, check
-    assert_same_profiles(read(spark, deferring, "user_profiles"), read(spark, every_batch, "user_profiles"))
-    assert check_profiles(spark, deferring).ok
-    users = {r.user_id for r in read(spark, deferring, "user_profiles").collect()}
-    assert len(users) >= 12
-    assert store_docs(deferring, users) == store_docs(every_batch, users)
+    assert_ends_as_every_batch(spark, deferring, every_batch, users=12)
 
 
 def test_kill_9_amid_a_backlog_then_a_new_run_ends_as_a_clean_run(spark, tmp_path):
