@@ -907,7 +907,8 @@ def _backlog(spark: SparkSession, cfg: Config, checkpoint: str) -> FileBacklog |
 
 
 def run_available_now(spark: SparkSession, cfg: Config) -> StreamStats:
-    """Process every file present in one availableNow run; raises if the query fails."""
+    """Process all input present (files, or Kafka messages) in one availableNow run; raises if the
+    query fails."""
     stats = StreamStats()
     handle = start_stream(spark, cfg, available_now=True, stats=stats)
     try:
