@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pyspark.sql import functions as F  # noqa: E402
 
+from bench.freshness import summary  # noqa: E402
 from lib.config import load_config  # noqa: E402
 from lib.enrich import with_purchase_history  # noqa: E402
 from lib.parsing import quarantine_rows, valid_events  # noqa: E402
@@ -37,17 +38,6 @@ from lib.spark import get_spark  # noqa: E402
 from lib.stream import ensure_tables, parse_batch  # noqa: E402
 
 log = logging.getLogger("hot_path")
-
-
-def percentiles(values: list[float]) -> str:
-    ordered = sorted(values)
-    if not ordered:
-        return "none"
-
-    def at(p: float) -> float:
-        return ordered[min(len(ordered) - 1, round(p * (len(ordered) - 1)))]
-
-    return f"p50 {at(0.5):.2f} s, p95 {at(0.95):.2f} s, max {ordered[-1]:.2f} s"
 
 
 def main() -> int:
@@ -100,10 +90,15 @@ def main() -> int:
     first = min((m for _, _, mtimes in batches for m in mtimes), default=0.0)
     counted = [(s, c, [m for m in mtimes if m - first >= args.skip]) for s, c, mtimes in batches]
     counted = [(s, c, mtimes) for s, c, mtimes in counted if mtimes]
-    delays = [c - m for _, c, mtimes in counted for m in mtimes]
-    print(f"{len(delays)} files in {len(counted)} batches (first {args.skip:.0f} s left out)")
-    print(f"file landed -> enriched_events committed: {percentiles(delays)}")
-    print(f"batch start -> enriched_events committed: {percentiles([c - s for s, c, _ in counted])}")
+    figures = summary(
+        {
+            "file landed -> enriched_events committed": [(m, c - m) for _, c, mtimes in counted for m in mtimes],
+            "batch start -> enriched_events committed": [(s, c - s) for s, c, _ in counted],
+        }
+    )
+    print(f"{len(counted)} batches (files of the first {args.skip:.0f} s left out)")
+    for hop, figure in figures.items():
+        print(f"{hop}: {figure}")
     return 0
 
 
