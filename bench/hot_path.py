@@ -30,12 +30,13 @@ from pyspark.sql import functions as F  # noqa: E402
 from bench.freshness import summary  # noqa: E402
 from lib.config import load_config  # noqa: E402
 from lib.enrich import with_purchase_history  # noqa: E402
+from lib.micro_batch import parse_batch  # noqa: E402
 from lib.parsing import quarantine_rows, valid_events  # noqa: E402
 from lib.schemas import ENRICHED_EVENTS, ENRICHED_EVENTS_SCHEMA, EVENT_TS, INGESTED_AT, QUARANTINE, SOURCE_FILE  # noqa: E402
 from lib.sinks import BatchSink  # noqa: E402
 from lib.sources import activity_lines_stream, read_purchases  # noqa: E402
 from lib.spark import get_spark  # noqa: E402
-from lib.stream import ensure_tables, parse_batch  # noqa: E402
+from lib.stream import ensure_tables  # noqa: E402
 
 log = logging.getLogger("hot_path")
 

@@ -239,6 +239,18 @@ def live_exclusions(context: DataFrame, purchases: DataFrame, seen: DataFrame, r
     return excluded.unionByName(seen)
 
 
+# A rank slot whose new item is null (``with_rank_slots``) is deleted by the MERGE (alias ``s``).
+EMPTY_SLOT = f"s.{ITEM_ID} IS NULL"
+
+
+def with_rank_slots(users: DataFrame, recommendations: DataFrame, top_k: int) -> DataFrame:
+    """Every rank slot (1 to ``top_k``) of ``users`` (``user_id``) with its row of
+    ``recommendations``, or a null item where a user's new list is shorter (``EMPTY_SLOT``): a
+    re-ranked user keeps no stale slot of a longer former list."""
+    slots = users.select(USER_ID, F.explode(F.sequence(F.lit(1), F.lit(top_k))).alias(RANK))
+    return slots.join(recommendations, [USER_ID, RANK], "left")
+
+
 class LiveRanker:
     """A model prepared for live re-ranking; build it once per model version.
 

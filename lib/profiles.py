@@ -53,6 +53,14 @@ from lib.schemas import (
     VIEW,
 )
 
+# The new profile rows carry whether the batch touched their user (a MERGE condition reads it).
+TOUCHED = "_touched"
+# A stored profile row is rewritten (MERGE update condition; ``t`` the stored row, ``s`` the new
+# one) when the batch touched its user or its purchase side changed.
+PROFILE_CHANGED = (
+    f"s.{TOUCHED} OR NOT (t.{PAST_PURCHASES} <=> s.{PAST_PURCHASES} "
+    f"AND t.{AVG_PURCHASE_AMOUNT} <=> s.{AVG_PURCHASE_AMOUNT} AND t.{TOP_ITEMS} <=> s.{TOP_ITEMS})"
+)
 _COUNTS = (NUM_SESSIONS, NUM_EVENTS, NUM_VIEWS, NUM_CLICKS, NUM_ADD_TO_CART, TOTAL_SESSION_MICROS)
 TOTALS_COLUMNS = (USER_ID, *_COUNTS, FIRST_SEEN, LAST_SEEN, ITEM_ENGAGEMENT)
 _ENGAGEMENT_TYPE = "map<int,double>"
@@ -200,4 +208,29 @@ def sum_profile_totals(totals: DataFrame) -> DataFrame:
     return per_user.join(engagement, USER_ID, "left").select(
         *TOTALS_COLUMNS[:-1],
         F.coalesce(F.col(ITEM_ENGAGEMENT), F.create_map().cast(_ENGAGEMENT_TYPE)).alias(ITEM_ENGAGEMENT),
+    )
+
+
+def updated_profiles(
+    stored: DataFrame,
+    increments: DataFrame,
+    concerned: DataFrame,
+    purchases: DataFrame,
+    rec: RecommendConfig,
+    updated_at: Column,
+) -> DataFrame:
+    """The new ``user_profiles`` rows of the users in ``concerned`` (``user_id``), plus ``TOUCHED``:
+    whether ``increments`` had a row for the user.
+
+    :param stored: the stored profiles (at least those of the users concerned).
+    :param increments: ``TOTALS_COLUMNS``, at most one row per user, to add to the stored totals.
+    """
+    # with_profile_metrics has a row for every buyer; a buyer not concerned has no stored totals
+    # here, and its row (purchases only) would overwrite the stored one.
+    summed = add_profile_totals(stored.join(concerned, USER_ID, "left_semi"), increments)
+    return (
+        with_profile_metrics(summed, purchases, rec, updated_at)
+        .join(concerned, USER_ID, "left_semi")
+        .join(increments.select(USER_ID, F.lit(True).alias(TOUCHED)), USER_ID, "left")
+        .fillna(False, [TOUCHED])
     )

@@ -1,5 +1,6 @@
 """The streaming application: one query over the watched folder whose micro-batches
-(``foreachBatch``) write the Delta tables and the online store (``lib.online_store``): each
+(``foreachBatch``, ``SessionBatchWriter``) run the steps of ``lib.micro_batch``: they write the
+Delta tables and the online store (``lib.online_store``); each
 user's live session, profile and live recommendations reach the store as soon as they are
 computed, before the Delta MERGE of the same rows.
 
@@ -32,79 +33,63 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
+from typing import TypeVar
 
 from pyspark.errors import StreamingQueryException
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
 from lib.backlog import FileBacklog, KafkaBacklog
 from lib.catalog import register_tables
 from lib.checkpoint import CheckpointLock, acquire_lock, check_compatible_config
-from lib.config import Config, micros
-from lib.enrich import with_purchase_history
-from lib.interactions import event_weight
+from lib.config import Config
 from lib.kafka import KafkaError, check_topic, end_offsets
-from lib.live import LiveRanker, live_exclusions
-from lib.live_updates import (
-    CLOSED,
-    RANKED,
-    UPDATE_COLUMNS,
-    BatchChanges,
-    batch_changes,
-    live_updates,
-    session_pool,
-    updates_after,
+from lib.live import LiveRanker
+from lib.live_updates import CLOSED, batch_changes, live_updates
+from lib.micro_batch import (
+    BatchContext,
+    LiveFold,
+    ParsedBatch,
+    SessionizedBatch,
+    live_fold,
+    micros_literal,
+    read_batch,
+    sessionize_batch,
+    write_enriched,
+    write_item_popularity,
+    write_live_recommendations,
+    write_live_sessions,
+    write_pending_updates,
+    write_quarantine,
+    write_session_features,
+    write_state,
+    write_user_profiles,
 )
 from lib.model_store import ModelStore
-from lib.online_sink import recommendation_docs, user_docs
 from lib.online_store import SQLiteStore
-from lib.parsing import parse_activity_lines, parse_activity_messages, quarantine_rows, valid_events
-from lib.profiles import TOTALS_COLUMNS, add_profile_totals, sum_profile_totals, with_profile_metrics
 from lib.schemas import (
     ENRICHED_EVENTS,
-    ENRICHED_EVENTS_SCHEMA,
-    EVENT_TS,
-    INGESTED_AT,
-    IS_OPEN,
-    ITEM_ENGAGEMENT,
-    ITEM_ID,
     LIVE_RECOMMENDATIONS,
     LIVE_SESSIONS,
-    LIVE_SESSIONS_SCHEMA,
-    PROFILE_COLUMNS,
     QUARANTINE,
-    RANK,
-    RECENT_EVENTS,
-    SESSION_END,
     SESSION_FEATURES,
-    SESSION_FEATURES_SCHEMA,
-    SESSION_ID,
-    SESSION_START,
-    SESSION_STATE_SCHEMA,
-    SOURCE_FILE,
     STREAM_METRICS,
     TABLE_SCHEMAS,
-    UPDATED_AT,
-    USER_ID,
     USER_PROFILES,
-    USER_PROFILES_SCHEMA,
 )
-from lib.sessions import event_fragments, is_closed, latest_session_per_user, merge_sessions, with_session_metrics
 from lib.sinks import BatchSink, compact, data_files, ensure_delta_table, vacuum
-from lib.sources import activity_lines_stream, activity_messages_stream, ensure_dir, read_purchases, unsafe_files
+from lib.sources import activity_lines_stream, activity_messages_stream, ensure_dir, read_purchases
 from lib.state import PendingUpdatesStore, SessionStateStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 QUERY_NAME = "streamrec_activity"
 STREAM_CHECKPOINT = "stream"
 SESSION_STATE_DIR = "session_state"
 PENDING_UPDATES_DIR = "pending_updates"
-# The tables only the state after a backlog's last batch matters for: a batch may leave them to
-# a later one while more input waits (``lib.backlog``).
-LIVE_TABLES = (USER_PROFILES, LIVE_SESSIONS, LIVE_RECOMMENDATIONS)
-
 # The tables the stream compacts: those only it writes (``lib.schemas.STREAM_TABLES``; jobs/train.py
 # could be rewriting ``recommendations`` at the same time), in the order a tie is broken.
 COMPACTED_TABLES = (
@@ -132,13 +117,6 @@ def table_to_compact(file_counts: dict[str, int]) -> str | None:
     """
     name, files = max(((t, file_counts.get(t, 0)) for t in COMPACTED_TABLES), key=lambda pair: pair[1])
     return name if files > 1 else None
-
-
-# A profile row is rewritten when the batch touched its user or its purchase side changed.
-_PROFILE_CHANGED = (
-    "s._touched OR NOT (t.past_purchases <=> s.past_purchases "
-    "AND t.avg_purchase_amount <=> s.avg_purchase_amount AND t.top_items <=> s.top_items)"
-)
 
 
 class InjectedFault(RuntimeError):
@@ -195,6 +173,14 @@ class BatchReport:
         finally:
             self.stage_s[name] = self.stage_s.get(name, 0.0) + time.monotonic() - began
 
+    def record_input(self, batch: ParsedBatch) -> None:
+        self.input_lines, self.valid_rows = batch.rows, batch.valid_rows
+        self.quarantined_rows, self.late_rows_dropped = batch.quarantined_rows, batch.late_rows
+
+    def record_sessions(self, batch: SessionizedBatch) -> None:
+        self.watermark_micros = batch.watermark_micros
+        self.sessions_closed, self.open_sessions = batch.closed, batch.open
+
     @property
     def stages_text(self) -> str:
         return " ".join(f"{k}={v:.2f}" for k, v in self.stage_s.items())
@@ -224,17 +210,6 @@ class StreamStats:
             return self.reports.get(batch_id)
 
 
-def parse_batch(batch_df: DataFrame, cfg: Config, keep: Callable[[DataFrame], DataFrame]) -> DataFrame:
-    """The micro-batch's input parsed with the rules of its source (``lib.parsing``)."""
-    if cfg.source.kind == "kafka":
-        return parse_activity_messages(batch_df, cfg.stream.max_line_chars)
-    # Cached so the files are read once: parsing looks at them twice (headers, lines).
-    lines = keep(batch_df.withColumn("line_id", F.monotonically_increasing_id()))
-    files = [row[0] for row in lines.select(SOURCE_FILE).distinct().collect()]
-    unsafe = unsafe_files(files, cfg.paths.events_dir)
-    return parse_activity_lines(lines, cfg.stream.max_line_chars, unsafe)
-
-
 def activity_stream(spark: SparkSession, cfg: Config) -> DataFrame:
     """The configured source of activity (``source.kind``), checked first where it can be."""
     if cfg.source.kind == "kafka":
@@ -255,70 +230,6 @@ def format_micros(micros: int | None) -> str:
     if micros is None:
         return "-"
     return datetime.fromtimestamp(micros / 1_000_000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _micros_literal(micros: int | None):
-    # Timestamps cross the Python boundary as epoch microseconds, never as naive datetimes,
-    # so the driver's local time zone cannot shift them.
-    return F.timestamp_micros(F.lit(micros).cast("long"))
-
-
-def _distinct_users(own: DataFrame | None, left: DataFrame | None) -> DataFrame | None:
-    """The users of the batch's own changes and of the updates earlier batches left, once each."""
-    if own is None or left is None:
-        return own if left is None else left
-    return own.unionByName(left).distinct()
-
-
-@dataclass(frozen=True)
-class LiveFold:
-    """What a batch folds into ``LIVE_TABLES``: its own changes and the updates earlier batches
-    of the run left (``lib.live_updates``), each table from the first batch it lacks."""
-
-    batch_id: int
-    sessions: DataFrame  # after this batch (SESSION_STATE_SCHEMA plus CLOSED: those it closed)
-    own: BatchChanges | None  # None: the batch changed nothing
-    left: DataFrame | None  # UPDATE_COLUMNS rows of left_batches
-    left_batches: tuple[int, ...]
-    folded: dict[str, int]  # per live table, the last batch it has folded in (-1: none)
-    purchases: DataFrame
-    ingested_at: Column
-
-    def _after(self, tables: tuple[str, ...]) -> int:
-        return min(self.folded[t] for t in tables)
-
-    def own_for(self, *tables: str) -> BatchChanges | None:
-        return self.own if self.own is not None and self.batch_id > self._after(tables) else None
-
-    def left_for(self, *tables: str) -> DataFrame | None:
-        after = self._after(tables)
-        return updates_after(self.left, after) if any(b > after for b in self.left_batches) else None
-
-    def changed(self, *tables: str) -> bool:
-        return self.own_for(*tables) is not None or self.left_for(*tables) is not None
-
-    def users(self, *tables: str) -> DataFrame:
-        """The users whose rows in ``tables`` change (some of them: those that lack updates)."""
-        own, left = self.own_for(*tables), self.left_for(*tables)
-        return _distinct_users(own.touched if own else None, left.select(USER_ID) if left is not None else None)
-
-    def ranked(self, table: str) -> DataFrame | None:
-        own, left = self.own_for(table), self.left_for(table)
-        return _distinct_users(
-            own.ranked if own else None, left.where(F.col(RANKED)).select(USER_ID) if left is not None else None
-        )
-
-    def pool(self, table: str) -> DataFrame:
-        """The sessions the latest of each user's is taken from."""
-        return session_pool(self.sessions, self.left_for(table))
-
-    def totals(self, table: str) -> DataFrame | None:
-        """The profile totals ``table`` lacks, one row per user; None when it lacks none."""
-        own, left = self.own_for(table), self.left_for(table)
-        if left is None:
-            return own.totals if own else None
-        left = left.select(*TOTALS_COLUMNS)
-        return sum_profile_totals(left if own is None else left.unionByName(own.totals.select(*TOTALS_COLUMNS)))
 
 
 class SessionBatchWriter:
@@ -376,116 +287,6 @@ class SessionBatchWriter:
     def pending_store(self) -> PendingUpdatesStore:
         return PendingUpdatesStore(self.spark, self.cfg.paths.checkpoint(f"{PENDING_UPDATES_DIR}/{self.app_id()}"))
 
-    def _live_fold(
-        self,
-        batch_id: int,
-        sessions: DataFrame,
-        own: BatchChanges | None,
-        purchases: DataFrame,
-        ingested_at: Column,
-        keep: Callable[[DataFrame], DataFrame],
-    ) -> LiveFold:
-        """What batch ``batch_id`` folds into the live tables: ``own`` (None when it changed
-        nothing) plus the updates earlier batches left that some table lacks."""
-        sink, pending = BatchSink(self.spark, self.app_id()), self.pending_store()
-        folded = {name: sink.last_committed_batch(self.cfg.paths.table(name)) for name in LIVE_TABLES}
-        # A replayed batch's own updates are recomputed; finish_run (no own) reads them back.
-        left_batches = [
-            b
-            for b in pending.batches()
-            if min(folded.values()) < b and (b < batch_id or (b == batch_id and own is None))
-        ]
-        left = pending.read(left_batches)
-        if left is not None:
-            left = keep(left.select(*UPDATE_COLUMNS))
-        return LiveFold(batch_id, sessions, own, left, tuple(left_batches), folded, purchases, ingested_at)
-
-    def _write_live_sessions(self, fold: LiveFold, sink: BatchSink, keep) -> None:
-        if not fold.changed(LIVE_SESSIONS):
-            return
-        touched = fold.users(LIVE_SESSIONS)
-        live = (
-            latest_session_per_user(fold.pool(LIVE_SESSIONS).join(touched, USER_ID, "left_semi"))
-            .withColumn(IS_OPEN, ~F.col(CLOSED))
-            .transform(with_session_metrics)
-            .transform(lambda df: with_purchase_history(df, fold.purchases, as_of=SESSION_START))
-            .withColumn(UPDATED_AT, fold.ingested_at)
-            .select(*LIVE_SESSIONS_SCHEMA.fieldNames())
-        )
-        live = keep(live)
-        self.store.put_sessions(fold.batch_id, user_docs(live, LIVE_SESSIONS_SCHEMA.fieldNames()))
-        sink.upsert(live, self.cfg.paths.table(LIVE_SESSIONS), [USER_ID], fold.batch_id)
-
-    def _write_user_profiles(self, fold: LiveFold, sink: BatchSink, keep) -> list[DataFrame]:
-        """Fold the updates into ``user_profiles``; returns the rows of the users concerned (the
-        live recommendations exclude the items they hold), or nothing when there are none."""
-        if not fold.changed(USER_PROFILES, LIVE_RECOMMENDATIONS):
-            return []
-        lacking = fold.totals(USER_PROFILES)
-        if lacking is None:
-            increments = self.spark.createDataFrame([], USER_PROFILES_SCHEMA).select(*TOTALS_COLUMNS)
-        else:
-            increments = keep(lacking)
-        # Users without new activity need a new row only when the purchase history changed
-        # (new files); the first batch of a run checks them all, which also covers a restart.
-        purchases = fold.purchases
-        purchase_files = sorted(purchases.inputFiles())
-        concerned = fold.users(USER_PROFILES, LIVE_RECOMMENDATIONS)
-        if purchase_files != self._purchase_files:
-            concerned = concerned.unionByName(purchases.select(USER_ID))
-        concerned = concerned.distinct()
-        stored = self.spark.read.format("delta").load(self.cfg.paths.table(USER_PROFILES))
-        stored = stored.join(concerned, USER_ID, "left_semi")
-        # with_profile_metrics has a row for every buyer; a buyer not concerned has no stored
-        # totals read, and its row (purchases only) would overwrite the stored one.
-        summed = add_profile_totals(stored, increments)
-        rows = keep(
-            with_profile_metrics(summed, purchases, self.cfg.recommend, fold.ingested_at)
-            .join(concerned, USER_ID, "left_semi")
-            .join(increments.select(USER_ID, F.lit(True).alias("_touched")), USER_ID, "left")
-            .fillna(False, ["_touched"])
-        )
-        # When a crashed attempt of this batch committed the profiles, the stored rows hold the
-        # updates already (none lacking): they serve the live recommendations' exclusions only.
-        if lacking is not None:
-            self.store.put_profiles(fold.batch_id, user_docs(rows, PROFILE_COLUMNS))
-            sink.upsert(
-                rows, self.cfg.paths.table(USER_PROFILES), [USER_ID], fold.batch_id, update_condition=_PROFILE_CHANGED
-            )
-        self._purchase_files = purchase_files
-        return [rows]
-
-    def _write_live_recommendations(self, fold: LiveFold, sink: BatchSink, profile_rows: list[DataFrame]) -> None:
-        current = self.current_ranker()
-        ranked = fold.ranked(LIVE_RECOMMENDATIONS)
-        if ranked is None or current is None or not profile_rows:
-            return
-        model_version, ranker = current
-        context = (
-            latest_session_per_user(fold.pool(LIVE_RECOMMENDATIONS).join(ranked, USER_ID, "left_semi"))
-            .transform(with_session_metrics)
-            .select(USER_ID, SESSION_ID, RECENT_EVENTS)
-        )
-        seen = profile_rows[0].select(USER_ID, F.explode(F.map_keys(ITEM_ENGAGEMENT)).alias(ITEM_ID))
-        excluded = live_exclusions(context, fold.purchases, seen, self.cfg.recommend)
-        # Materialized without their lineage: the MERGE reads its source twice, and neither
-        # read may re-plan or recompute the session lineage or the re-ranking.
-        context = context.localCheckpoint()
-        recs = ranker.recommend(context, excluded, model_version, fold.ingested_at).localCheckpoint()
-        self.store.put_live_recommendations(fold.batch_id, recommendation_docs(recs))
-        # Every rank slot of a re-ranked user: a slot without a new row is deleted.
-        slots = context.select(USER_ID).crossJoin(
-            self.spark.range(1, self.cfg.recommend.top_k + 1).select(F.col("id").cast("int").alias(RANK))
-        )
-        sink.upsert(
-            slots.join(recs, [USER_ID, RANK], "left"),
-            self.cfg.paths.table(LIVE_RECOMMENDATIONS),
-            [USER_ID, RANK],
-            fold.batch_id,
-            delete_condition=f"s.{ITEM_ID} IS NULL",
-            insert_condition=f"s.{ITEM_ID} IS NOT NULL",
-        )
-
     def finish_run(self) -> None:
         """After an availableNow run ended on its own: fold the updates its batches left, should
         its last batch have left them (``lib.backlog`` counts waiting files conservatively, so
@@ -498,19 +299,13 @@ class SessionBatchWriter:
         log.warning("batches %s left live updates no later batch folded; folding them as batch %d", left, last)
         self.bind_store()
         cached: list[DataFrame] = []
-
-        def keep(df: DataFrame) -> DataFrame:
-            cached.append(df.persist())
-            return df
-
         try:
-            purchases = keep(read_purchases(self.spark, self.cfg.paths.purchases))
-            ingested_at = _micros_literal(int(time.time() * 1_000_000))
-            sessions = keep(state_store.read_before(last + 1).withColumn(CLOSED, F.lit(False)))
-            fold = self._live_fold(last, sessions, None, purchases, ingested_at, keep)
-            sink = BatchSink(self.spark, self.app_id())
-            self._write_live_sessions(fold, sink, keep)
-            self._write_live_recommendations(fold, sink, self._write_user_profiles(fold, sink, keep))
+            ctx = self._context(last, int(time.time() * 1_000_000), cached)
+            sessions = ctx.keep(state_store.read_before(last + 1).withColumn(CLOSED, F.lit(False)))
+            fold = live_fold(ctx, pending, sessions, None)
+            step = partial(self._step, BatchReport(last))
+            step("live_sessions", write_live_sessions, ctx, fold)
+            self._fold_profiles_then_recommendations(ctx, fold, step)
             pending.delete_through(last)
         finally:
             for df in cached:
@@ -609,146 +404,127 @@ class SessionBatchWriter:
         except Exception:  # the InterruptedException, through Py4J
             raise StopRequested(StopRequested.MESSAGE.format(batch_id=batch_id)) from None
 
-    def _process(self, batch_df, batch_id, started_at, report: BatchReport, cached: list[DataFrame]) -> None:
-        spark, cfg = self.spark, self.cfg
-        gap_s = cfg.sessions.gap_seconds
-        delay_micros = micros(cfg.sessions.watermark_seconds)
-        sink, table = BatchSink(spark, self.app_id()), cfg.paths.table
-        ingested_at = _micros_literal(started_at)
-        state_store = self.state_store()
-        self.bind_store()
+    def _context(self, batch_id: int, started_at: int, cached: list[DataFrame]) -> BatchContext:
+        """The context of batch ``batch_id``; what it persists is appended to ``cached``."""
 
         def keep(df: DataFrame) -> DataFrame:
             cached.append(df.persist())
             return df
 
+        return BatchContext(
+            spark=self.spark,
+            cfg=self.cfg,
+            batch_id=batch_id,
+            sink=BatchSink(self.spark, self.app_id()),
+            store=self.store,
+            purchases=keep(read_purchases(self.spark, self.cfg.paths.purchases)),
+            ingested_at=micros_literal(started_at),
+            keep=keep,
+        )
+
+    def _step(self, report: BatchReport, name: str, write: Callable[..., T], *args) -> T:
+        """Run one step of ``lib.micro_batch``, timed as stage ``name``, then the fault
+        injection of crash tests."""
+        with report.stage(name):
+            result = write(*args)
+        if name == self.fail_after:
+            raise InjectedFault(f"fault injected after the {name} write of batch {report.batch_id}")
+        return result
+
+    def _fold_profiles_then_recommendations(self, ctx: BatchContext, fold: LiveFold, step) -> None:
+        """The live recommendations exclude what the users' new profiles hold."""
+        profiles = step("user_profiles", write_user_profiles, ctx, fold, self._purchase_files)
+        if profiles is not None:
+            self._purchase_files = profiles.purchase_files
+        step("live_recommendations", write_live_recommendations, ctx, fold, profiles, self.current_ranker())
+
+    def _process(self, batch_df, batch_id, started_at, report: BatchReport, cached: list[DataFrame]) -> None:
+        state_store, pending = self.state_store(), self.pending_store()
+        self.bind_store()
+        step = partial(self._step, report)
         with report.stage("parse"):
-            parsed = keep(parse_batch(batch_df, cfg, keep))
-            state = keep(state_store.read_before(batch_id))
-            previous_max_end = state.agg(F.max(F.unix_micros(SESSION_END))).first()[0]
-            watermark_before = None if previous_max_end is None else previous_max_end - delay_micros
-            late = F.unix_micros(EVENT_TS) < F.lit(watermark_before) if watermark_before is not None else F.lit(False)
-            valid = F.col("reason").isNull()
-            counts = parsed.agg(
-                F.count(F.lit(1)).alias("rows"),
-                F.count(F.when(valid, 1)).alias("valid"),
-                F.count(F.when(valid & late, 1)).alias("late"),
-                F.max(F.when(valid & ~late, F.unix_micros(EVENT_TS))).alias("max_on_time"),
-            ).first()
-            report.input_lines = counts["rows"]
-            report.valid_rows = counts["valid"]
-            report.quarantined_rows = counts["rows"] - counts["valid"]
-            report.late_rows_dropped = counts["late"]
-            events = valid_events(parsed)
-            purchases = keep(read_purchases(spark, cfg.paths.purchases))
-
-        def write_enriched():
-            if report.valid_rows:
-                enriched = with_purchase_history(events, purchases, as_of=EVENT_TS).withColumn(INGESTED_AT, ingested_at)
-                sink.append(enriched.select(*ENRICHED_EVENTS_SCHEMA.fieldNames()), table(ENRICHED_EVENTS), batch_id)
-
-        def write_quarantine():
-            if report.quarantined_rows:
-                sink.append(quarantine_rows(parsed, ingested_at), table(QUARANTINE), batch_id)
-
-        def write_session_features():
-            if report.sessions_closed:
-                closed = (
-                    sessions.where(CLOSED)
-                    .transform(with_session_metrics)
-                    .transform(lambda df: with_purchase_history(df, purchases, as_of=SESSION_START))
-                )
-                sink.append(closed.select(*SESSION_FEATURES_SCHEMA.fieldNames()), table(SESSION_FEATURES), batch_id)
-
-        def write_item_popularity():
-            if report.valid_rows:
-                engagement = events.groupBy(ITEM_ID).agg(F.sum(event_weight(cfg.recommend)).alias("engagement"))
-                self.store.add_item_engagement(batch_id, [(r[0], r[1]) for r in engagement.collect()])
-
-        def write_state():
-            state_store.write(sessions.where(~F.col(CLOSED)).select(*SESSION_STATE_SCHEMA.fieldNames()), batch_id)
-
-        def run(*writes) -> None:
-            for name, write in writes:
-                with report.stage(name):
-                    write()
-                if name == self.fail_after:
-                    raise InjectedFault(f"fault injected after the {name} write of batch {batch_id}")
-
-        # Each write is exactly-once on its own (sinks skip what a crashed attempt committed;
-        # the state is per batch), so neither their order nor a crash between them matters.
+            ctx = self._context(batch_id, started_at, cached)
+            state = ctx.keep(state_store.read_before(batch_id))
+            batch = read_batch(ctx, batch_df, state)
+        report.record_input(batch)
         # The events and the quarantine go first: they need no session state.
-        run(("enriched", write_enriched), ("quarantine", write_quarantine))
+        step("enriched", write_enriched, ctx, batch)
+        step("quarantine", write_quarantine, ctx, batch)
         with report.stage("sessionize"):
-            max_end = max((t for t in (previous_max_end, counts["max_on_time"]) if t is not None), default=None)
-            report.watermark_micros = None if max_end is None else max_end - delay_micros
-            fragments = event_fragments(events.where(~late)).unionByName(state)
-            sessions = keep(
-                merge_sessions(fragments, gap_s).withColumn(CLOSED, is_closed(report.watermark_micros, gap_s))
-            )
-            outcome = sessions.agg(
-                F.count(F.when(F.col(CLOSED), 1)).alias("closed"),
-                F.count(F.when(~F.col(CLOSED), 1)).alias("open"),
-            ).first()
-            report.sessions_closed, report.open_sessions = outcome["closed"], outcome["open"]
-        has_updates = bool(report.valid_rows or report.sessions_closed)
-        changes = batch_changes(events, sessions, cfg.recommend, has_events=bool(report.valid_rows))
-        pending = self.pending_store()
+            sessionized = sessionize_batch(ctx, batch, state)
+        report.record_sessions(sessionized)
+        changes = batch_changes(
+            batch.events, sessionized.sessions, self.cfg.recommend, has_events=bool(batch.valid_rows)
+        )
         report.input_waiting = self.backlog.waiting_after(batch_id) if self.backlog is not None else 0
         if report.input_waiting:
             # More of the backlog waits: the live tables need only the state after its last batch.
-            updates = live_updates(changes, sessions, batch_id)
-            live_chains = ((("pending_updates", lambda: pending.write(updates, batch_id)),),)
+            updates = live_updates(changes, sessionized.sessions, batch_id)
+            live = [partial(step, "pending_updates", write_pending_updates, ctx, pending, updates)]
         else:
-            own = changes if has_updates else None
-            fold = self._live_fold(batch_id, sessions, own, purchases, ingested_at, keep)
-            profile_rows: list[DataFrame] = []
-            live_chains = (
-                (("live_sessions", lambda: self._write_live_sessions(fold, sink, keep)),),
-                (
-                    ("user_profiles", lambda: profile_rows.extend(self._write_user_profiles(fold, sink, keep))),
-                    ("live_recommendations", lambda: self._write_live_recommendations(fold, sink, profile_rows)),
-                ),
-            )
-        # The rest run side by side: a micro-batch's time is mostly planning and Delta's
-        # bookkeeping on the driver, not work on the executors' cores.
-        chains = (
-            (*live_chains[0], ("item_popularity", write_item_popularity)),
-            *live_chains[1:],
-            (("session_features", write_session_features), ("state", write_state)),
+            own = changes if batch.valid_rows or sessionized.closed else None
+            fold = live_fold(ctx, pending, sessionized.sessions, own)
+            live = [
+                partial(step, "live_sessions", write_live_sessions, ctx, fold),
+                partial(self._fold_profiles_then_recommendations, ctx, fold, step),
+            ]
+        # Each write is exactly once on its own, so neither their order nor a crash between them
+        # matters; within a chain a step may need the one before it. The chains run side by
+        # side: a micro-batch's time is mostly planning and Delta's bookkeeping on the driver,
+        # not work on the executors' cores.
+        _run_side_by_side(
+            [
+                [live[0], partial(step, "item_popularity", write_item_popularity, ctx, batch)],
+                live[1:],
+                [
+                    partial(step, "session_features", write_session_features, ctx, sessionized),
+                    partial(step, "state", write_state, ctx, state_store, sessionized),
+                ],
+            ],
+            thread_name_prefix=f"batch-{batch_id}",
         )
-        with ThreadPoolExecutor(len(chains), thread_name_prefix=f"batch-{batch_id}") as pool:
-            outcomes = [pool.submit(run, *chain) for chain in chains]
-        failures = [f.exception() for f in outcomes if f.exception() is not None]
-        if failures:
-            raise failures[0]
         if not report.input_waiting:
             pending.delete_through(batch_id)
-        if due(batch_id, cfg.stream.compact_every):
+        if due(batch_id, self.cfg.stream.compact_every):
             with report.stage("compact"):
-                to_compact = table_to_compact({name: data_files(spark, table(name)) for name in COMPACTED_TABLES})
-                if to_compact:
-                    compact(spark, table(to_compact))
-        if due(batch_id, cfg.lake.vacuum_every):
+                compact_most_fragmented(ctx)
+        if due(batch_id, self.cfg.lake.vacuum_every):
             self._start_vacuum()
         with report.stage("metrics"):
             report.duration_s = time.time() - started_at / 1_000_000
-            sink.append(_metrics_row(spark, report, started_at), table(STREAM_METRICS), batch_id)
+            ctx.sink.append(_metrics_row(self.spark, report, started_at), ctx.table(STREAM_METRICS), batch_id)
         self.store.finish_batch(batch_id, datetime.now(timezone.utc))
+
+
+def _run_side_by_side(chains: list[list[Callable[[], object]]], thread_name_prefix: str) -> None:
+    """Run each chain's steps in order, the chains in parallel threads; raise the first failure."""
+    chains = [chain for chain in chains if chain]
+    with ThreadPoolExecutor(len(chains), thread_name_prefix=thread_name_prefix) as pool:
+        outcomes = [pool.submit(lambda steps: [run() for run in steps], chain) for chain in chains]
+    failures = [f.exception() for f in outcomes if f.exception() is not None]
+    if failures:
+        raise failures[0]
+
+
+def compact_most_fragmented(ctx: BatchContext) -> None:
+    """Compact the stream table with the most data files (``table_to_compact``)."""
+    name = table_to_compact({t: data_files(ctx.spark, ctx.table(t)) for t in COMPACTED_TABLES})
+    if name:
+        compact(ctx.spark, ctx.table(name))
 
 
 def _metrics_row(spark: SparkSession, report: BatchReport, started_at: int) -> DataFrame:
     rows_per_s = report.input_lines / report.duration_s if report.duration_s > 0 else None
     return spark.range(1).select(
         F.lit(report.batch_id).cast("long").alias("batch_id"),
-        _micros_literal(started_at).alias("started_at"),
+        micros_literal(started_at).alias("started_at"),
         F.lit(report.input_lines).cast("long").alias("input_lines"),
         F.lit(report.valid_rows).cast("long").alias("valid_rows"),
         F.lit(report.quarantined_rows).cast("long").alias("quarantined_rows"),
         F.lit(report.late_rows_dropped).cast("long").alias("late_rows_dropped"),
         F.lit(report.sessions_closed).cast("long").alias("sessions_closed"),
         F.lit(report.open_sessions).cast("long").alias("open_sessions"),
-        _micros_literal(report.watermark_micros).alias("watermark"),
+        micros_literal(report.watermark_micros).alias("watermark"),
         F.lit(report.duration_s).cast("double").alias("duration_s"),
         F.lit(rows_per_s).cast("double").alias("rows_per_s"),
     )

@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, IntegerType, StringType, StructField, StructType
 
 from lib.config import load_config
-from lib.live import LiveRanker, live_exclusions
+from lib.live import LiveRanker, live_exclusions, with_rank_slots
 from lib.model_store import POPULARITY_SCHEMA
 from lib.recommend import ITEM_NEIGHBOURS_SCHEMA, USER_SCORES_SCHEMA
 from lib.schemas import LIVE_RECOMMENDATIONS_SCHEMA, RECENT_EVENT_TYPE
@@ -186,3 +186,21 @@ def test_live_exclusions_keep_purchases_and_follow_exclude_seen_and_live_repeats
     seen = spark.createDataFrame([(1, 1), (1, 2), (2, 7)], "user_id int, item_id int")  # user 2 is not active
     got = live_exclusions(context, purchases, seen, rec)
     assert {(r.user_id, r.item_id) for r in got.collect()} == expected
+
+
+def test_rank_slots_cover_every_rank_of_each_user_with_a_null_item_where_the_new_list_is_shorter(spark):
+    users = spark.createDataFrame([(1,), (2,), (3,)], "user_id int")
+    recs = spark.createDataFrame(
+        [(1, 1, 10), (1, 2, 11), (2, 1, 20), (9, 1, 90)],  # user 2 has a shorter list, user 3 none
+        "user_id int, rank int, item_id int",
+    )
+    slots = with_rank_slots(users, recs, 2)
+    assert slots.schema["rank"].dataType == IntegerType()
+    assert sorted(tuple(r) for r in slots.select("user_id", "rank", "item_id").collect()) == [
+        (1, 1, 10),
+        (1, 2, 11),
+        (2, 1, 20),
+        (2, 2, None),
+        (3, 1, None),
+        (3, 2, None),
+    ]

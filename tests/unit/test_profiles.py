@@ -7,7 +7,14 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, StringType, StructField, StructType, TimestampType
 
 from lib.config import load_config
-from lib.profiles import add_profile_totals, profile_totals, sum_profile_totals, with_profile_metrics
+from lib.profiles import (
+    TOUCHED,
+    add_profile_totals,
+    profile_totals,
+    sum_profile_totals,
+    updated_profiles,
+    with_profile_metrics,
+)
 from lib.schemas import PURCHASES_SCHEMA, USER_PROFILES_SCHEMA
 
 T0 = datetime(2024, 1, 1, 10, 0, 0)
@@ -119,3 +126,16 @@ def test_summing_the_totals_of_several_batches_equals_the_totals_of_all(spark):
     whole = profile_totals(events(spark, EVENT_ROWS), sessions(spark, SESSION_ROWS), REC)
     assert_df_equality(sum_profile_totals(stacked).orderBy("user_id"), whole.orderBy("user_id"), ignore_nullable=True)
     assert sum_profile_totals(per_batch[2]).count() == 0
+
+
+def test_updated_profiles_add_increments_to_the_stored_rows_of_the_users_concerned_only(spark):
+    purchases = spark.createDataFrame(PURCHASE_ROWS, PURCHASES_SCHEMA)
+    first = profile_totals(events(spark, EVENT_ROWS[:3]), sessions(spark, SESSION_ROWS[:1]), REC)
+    stored = with_profile_metrics(first, purchases, REC, F.lit(NOW))
+    increments = profile_totals(events(spark, EVENT_ROWS[3:]), sessions(spark, SESSION_ROWS[1:]), REC)
+    # User 3 (a buyer, no events) is concerned; user 5 has nothing anywhere; user 2 is not concerned.
+    concerned = spark.createDataFrame([(1,), (3,), (4,), (5,)], "user_id int")
+    rows = updated_profiles(stored, increments.where("user_id != 2"), concerned, purchases, REC, F.lit(NOW))
+    whole = build(spark, EVENT_ROWS, SESSION_ROWS, PURCHASE_ROWS).where("user_id IN (1, 3, 4)")
+    assert_df_equality(rows.drop(TOUCHED).orderBy("user_id"), whole.orderBy("user_id"), ignore_nullable=True)
+    assert {r.user_id: r[TOUCHED] for r in rows.collect()} == {1: True, 3: False, 4: True}
