@@ -190,6 +190,8 @@ STREAM_METRICS_SCHEMA = StructType(
         StructField("watermark", TimestampType()),
         StructField("duration_s", DoubleType()),
         StructField("rows_per_s", DoubleType()),
+        # Wall-clock seconds per stage of the batch (parse, enriched, sessionize, live_sessions, ...).
+        StructField("stage_s", MapType(StringType(), DoubleType())),
     ]
 )
 

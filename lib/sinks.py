@@ -37,8 +37,16 @@ _BATCH_OPERATIONS = ("WRITE", "MERGE")
 
 
 def ensure_delta_table(spark: SparkSession, path: str, schema: StructType) -> None:
-    """Create an empty Delta table with ``schema`` at ``path`` unless one exists."""
+    """Create an empty Delta table with ``schema`` at ``path`` unless one exists, and add to an
+    existing one the columns of ``schema`` it lacks (a newer streamrec added them; its older rows
+    hold nulls there)."""
     DeltaTable.createIfNotExists(spark).location(path).addColumns(schema).execute()
+    existing = set(DeltaTable.forPath(spark, path).toDF().columns)
+    missing = [f for f in schema if f.name not in existing]
+    if missing:
+        columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
+        spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({columns})")
+        log.info("added column(s) %s to %s", columns, path)
 
 
 class BatchSink:

@@ -527,6 +527,9 @@ def _metrics_row(spark: SparkSession, report: BatchReport, started_at: int) -> D
         micros_literal(report.watermark_micros).alias("watermark"),
         F.lit(report.duration_s).cast("double").alias("duration_s"),
         F.lit(rows_per_s).cast("double").alias("rows_per_s"),
+        F.create_map(*[F.lit(x) for stage in report.stage_s.items() for x in stage])
+        .cast("map<string,double>")
+        .alias("stage_s"),
     )
 
 

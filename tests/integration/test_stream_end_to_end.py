@@ -183,6 +183,10 @@ def test_stream_metrics_account_for_every_line(spark, pipeline):
     assert metrics.input_lines.sum() == len(manifest)
     assert metrics.quarantined_rows.sum() == sum(1 for r in manifest if r.expected_reason)
     assert metrics.watermark.notna().all()
+    # Each batch's stages, timed: those every batch runs, each within the batch's duration.
+    for stages, duration in zip(metrics.stage_s, metrics.duration_s):
+        assert {"parse", "enriched", "quarantine", "sessionize", "live_sessions", "state"} <= set(stages)
+        assert all(0 <= seconds <= duration for seconds in stages.values())
 
 
 def test_verifier_agrees_and_catches_a_planted_duplicate_and_loss(spark, pipeline, tmp_path):

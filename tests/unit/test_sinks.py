@@ -3,7 +3,7 @@ stream's commits do not count, and a MERGE updates, deletes and inserts as its c
 
 import pytest
 from chispa import assert_df_equality
-from pyspark.sql.types import IntegerType, StringType, StructField, StructType
+from pyspark.sql.types import DoubleType, IntegerType, MapType, StringType, StructField, StructType
 
 from lib.sinks import BatchSink, ensure_delta_table
 
@@ -57,3 +57,14 @@ def test_an_upsert_deletes_updates_and_inserts_as_its_conditions_say_once(spark,
 def test_an_app_id_with_the_marker_separator_is_refused(spark):
     with pytest.raises(ValueError, match="must not contain ':'"):
         BatchSink(spark, "query:1")
+
+
+def test_an_existing_table_gets_the_columns_a_newer_schema_adds_and_keeps_its_rows(spark, tmp_path):
+    path = str(tmp_path / "metrics")
+    ensure_delta_table(spark, path, SCHEMA)
+    BatchSink(spark, "query").append(rows(spark, (1, "a")), path, 0)
+    newer = StructType([*SCHEMA.fields, StructField("stage_s", MapType(StringType(), DoubleType()))])
+    ensure_delta_table(spark, path, newer)
+    ensure_delta_table(spark, path, newer)  # nothing left to add
+    assert read(spark, path).schema.simpleString() == newer.simpleString()
+    assert [tuple(r) for r in read(spark, path).collect()] == [(1, "a", None)]
