@@ -21,25 +21,33 @@ from lib.parsing import parse_timestamp
 from lib.schemas import (
     ADD_TO_CART,
     CLICK,
+    ENRICHED_EVENTS,
     EVENT_TS,
     EVENT_TYPE,
     INGESTED_AT,
     IS_OPEN,
     ITEM_ID,
     LAST_EVENT,
+    LIVE_RECOMMENDATIONS,
+    LIVE_SESSIONS,
     NUM_ADD_TO_CART,
     NUM_CLICKS,
     NUM_EVENTS,
     NUM_VIEWS,
     PROFILE_COLUMNS,
+    QUARANTINE,
     RANK,
+    RECOMMENDATIONS,
     SESSION_END,
+    SESSION_FEATURES,
     SESSION_ID,
     SESSION_START,
     SOURCE_FILE,
+    STREAM_METRICS,
     TABLES,
     UPDATED_AT,
     USER_ID,
+    USER_PROFILES,
     VIEW,
 )
 
@@ -117,9 +125,9 @@ def verify(spark: SparkSession, cfg: Config, manifest: DataFrame) -> list[TableC
     table = lambda name: spark.read.format("delta").load(cfg.paths.table(name))  # noqa: E731
     valid = manifest.where(F.col("expected_reason").isNull())
     enriched = multiset_diff(
-        "enriched_events",
+        ENRICHED_EVENTS,
         valid.select(USER_ID, ITEM_ID, EVENT_TYPE, EVENT_TS, F.col("file").alias(SOURCE_FILE)),
-        table("enriched_events").select(
+        table(ENRICHED_EVENTS).select(
             USER_ID,
             ITEM_ID,
             EVENT_TYPE,
@@ -128,11 +136,11 @@ def verify(spark: SparkSession, cfg: Config, manifest: DataFrame) -> list[TableC
         ),
     )
     quarantine = multiset_diff(
-        "quarantine",
+        QUARANTINE,
         manifest.where(F.col("expected_reason").isNotNull()).select(
             F.col("file").alias(SOURCE_FILE), "raw", F.col("expected_reason").alias("code")
         ),
-        table("quarantine").select(
+        table(QUARANTINE).select(
             _basename(SOURCE_FILE).alias(SOURCE_FILE),
             "raw",
             F.split(F.split("reason", ";")[0], ":")[0].alias("code"),
@@ -146,14 +154,14 @@ def verify(spark: SparkSession, cfg: Config, manifest: DataFrame) -> list[TableC
         F.col("file").alias(SOURCE_FILE),
         F.col("line").cast("long").alias("line"),
     )
-    events = with_late_flag(events, table("enriched_events"), cfg.sessions.watermark_seconds).persist()
+    events = with_late_flag(events, table(ENRICHED_EVENTS), cfg.sessions.watermark_seconds).persist()
     on_time = events.where(~F.col("_late")).drop("_late")
     final_watermark = on_time.agg(F.max(F.unix_micros(EVENT_TS))).first()[0]
     watermark = None if final_watermark is None else final_watermark - micros(cfg.sessions.watermark_seconds)
     expected_sessions = closed_sessions(on_time, cfg.sessions.gap_seconds, watermark)
-    sessions = multiset_diff("session_features", expected_sessions, table("session_features").select(*SESSION_KEYS))
+    sessions = multiset_diff(SESSION_FEATURES, expected_sessions, table(SESSION_FEATURES).select(*SESSION_KEYS))
     predicted_late = events.where("_late").count()
-    reported_late = table("stream_metrics").agg(F.sum("late_rows_dropped")).first()[0] or 0
+    reported_late = table(STREAM_METRICS).agg(F.sum("late_rows_dropped")).first()[0] or 0
     late = TableCheck(
         "late_rows_dropped",
         predicted_late,
@@ -236,7 +244,7 @@ def compare_lakes(spark: SparkSession, cfg: Config, other_lake: str) -> list[Tab
             load(other_lake, name).select(*keys),
             load(cfg.paths.lake, name).select(*keys),
         )
-        for name, keys in (("live_sessions", LIVE_SESSION_KEYS), ("session_features", SESSION_KEYS))
+        for name, keys in ((LIVE_SESSIONS, LIVE_SESSION_KEYS), (SESSION_FEATURES, SESSION_KEYS))
     ]
 
 
@@ -257,8 +265,8 @@ def check_profiles(spark: SparkSession, cfg: Config) -> TableCheck:
     from lib.batch import consistent_versions, profiles_from_lake
 
     versions = consistent_versions(spark, cfg)
-    profiles = cfg.paths.table("user_profiles")
-    streamed = spark.read.format("delta").option("versionAsOf", versions["user_profiles"]).load(profiles)
+    profiles = cfg.paths.table(USER_PROFILES)
+    streamed = spark.read.format("delta").option("versionAsOf", versions[USER_PROFILES]).load(profiles)
     rebuilt = profiles_from_lake(spark, cfg, versions)
     return multiset_diff("user_profiles (rebuilt)", _profile_values(rebuilt), _profile_values(streamed))
 
@@ -277,11 +285,11 @@ def check_lake(spark: SparkSession, cfg: Config, names: bool = True) -> list[Tab
     from lib.sources import read_table
 
     keys = {
-        "session_features": [USER_ID, SESSION_START],
-        "live_sessions": [USER_ID],
-        "user_profiles": [USER_ID],
-        "recommendations": [USER_ID, RANK],
-        "live_recommendations": [USER_ID, RANK],
+        SESSION_FEATURES: [USER_ID, SESSION_START],
+        LIVE_SESSIONS: [USER_ID],
+        USER_PROFILES: [USER_ID],
+        RECOMMENDATIONS: [USER_ID, RANK],
+        LIVE_RECOMMENDATIONS: [USER_ID, RANK],
     }
     checks = []
     present = []
