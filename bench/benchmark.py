@@ -31,31 +31,23 @@ import pyarrow.parquet as pq
 
 from bench.chaos import descendants
 from bench.freshness import file_delays, source_delays, summary
+from bench.harness import ROOT, RunFolder, metastore_of
 from bench.serving import ApiProcess, ServingProbe, api_load
+from lib.backlog import OFFSET_LOG, SOURCE_LOG, batch_end_offsets, logged_files
+from lib.checkpoint import batches_committed
 from lib.config import load_config
 from lib.generator import ActivityProfile, Catalogue, KafkaActivityWriter, simulate_events
 from lib.kafka import create_topic, start_broker, stop_broker
 from lib.metastore import stop_server
 from lib.processes import free_port
-from lib.schemas import STREAM_TABLES
-
-ROOT = Path(__file__).resolve().parent.parent
-
-PYTHON = str(ROOT / ".venv" / "bin" / "python")
-SUBMIT = str(ROOT / "spark-submit.sh")
-
-
-def metastore_of(root: Path) -> Path:
-    """The one metastore every run under ``root`` shares; main stops its server at the end."""
-    return root / "metastore"
-
+from lib.schemas import STREAM_METRICS, STREAM_TABLES
+from lib.stream import STREAM_CHECKPOINT
 
 ITEMS = 1000
 # The API under load while the stream runs (issue target: 500 requests/s for 60 s, p99 <= 10 ms).
 API_LOAD_RATE = 500
 API_LOAD_SECONDS = 60
 API_LOAD_EVENTS_PER_S = 2000  # the freshness run during which the API is loaded
-BATCH_LINE = re.compile(r"INFO lib\.stream: batch (\d+): (\d+) rows in ([\d.]+) s")
 
 
 @dataclass(frozen=True)
@@ -111,8 +103,8 @@ QUICK = Scale(
 )
 
 
-class Workdir:
-    """One benchmark run's folder and config; the input folder may be shared between runs."""
+class Workdir(RunFolder):
+    """One benchmark run's folder and config; every job's output goes to ``<dir>/stream.log``."""
 
     def __init__(
         self,
@@ -124,76 +116,65 @@ class Workdir:
         keep: bool = False,
         extra_toml: str = "",
     ):
-        """:param keep: use the folder as a previous run left it (else it starts empty).
+        """:param stream: ``[stream]`` settings (``max_files_per_trigger`` is 1 unless given).
+        :param keep: use the folder as a previous run left it (else it starts empty).
         :param extra_toml: more config sections (e.g. ``[source]`` and ``[kafka]``)."""
-        self.dir = root / name
-        if not keep:
-            shutil.rmtree(self.dir, ignore_errors=True)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.incoming = incoming or self.dir / "incoming"
-        self.purchases = purchases or self.dir / "purchases"
-        self.lake = self.dir / "lake"
-        self.checkpoints = self.dir / "checkpoints"
-        self.online_store = self.dir / "online" / "streamrec.sqlite"
-        self.config = self.dir / "pipeline.toml"
+        super().__init__(root, name, incoming, purchases, keep)
         self.log = self.dir / "stream.log"
-        settings = {"max_files_per_trigger": 1, **(stream or {})}
-        if keep and self.config.exists():
-            return
-        self.config.write_text(
-            "[paths]\n"
-            f'events_dir = "{self.incoming}"\npurchases = "{self.purchases}"\nlake = "{self.lake}"\n'
-            f'checkpoints = "{self.checkpoints}"\nonline_store = "{self.online_store}"\n'
-            f'metastore = "{metastore_of(root)}"\n[stream]\n'
-            + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
-            + extra_toml
-        )
+        if not (keep and self.config.exists()):
+            self.write_config({"stream": {"max_files_per_trigger": 1, **(stream or {})}}, extra_toml)
 
     def cfg(self):
         return load_config(self.config)
 
-    def generate(self, *args: str) -> None:
-        subprocess.run(
-            [PYTHON, "jobs/generate.py", "--config", str(self.config), "--log-level", "WARNING", *args],
-            cwd=ROOT,
-            check=True,
-        )
-
-    def generator(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen(
-            [PYTHON, "jobs/generate.py", "--config", str(self.config), "--log-level", "WARNING", *args], cwd=ROOT
-        )
-
     def job(self, script: str, *args: str) -> float:
-        """Run a job to the end; returns its wall-clock seconds."""
+        """Run a job to the end (it must succeed); returns its wall-clock seconds."""
         started = time.monotonic()
-        with open(self.log, "a") as log:
-            subprocess.run(
-                [SUBMIT, script, "--config", str(self.config), *args],
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                check=True,
-            )
+        self.run(script, *args, log_name=self.log.name, check=True)
         return time.monotonic() - started
 
-    def start_stream(self, *args: str) -> subprocess.Popen:
-        log = open(self.log, "a")
-        return subprocess.Popen(
-            [SUBMIT, "jobs/stream.py", "--config", str(self.config), *args],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    @property
+    def stream_checkpoint(self) -> Path:
+        return self.checkpoints / STREAM_CHECKPOINT
 
-    def batches(self) -> list[tuple[int, int, float]]:
-        """(batch id, input lines, seconds) of every batch the stream logged."""
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return [(int(b), int(n), float(s)) for b, n, s in BATCH_LINE.findall(text)]
+    def batches_committed(self) -> int:
+        """How many micro-batches the stream has committed (Spark's commit log)."""
+        return batches_committed(self.stream_checkpoint)
+
+    def has_processed(self, files: list[Path]) -> bool:
+        return has_processed(self.stream_checkpoint, files)
+
+    def messages_processed(self) -> int:
+        return messages_processed(self.stream_checkpoint)
+
+    def metrics(self, spark) -> list:
+        """The stream's ``stream_metrics`` rows, one per batch, in batch order."""
+        return spark.read.format("delta").load(str(self.lake / STREAM_METRICS)).orderBy("batch_id").collect()
 
     def use_model(self, seed: Workdir) -> None:
         shutil.copytree(seed.lake / "models", self.lake / "models")
+
+
+def has_processed(checkpoint: Path, files: list[Path]) -> bool:
+    """Whether the stream of ``checkpoint`` has read every one of ``files`` (its file source's log)
+    and committed the batches that read them (its commit log)."""
+    log_dir = checkpoint / SOURCE_LOG
+    read: set[str] = set()
+    last = -1
+    for entry in log_dir.iterdir() if log_dir.is_dir() else []:
+        logged = re.fullmatch(r"(\d+)(\.compact)?", entry.name)
+        if logged:
+            read.update(key for key, _ in logged_files(entry.read_text()))
+            last = max(last, int(logged[1]))
+    return {os.path.abspath(f) for f in files} <= read and batches_committed(checkpoint) > last
+
+
+def messages_processed(checkpoint: Path) -> int:
+    """How many Kafka messages the stream of ``checkpoint`` has read in the batches it committed
+    (the end offsets of the last one, in the query's offset log), on a topic it reads from the start."""
+    committed = batches_committed(checkpoint)
+    entry = checkpoint / OFFSET_LOG / str(committed - 1)
+    return sum(batch_end_offsets(entry.read_text()).values()) if committed and entry.exists() else 0
 
 
 def machine() -> dict:
@@ -336,7 +317,7 @@ def sample(work: Workdir, stream: subprocess.Popen, started: float) -> dict:
         "active_files": {
             t: active_files(work.lake / t) for t in STREAM_TABLES if (work.lake / t / "_delta_log").exists()
         },
-        "batches": len(work.batches()),
+        "batches": work.batches_committed(),
     }
 
 
@@ -424,12 +405,7 @@ def catchup(root: Path, scale: Scale, seed: Workdir | None, spark) -> dict:
         if seed is not None:
             run.use_model(seed)
         wall = run.job("jobs/stream.py", "--available-now")
-        return {
-            "wall_s": round(wall, 2),
-            "batches": len(run.batches()),
-            "batch_s": round(sum(s for _, _, s in run.batches()), 2),
-            "stages_s": stage_seconds(run),
-        }
+        return {"wall_s": round(wall, 2), **batch_figures(run.metrics(spark))}
 
     duckdb_runs = []
     for attempt in range(scale.repeats):
@@ -482,14 +458,18 @@ def catchup(root: Path, scale: Scale, seed: Workdir | None, spark) -> dict:
     }
 
 
-def stage_seconds(run: Workdir) -> dict[str, float]:
-    """Seconds per stage of the batch, summed over the run's batches (from the stream's log)."""
-    totals: dict[str, float] = {}
-    for line in run.log.read_text(errors="replace").splitlines():
-        if "INFO lib.stream: batch " in line and "[" in line:
-            for name, seconds in re.findall(r"(\w+)=([\d.]+)", line.rsplit("[", 1)[1]):
-                totals[name] = round(totals.get(name, 0.0) + float(seconds), 2)
-    return totals
+def batch_figures(metrics: list) -> dict:
+    """A run's batches from its ``stream_metrics`` rows: how many, their seconds (each batch's
+    ``duration_s``: its foreachBatch up to the metrics commit) and seconds per stage, summed."""
+    stages: dict[str, float] = {}
+    for row in metrics:
+        for name, seconds in (row.stage_s or {}).items():
+            stages[name] = stages.get(name, 0.0) + seconds
+    return {
+        "batches": len(metrics),
+        "batch_s": round(sum(row.duration_s for row in metrics), 2),
+        "stages_s": {name: round(seconds, 2) for name, seconds in stages.items()},
+    }
 
 
 def steady_load(
@@ -526,12 +506,12 @@ def steady_load(
         "--prefix",
         "warmup",
     )
-    stream = run.start_stream()
+    stream = run.stream()
     started = time.monotonic()
     samples: list[dict] = []
     api = probe = load = None
     try:
-        while not run.batches():  # warm: the first batch is the JVM's slowest
+        while not run.batches_committed():  # warm: the first batch is the JVM's slowest
             if stream.poll() is not None or time.monotonic() - started > 600:
                 raise RuntimeError(f"stream did not start; see {run.log}")
             time.sleep(1)
@@ -548,7 +528,7 @@ def steady_load(
             load = ThreadPoolExecutor(1).submit(
                 lambda: (time.sleep(seconds + 5), api_load(api.port, users, API_LOAD_RATE, API_LOAD_SECONDS))[1]
             )
-        generator = run.generator(
+        generator = run.generate(
             "events",
             "--duration",
             str(load_seconds),
@@ -562,6 +542,7 @@ def steady_load(
             str(ITEMS),
             "--start",
             "2024-03-01",
+            background=True,
         )
         next_sample = time.monotonic()
         expected = None
@@ -572,12 +553,12 @@ def steady_load(
                 next_sample += scale.sample_every_s
             if expected is None and generator.poll() is not None:
                 if not drain:
-                    batches_at_end = len(run.batches())
-                    while len(run.batches()) == batches_at_end and stream.poll() is None:
+                    batches_at_end = run.batches_committed()
+                    while run.batches_committed() == batches_at_end and stream.poll() is None:
                         time.sleep(1)
                     break
-                expected = sum(1 for p in run.incoming.glob("*.csv")) * (rate + 1)  # + a header line each
-            if expected is not None and sum(n for _, n, _ in run.batches()) >= expected:
+                expected = sorted(run.incoming.glob("*.csv"))
+            if expected is not None and run.has_processed(expected):
                 break
             time.sleep(1)
         samples.append(sample(run, stream, started))
@@ -617,8 +598,7 @@ def steady_load(
         "freshness": figures,
         "series": {t: [(round(landed - since, 1), round(d, 2)) for landed, d in s] for t, s in delays.items()},
         "samples": samples,
-        "stages_s": stage_seconds(run),
-        "batches": len(run.batches()),
+        **batch_figures(run.metrics(spark)),
         "api_unserved_files": probe.unserved,
         "api_load": api_figures,
     }
@@ -642,9 +622,9 @@ def kafka_load(root: Path, scale: Scale, seed: Workdir | None, spark, rate: int,
         events = simulate_events(Catalogue(num_users=users, num_items=ITEMS, seed=42), ActivityProfile())
         writer = KafkaActivityWriter(broker.bootstrap, topic, events)
         writer.write_batch(rate)  # the warm-up batch
-        stream = run.start_stream()
+        stream = run.stream()
         started = time.monotonic()
-        while not run.batches():
+        while not run.batches_committed():
             if stream.poll() is not None or time.monotonic() - started > 600:
                 raise RuntimeError(f"stream did not start; see {run.log}")
             time.sleep(1)
@@ -665,7 +645,7 @@ def kafka_load(root: Path, scale: Scale, seed: Workdir | None, spark, rate: int,
             time.sleep(max(0.0, since + second + 1 - time.time()))
         offered = round(len(acked_at) / (time.time() - since))
         deadline = time.monotonic() + seconds * 4 + 600
-        while sum(n for _, n, _ in run.batches()) < len(writer.manifest) and time.monotonic() < deadline:
+        while run.messages_processed() < len(writer.manifest) and time.monotonic() < deadline:
             time.sleep(1)
         time.sleep(min(30, max(5, seconds / 10)))  # let the probe see the last batches served
         writer.close()
@@ -696,8 +676,7 @@ def kafka_load(root: Path, scale: Scale, seed: Workdir | None, spark, rate: int,
         "users": users,
         "freshness": figures,
         "series": {t: [(round(arrived - since, 1), round(d, 2)) for arrived, d in s] for t, s in delays.items()},
-        "stages_s": stage_seconds(run),
-        "batches": len(run.batches()),
+        **batch_figures(run.metrics(spark)),
         "api_unserved_batches": probe.unserved,
     }
 
@@ -725,7 +704,7 @@ def scaling(root: Path, scale: Scale, spark) -> dict:
             str(ITEMS),
         )
         run.job("jobs/stream.py", "--available-now")
-        warm = [(n, s) for b, n, s in run.batches() if b > 0]
+        warm = [(m.input_lines, m.duration_s) for m in run.metrics(spark) if m.batch_id > 0]
         by_users.append(
             {
                 "users": users,
@@ -777,10 +756,10 @@ def scaling(root: Path, scale: Scale, spark) -> dict:
             f"size{size:07d}",
         )
     run.job("jobs/stream.py", "--available-now")
-    batches = run.batches()
+    batches = run.metrics(spark)
     by_events = []
     for size in scale.scale_events_per_file:
-        warm = [s for b, n, s in batches if b > 0 and n == size + 1]
+        warm = [m.duration_s for m in batches if m.batch_id > 0 and m.input_lines == size + 1]
         if warm:
             by_events.append(
                 {

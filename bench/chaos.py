@@ -15,66 +15,31 @@ import argparse
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from bench.harness import ROOT, RunFolder, metastore_of
 from lib.checkpoint import batches_committed
 from lib.metastore import stop_server
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = str(ROOT / ".venv" / "bin" / "python")
-SUBMIT = str(ROOT / "spark-submit.sh")
 HEADER = "user_id,item_id,event_type,timestamp"
 
 
-class Run:
-    """One scenario's folder, config and helpers."""
+class Run(RunFolder):
+    """One scenario's folder, config and ground truth (``manifest.jsonl``)."""
 
-    def __init__(self, root: Path, name: str, extra_config: str = ""):
-        self.dir = root / name
-        shutil.rmtree(self.dir, ignore_errors=True)
-        self.dir.mkdir(parents=True)
-        self.incoming = self.dir / "incoming"
-        self.lake = self.dir / "lake"
+    def __init__(self, root: Path, name: str, stream: dict | None = None):
+        """:param stream: ``[stream]`` settings."""
+        super().__init__(root, name)
         self.manifest = self.dir / "manifest.jsonl"
-        self.config = self.dir / "pipeline.toml"
-        self.write_config(extra_config)
-
-    def write_config(self, extra: str = "", lake: Path | None = None, checkpoints: Path | None = None) -> None:
-        self.config.write_text(
-            "[paths]\n"
-            f'events_dir = "{self.incoming}"\npurchases = "{self.dir / "purchases"}"\n'
-            f'lake = "{lake or self.lake}"\ncheckpoints = "{checkpoints or self.dir / "checkpoints"}"\n'
-            f'online_store = "{lake or self.lake}-online.sqlite"\n'
-            f'metastore = "{self.dir.parent / "metastore"}"\n' + extra
-        )
-
-    def job(self, *args: str) -> list[str]:
-        return [SUBMIT, args[0], "--config", str(self.config), *args[1:]]
-
-    def generate(self, *args: str, background: bool = False):
-        command = [PYTHON, "jobs/generate.py", "--config", str(self.config), "--log-level", "WARNING", *args]
-        if background:
-            return subprocess.Popen(command, cwd=ROOT)
-        subprocess.run(command, cwd=ROOT, check=True)
-
-    def stream(self, *args: str, log_name: str = "stream.log") -> subprocess.Popen:
-        log = open(self.dir / log_name, "a")
-        return subprocess.Popen(
-            self.job("jobs/stream.py", *args), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def run(self, *args: str, log_name: str = "jobs.log") -> subprocess.CompletedProcess:
-        with open(self.dir / log_name, "a") as log:
-            return subprocess.run(self.job(*args), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        self.write_config({"stream": stream or {}})
 
     def verify(self, *extra: str) -> tuple[bool, str]:
         result = subprocess.run(
-            self.job("jobs/verify.py", "--manifest", str(self.manifest), "--log-level", "WARNING", *extra),
+            self.command("jobs/verify.py", "--manifest", str(self.manifest), "--log-level", "WARNING", *extra),
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -128,7 +93,7 @@ def report(name: str, passed: bool, figures: dict, results: list) -> None:
 def scenario_kill(root: Path, scale: dict, results: list) -> None:
     """kill -9 the whole job at random points while files keep landing; restart each time."""
     rng = random.Random(7)
-    run = Run(root, "kill", "[stream]\nmax_files_per_trigger = 5\n")
+    run = Run(root, "kill", {"max_files_per_trigger": 5})
     run.generate("purchases", "--users", "2000", "--items", "1000", "--purchases", "5000")
     started = time.monotonic()
     generator = run.generate(
@@ -169,9 +134,11 @@ def scenario_kill(root: Path, scale: dict, results: list) -> None:
 
     # The same input without faults, for live_sessions.
     clean_lake, clean_checkpoints = run.dir / "clean_lake", run.dir / "clean_checkpoints"
-    run.write_config("[stream]\nmax_files_per_trigger = 20\n", lake=clean_lake, checkpoints=clean_checkpoints)
+    run.write_config(
+        extra_toml="[stream]\nmax_files_per_trigger = 20\n", lake=clean_lake, checkpoints=clean_checkpoints
+    )
     clean = run.run("jobs/stream.py", "--available-now", log_name="clean.log")
-    run.write_config("[stream]\nmax_files_per_trigger = 5\n")
+    run.write_config({"stream": {"max_files_per_trigger": 5}})
     ok, table = run.verify("--against-lake", str(clean_lake))
     events = sum(1 for _ in open(run.manifest))
     report(
@@ -226,7 +193,7 @@ def hostile_files(folder: Path, big_mb: int) -> dict[str, int]:
 
 
 def scenario_hostile(root: Path, scale: dict, results: list) -> None:
-    run = Run(root, "hostile", "[stream]\nmax_files_per_trigger = 4\n")
+    run = Run(root, "hostile", {"max_files_per_trigger": 4})
     run.incoming.mkdir(parents=True)
     stream = run.stream()
     time.sleep(20)
@@ -262,7 +229,7 @@ def scenario_hostile(root: Path, scale: dict, results: list) -> None:
 
 
 def scenario_late(root: Path, scale: dict, results: list) -> None:
-    run = Run(root, "late", "[stream]\nmax_files_per_trigger = 2\n")
+    run = Run(root, "late", {"max_files_per_trigger": 2})
     run.generate(
         "events",
         "--files",
@@ -320,14 +287,14 @@ def scenario_two_instances(root: Path, scale: dict, results: list) -> None:
 
 
 def scenario_disk_full(root: Path, scale: dict, results: list) -> None:
-    run = Run(root, "disk_full", "[stream]\nmax_files_per_trigger = 2\n")
+    run = Run(root, "disk_full", {"max_files_per_trigger": 2})
     mount = run.dir / "small_lake"
     mount.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)]).returncode != 0:
         report("6 disk full", False, {"note": "could not mount a tmpfs (needs root); scenario not run"}, results)
         return
     try:
-        run.write_config("[stream]\nmax_files_per_trigger = 2\n", lake=mount / "lake")
+        run.write_config({"stream": {"max_files_per_trigger": 2}}, lake=mount / "lake")
         run.generate(
             "events",
             "--files",
@@ -363,7 +330,7 @@ def scenario_disk_full(root: Path, scale: dict, results: list) -> None:
 
 
 def scenario_config_change(root: Path, scale: dict, results: list) -> None:
-    run = Run(root, "config", "[stream]\nmax_files_per_trigger = 1\n")
+    run = Run(root, "config", {"max_files_per_trigger": 1})
     run.generate(
         "events", "--files", "4", "--events-per-file", "500", "--files-per-second", "0", "--manifest", str(run.manifest)
     )
@@ -456,7 +423,7 @@ def main() -> int:
     for name in chosen:
         print(f"\n=== scenario {name}", flush=True)
         SCENARIOS[name](root, scale, results)
-    stop_server(root / "metastore")
+    stop_server(metastore_of(root))
     (root / "chaos.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"\n{sum(r['passed'] for r in results)}/{len(results)} scenarios passed; details in {root / 'chaos.json'}")
     return 0 if all(r["passed"] for r in results) else 1

@@ -9,6 +9,7 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import tomllib
@@ -393,3 +394,14 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         sections[name] = cls(**kwargs)
     # validate() reads every duration: a typo fails here, not hours into a run, and each is parsed once.
     return Config(**sections).validate()
+
+
+def config_toml(sections: dict[str, dict[str, object]]) -> str:
+    """The TOML text of ``sections`` (section -> key -> string, path, number or bool): a config
+    file for jobs started by spark-submit, e.g. ``{"paths": {"lake": "/tmp/x/lake"}}``."""
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        # JSON's strings, numbers and booleans are TOML's too.
+        lines += [f"{key} = {json.dumps(str(v) if isinstance(v, Path) else v)}" for key, v in values.items()]
+    return "\n".join(lines) + "\n"

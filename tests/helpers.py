@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from bench.serving import ApiProcess, get
 from lib.checkpoint import batches_committed as checkpoint_batches
-from lib.config import load_config
+from lib.config import config_toml, load_config
 from lib.generator import ActivityProfile, ActivityWriter, Catalogue, generate_purchases, simulate_events
 from lib.processes import free_port
 from lib.stream import STREAM_CHECKPOINT
@@ -143,7 +143,7 @@ def write_manifest(rows, path: Path) -> str:
 def write_config_file(cfg, path: Path, extra: str = "") -> Path:
     """A TOML file with the paths of ``cfg`` (plus ``extra`` TOML), for jobs run by spark-submit."""
     keys = ("events_dir", "purchases", "lake", "checkpoints", "online_store", "metastore")
-    path.write_text("[paths]\n" + "".join(f'{k} = "{getattr(cfg.paths, k)}"\n' for k in keys) + extra)
+    path.write_text(config_toml({"paths": {k: getattr(cfg.paths, k) for k in keys}}) + extra)
     return path
 
 

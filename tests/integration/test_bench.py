@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pyspark.sql import functions as F
 
-from bench.benchmark import active_files, duckdb_pipeline, state_rows
+from bench.benchmark import active_files, batch_figures, duckdb_pipeline, has_processed, state_rows
 from lib.stream import run_available_now
 from tests.helpers import activity_writer, generated_purchases, make_config, read, write_purchases
 
@@ -41,3 +41,12 @@ def test_duckdb_baseline_and_observers_agree_with_the_stream(spark, tmp_path):
     history = spark.sql(f"DESCRIBE HISTORY delta.`{cfg.paths.table('enriched_events')}`")
     assert history.where(F.col("operation") == "OPTIMIZE").count() == 1  # compacted: removes were replayed
     assert state_rows(Path(cfg.paths.checkpoints)) == read(spark, cfg, "live_sessions").where("is_open").count()
+
+    # The drain check reads the checkpoint's logs; the batch figures come from stream_metrics.
+    checkpoint = Path(cfg.paths.checkpoint("stream"))
+    landed = sorted(Path(cfg.paths.events_dir).glob("*.csv"))
+    assert len(landed) == 2 and has_processed(checkpoint, landed)
+    assert not has_processed(checkpoint, [*landed, Path(cfg.paths.events_dir) / "not-yet.csv"])
+    figures = batch_figures(read(spark, cfg, "stream_metrics").orderBy("batch_id").collect())
+    assert figures["batches"] == 2 and figures["batch_s"] > 0
+    assert {"parse", "enriched", "sessionize", "state"} <= set(figures["stages_s"])

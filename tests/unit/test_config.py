@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from lib.config import ConfigError, load_config, parse_duration
+from lib.config import ConfigError, config_toml, load_config, parse_duration
 
 
 def test_defaults_match_the_contract():
@@ -94,3 +94,14 @@ def test_kafka_source_and_its_consumer_options_from_file_and_overrides(tmp_path)
     path.write_text('[kafka]\noptions = "SSL"\n')
     with pytest.raises(ConfigError, match="kafka.options must be a table"):
         load_config(path)
+
+
+def test_a_config_written_as_toml_loads_back_with_its_values(tmp_path):
+    path = tmp_path / "pipeline.toml"
+    lake = tmp_path / 'a "quoted" lake'
+    path.write_text(
+        config_toml({"paths": {"lake": lake}, "stream": {"max_files_per_trigger": 3, "defer_live_in_backlog": False}})
+    )
+    cfg = load_config(path)
+    assert cfg.paths.lake == str(lake)
+    assert cfg.stream.max_files_per_trigger == 3 and cfg.stream.defer_live_in_backlog is False
