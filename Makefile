@@ -19,7 +19,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --editable .
 	touch $(STAMP)
 
-.cache/jars/.fetched: $(STAMP) scripts/fetch_jars.py lib/kafka.py
+.cache/jars/.fetched: $(STAMP) scripts/fetch_jars.py lib/ingest/kafka.py
 	$(PY) scripts/fetch_jars.py
 	touch $@
 

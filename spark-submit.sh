@@ -32,8 +32,8 @@ shift
 # The Delta and Kafka connector jars, and the Hive metastore's JDBC driver (Derby network client), which must be on the
 # driver's own class path.
 jar_paths="$(cd "$ROOT" && "$VENV/bin/python" -c '
-from lib.metastore import client_jar
-from lib.spark import engine_jar_paths
+from lib.core.metastore import client_jar
+from lib.core.spark import engine_jar_paths
 print(",".join(map(str, engine_jar_paths())))
 print(client_jar())')"
 jars="${jar_paths%%$'\n'*}"

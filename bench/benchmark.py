@@ -33,15 +33,15 @@ from bench.chaos import descendants
 from bench.freshness import file_delays, source_delays, summary
 from bench.harness import ROOT, RunFolder, metastore_of
 from bench.serving import ApiProcess, ServingProbe, api_load
-from lib.backlog import OFFSET_LOG, SOURCE_LOG, batch_end_offsets, logged_files
-from lib.checkpoint import batches_committed
-from lib.config import load_config
-from lib.generator import ActivityProfile, Catalogue, KafkaActivityWriter, simulate_events
-from lib.kafka import create_topic, start_broker, stop_broker
-from lib.metastore import stop_server
-from lib.processes import free_port
-from lib.schemas import STREAM_METRICS, STREAM_TABLES
-from lib.stream import STREAM_CHECKPOINT
+from lib.core.config import load_config
+from lib.core.metastore import stop_server
+from lib.core.processes import free_port
+from lib.core.schemas import STREAM_METRICS, STREAM_TABLES
+from lib.ingest.backlog import OFFSET_LOG, SOURCE_LOG, batch_end_offsets, logged_files
+from lib.ingest.generator import ActivityProfile, Catalogue, KafkaActivityWriter, simulate_events
+from lib.ingest.kafka import create_topic, start_broker, stop_broker
+from lib.lake.checkpoint import batches_committed
+from lib.stream.query import STREAM_CHECKPOINT
 
 ITEMS = 1000
 # The API under load while the stream runs (issue target: 500 requests/s for 60 s, p99 <= 10 ms).
@@ -926,7 +926,7 @@ def main() -> int:
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
-    from lib.spark import get_spark
+    from lib.core.spark import get_spark
 
     spark = get_spark("streamrec-bench", {"spark.ui.enabled": "false", "spark.driver.memory": "1g"})
     spark.sparkContext.setLogLevel("ERROR")

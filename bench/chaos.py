@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from bench.harness import ROOT, RunFolder, metastore_of
-from lib.checkpoint import batches_committed
-from lib.metastore import stop_server
+from lib.core.metastore import stop_server
+from lib.lake.checkpoint import batches_committed
 
 HEADER = "user_id,item_id,event_type,timestamp"
 

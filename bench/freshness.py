@@ -23,9 +23,9 @@ import numpy as np
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from lib.config import Config, load_config
-from lib.schemas import ENRICHED_EVENTS, LIVE_RECOMMENDATIONS, LIVE_SESSIONS
-from lib.spark import get_spark
+from lib.core.config import Config, load_config
+from lib.core.schemas import ENRICHED_EVENTS, LIVE_RECOMMENDATIONS, LIVE_SESSIONS
+from lib.core.spark import get_spark
 
 # The hops measured: from a file's arrival to its rows in each of these tables.
 TABLES = (ENRICHED_EVENTS, LIVE_SESSIONS, LIVE_RECOMMENDATIONS)

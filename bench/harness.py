@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from lib.config import config_toml
+from lib.core.config import config_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python")

@@ -28,15 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pyspark.sql import functions as F  # noqa: E402
 
 from bench.freshness import summary  # noqa: E402
-from lib.config import load_config  # noqa: E402
-from lib.enrich import with_purchase_history  # noqa: E402
-from lib.micro_batch import parse_batch  # noqa: E402
-from lib.parsing import quarantine_rows, valid_events  # noqa: E402
-from lib.schemas import ENRICHED_EVENTS, ENRICHED_EVENTS_SCHEMA, EVENT_TS, INGESTED_AT, QUARANTINE, SOURCE_FILE  # noqa: E402
-from lib.sinks import BatchSink  # noqa: E402
-from lib.sources import activity_lines_stream, read_purchases  # noqa: E402
-from lib.spark import get_spark  # noqa: E402
-from lib.stream import ensure_tables  # noqa: E402
+from lib.core.config import load_config  # noqa: E402
+from lib.core.schemas import ENRICHED_EVENTS, ENRICHED_EVENTS_SCHEMA, EVENT_TS, INGESTED_AT, QUARANTINE, SOURCE_FILE  # noqa: E402
+from lib.core.spark import get_spark  # noqa: E402
+from lib.ingest.enrich import with_purchase_history  # noqa: E402
+from lib.ingest.parsing import quarantine_rows, valid_events  # noqa: E402
+from lib.ingest.sources import activity_lines_stream, read_purchases  # noqa: E402
+from lib.lake.sinks import BatchSink  # noqa: E402
+from lib.stream.query import ensure_tables  # noqa: E402
+from lib.stream.steps import parse_batch  # noqa: E402
 
 log = logging.getLogger("hot_path")
 

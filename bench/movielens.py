@@ -19,13 +19,13 @@ from pathlib import Path
 import pandas as pd
 from pyspark.sql import functions as F
 
-from lib.cli import setup_logging
-from lib.config import load_config
-from lib.evaluation import evaluate_models
-from lib.interactions import interactions_from
-from lib.report_files import markdown_table
-from lib.schemas import PURCHASES_SCHEMA
-from lib.spark import PROJECT_ROOT, get_spark
+from lib.core.cli import setup_logging
+from lib.core.config import load_config
+from lib.core.schemas import PURCHASES_SCHEMA
+from lib.core.spark import PROJECT_ROOT, get_spark
+from lib.features.interactions import interactions_from
+from lib.lake.report_files import markdown_table
+from lib.recommend.evaluation import evaluate_models
 
 RECBOLE = "recbole==1.2.1"
 MEMBER = "recbole/dataset_example/ml-100k/ml-100k.inter"

@@ -45,11 +45,11 @@ if str(ROOT) not in sys.path:
 
 from bench.benchmark import Workdir, metastore_of  # noqa: E402
 from bench.serving import ApiProcess, get  # noqa: E402
-from lib.config import load_config  # noqa: E402
-from lib.generator import HEADER, format_event, write_atomically  # noqa: E402
-from lib.metastore import stop_server  # noqa: E402
-from lib.processes import free_port  # noqa: E402
-from lib.schemas import CLICK  # noqa: E402
+from lib.core.config import load_config  # noqa: E402
+from lib.core.metastore import stop_server  # noqa: E402
+from lib.core.processes import free_port  # noqa: E402
+from lib.core.schemas import CLICK  # noqa: E402
+from lib.ingest.generator import HEADER, format_event, write_atomically  # noqa: E402
 
 log = logging.getLogger("bench.sessions")
 

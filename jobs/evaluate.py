@@ -13,12 +13,12 @@ import sys
 
 import _bootstrap  # noqa: F401
 
-from lib.batch import LakeNotReadyError, lake_interactions
-from lib.cli import base_parser, config_from_args, setup_logging
-from lib.config import MODELS
-from lib.evaluation import SPLITS, evaluate_models
-from lib.report_files import write_evaluation
-from lib.spark import WHOLE_LAKE_CONF, get_spark
+from lib.core.cli import base_parser, config_from_args, setup_logging
+from lib.core.config import MODELS
+from lib.core.spark import WHOLE_LAKE_CONF, get_spark
+from lib.lake.batch import LakeNotReadyError, lake_interactions
+from lib.lake.report_files import write_evaluation
+from lib.recommend.evaluation import SPLITS, evaluate_models
 
 log = logging.getLogger("evaluate")
 

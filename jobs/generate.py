@@ -26,8 +26,8 @@ import _bootstrap  # noqa: F401
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lib.cli import base_parser, config_from_args, setup_logging
-from lib.generator import (
+from lib.core.cli import base_parser, config_from_args, setup_logging
+from lib.ingest.generator import (
     ActivityProfile,
     ActivityWriter,
     Catalogue,
@@ -35,7 +35,7 @@ from lib.generator import (
     generate_purchases,
     simulate_events,
 )
-from lib.kafka import KafkaError, create_topic
+from lib.ingest.kafka import KafkaError, create_topic
 
 log = logging.getLogger("generate")
 

@@ -13,11 +13,11 @@ import sys
 
 import _bootstrap  # noqa: F401
 
-from lib.cli import base_parser, config_from_args, setup_logging
-from lib.fs import HadoopFS
-from lib.schemas import TABLES
-from lib.sinks import compact, vacuum
-from lib.spark import get_spark
+from lib.core.cli import base_parser, config_from_args, setup_logging
+from lib.core.fs import HadoopFS
+from lib.core.schemas import TABLES
+from lib.core.spark import get_spark
+from lib.lake.sinks import compact, vacuum
 
 log = logging.getLogger("maintenance")
 

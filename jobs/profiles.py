@@ -14,12 +14,12 @@ import sys
 
 import _bootstrap  # noqa: F401
 
-from lib.batch import LakeNotReadyError, rebuild_profiles
-from lib.checkpoint import CheckpointError, acquire_lock
-from lib.cli import base_parser, config_from_args, setup_logging
-from lib.spark import get_spark
-from lib.stream import STREAM_CHECKPOINT
-from lib.verify import check_profiles
+from lib.core.cli import base_parser, config_from_args, setup_logging
+from lib.core.spark import get_spark
+from lib.lake.batch import LakeNotReadyError, rebuild_profiles
+from lib.lake.checkpoint import CheckpointError, acquire_lock
+from lib.lake.verify import check_profiles
+from lib.stream.query import STREAM_CHECKPOINT
 
 log = logging.getLogger("profiles")
 

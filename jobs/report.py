@@ -9,9 +9,9 @@ import sys
 
 import _bootstrap  # noqa: F401
 
-from lib import report
-from lib.cli import base_parser, config_from_args, setup_logging
-from lib.spark import get_spark
+from lib.core.cli import base_parser, config_from_args, setup_logging
+from lib.core.spark import get_spark
+from lib.lake import report
 
 
 def show(title: str, df) -> None:

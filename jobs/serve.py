@@ -13,9 +13,9 @@ from functools import partial
 import _bootstrap  # noqa: F401
 import uvicorn
 
-from lib.api import create_app
-from lib.cli import base_parser, config_from_args, setup_logging
-from lib.online_store import SQLiteStore
+from lib.core.cli import base_parser, config_from_args, setup_logging
+from lib.serve.api import create_app
+from lib.serve.online_store import SQLiteStore
 
 log = logging.getLogger("serve")
 

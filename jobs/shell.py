@@ -3,9 +3,9 @@ the lake's tables named ``streamrec.<table>``, and ``streamrec`` the current dat
 
 import _bootstrap  # noqa: F401
 
-from lib.catalog import DATABASE, register_tables
-from lib.cli import base_parser, config_from_args, setup_logging
-from lib.spark import get_spark
+from lib.core.cli import base_parser, config_from_args, setup_logging
+from lib.core.spark import get_spark
+from lib.lake.catalog import DATABASE, register_tables
 
 _args = base_parser("streamrec pyspark shell").parse_args()
 setup_logging("WARNING")

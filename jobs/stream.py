@@ -1,4 +1,4 @@
-"""The streaming job: activity files or Kafka messages -> the Delta tables and the online store (lib/stream.py).
+"""The streaming job: activity files or Kafka messages -> the Delta tables and the online store (lib/stream/query.py).
 
 Usage: ./spark-submit.sh jobs/stream.py [--config PATH] [--set k=v] [--available-now] [--run-for SECONDS]
 """
@@ -13,11 +13,11 @@ import time
 import _bootstrap  # noqa: F401
 from pyspark.errors import StreamingQueryException
 
-from lib.checkpoint import CheckpointError
-from lib.cli import base_parser, config_from_args, setup_logging
-from lib.kafka import KafkaError
-from lib.spark import get_spark
-from lib.stream import start_stream
+from lib.core.cli import base_parser, config_from_args, setup_logging
+from lib.core.spark import get_spark
+from lib.ingest.kafka import KafkaError
+from lib.lake.checkpoint import CheckpointError
+from lib.stream.query import start_stream
 
 log = logging.getLogger("stream")
 

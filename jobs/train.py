@@ -12,10 +12,10 @@ import sys
 
 import _bootstrap  # noqa: F401
 
-from lib.batch import LakeNotReadyError, train_and_publish
-from lib.cli import base_parser, config_from_args, setup_logging
-from lib.config import MODELS
-from lib.spark import WHOLE_LAKE_CONF, get_spark
+from lib.core.cli import base_parser, config_from_args, setup_logging
+from lib.core.config import MODELS
+from lib.core.spark import WHOLE_LAKE_CONF, get_spark
+from lib.lake.batch import LakeNotReadyError, train_and_publish
 
 log = logging.getLogger("train")
 

@@ -8,9 +8,9 @@ import sys
 
 import _bootstrap  # noqa: F401
 
-from lib.cli import base_parser, config_from_args, setup_logging
-from lib.spark import get_spark
-from lib.verify import check_lake, compare_lakes, read_manifest, verify
+from lib.core.cli import base_parser, config_from_args, setup_logging
+from lib.core.spark import get_spark
+from lib.lake.verify import check_lake, compare_lakes, read_manifest, verify
 
 
 def main(argv=None) -> int:

@@ -20,8 +20,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from lib.config import load_config
-from lib.metastore import stop_server
+from lib.core.config import load_config
+from lib.core.metastore import stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 

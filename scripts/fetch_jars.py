@@ -13,10 +13,10 @@ import hashlib
 import urllib.request
 from pathlib import Path
 
-from lib.kafka import BROKER_JARS_DIR, BROKER_MAVEN_COORDINATES, connector_maven_coordinates
-from lib.metastore import derby_maven_coordinates
-from lib.paths import JARS_DIR, maven_jar
-from lib.spark import delta_maven_coordinates
+from lib.core.metastore import derby_maven_coordinates
+from lib.core.paths import JARS_DIR, maven_jar
+from lib.core.spark import delta_maven_coordinates
+from lib.ingest.kafka import BROKER_JARS_DIR, BROKER_MAVEN_COORDINATES, connector_maven_coordinates
 
 MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lib import kafka
+from lib.ingest import kafka
 
 DEFAULT_DIR = "data/kafka"
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lib import metastore
-from lib.cli import config_from_args
+from lib.core import metastore
+from lib.core.cli import config_from_args
 
 
 def main(argv=None) -> int:

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pyspark
 
-from lib import metastore
-from lib.catalog import DATABASE
-from lib.cli import config_from_args
-from lib.paths import PROJECT_ROOT
-from lib.processes import accepts_connections, read_record, runs, terminate
-from lib.spark import LOG4J_CONF, SPARK_DEFAULTS, engine_jar_paths
+from lib.core import metastore
+from lib.core.cli import config_from_args
+from lib.core.paths import PROJECT_ROOT
+from lib.core.processes import accepts_connections, read_record, runs, terminate
+from lib.core.spark import LOG4J_CONF, SPARK_DEFAULTS, engine_jar_paths
+from lib.lake.catalog import DATABASE
 
 THRIFT_SERVER_CLASS = "org.apache.spark.sql.hive.thriftserver.HiveThriftServer2"
 _STATE_FILE = "sql-server.json"

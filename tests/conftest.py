@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from lib.metastore import stop_server
-from lib.spark import get_spark
+from lib.core.metastore import stop_server
+from lib.core.spark import get_spark
 from tests.helpers import TEST_METASTORE, TEST_SPARK_CONF, make_config
 
 

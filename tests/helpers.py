@@ -17,11 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.serving import ApiProcess, get
-from lib.checkpoint import batches_committed as checkpoint_batches
-from lib.config import config_toml, load_config
-from lib.generator import ActivityProfile, ActivityWriter, Catalogue, generate_purchases, simulate_events
-from lib.processes import free_port
-from lib.stream import STREAM_CHECKPOINT
+from lib.core.config import config_toml, load_config
+from lib.core.processes import free_port
+from lib.ingest.generator import ActivityProfile, ActivityWriter, Catalogue, generate_purchases, simulate_events
+from lib.lake.checkpoint import batches_committed as checkpoint_batches
+from lib.stream.query import STREAM_CHECKPOINT
 
 # One Hive metastore (and its Derby server) per test process, shared by the session and by the jobs
 # tests start: pytest-xdist's workers are processes of their own.
@@ -135,7 +135,7 @@ def write_lines(cfg, name: str, lines: list[str]) -> None:
 
 
 def write_manifest(rows, path: Path) -> str:
-    """The generator's ground truth as JSON lines, for ``lib.verify.read_manifest``."""
+    """The generator's ground truth as JSON lines, for ``lib.lake.verify.read_manifest``."""
     path.write_text("\n".join(json.dumps(dataclasses.asdict(r)) for r in rows) + "\n")
     return str(path)
 
@@ -164,7 +164,7 @@ def assert_same_profiles(actual, expected) -> None:
 
 def store_docs(cfg, users) -> dict:
     """Each user's session and profile as the online store serves them, ``updated_at`` aside."""
-    from lib.online_store import SQLiteStore
+    from lib.serve.online_store import SQLiteStore
 
     store = SQLiteStore(cfg.paths.online_store, readonly=True)
     docs = {}
@@ -180,7 +180,7 @@ def store_docs(cfg, users) -> dict:
 def assert_ends_as_every_batch(spark, deferring, every_batch, users: int) -> None:
     """The lake and store of a run that deferred the live tables equal those of a run that updated
     them every batch (``every_batch``), its profiles a rebuild, for at least ``users`` users."""
-    from lib.verify import check_profiles, compare_lakes
+    from lib.lake.verify import check_profiles, compare_lakes
 
     for check in compare_lakes(spark, deferring, every_batch.paths.lake):
         assert check.ok, check

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from lib.generator import ManifestRow
+from lib.ingest.generator import ManifestRow
 
 
 def valid_events(manifest: list[ManifestRow]) -> pd.DataFrame:

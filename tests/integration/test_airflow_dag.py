@@ -11,8 +11,8 @@ from pathlib import Path
 from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
-from lib.stream import run_available_now
-from lib.verify import check_profiles
+from lib.lake.verify import check_profiles
+from lib.stream.query import run_available_now
 from tests.helpers import (
     activity_writer,
     generated_purchases,

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from lib.online_store import SQLiteStore
+from lib.serve.online_store import SQLiteStore
 from tests.helpers import ApiServer, make_config
 
 

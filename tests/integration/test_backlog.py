@@ -17,9 +17,10 @@ import pytest
 from pyspark.sql import functions as F
 
 from bench.chaos import descendants
-from lib.backlog import FileBacklog
-from lib.online_store import SQLiteStore
-from lib.stream import (
+from lib.ingest.backlog import FileBacklog
+from lib.lake.verify import check_profiles, compare_lakes, read_manifest, verify
+from lib.serve.online_store import SQLiteStore
+from lib.stream.query import (
     PENDING_UPDATES_DIR,
     STREAM_CHECKPOINT,
     InjectedFault,
@@ -27,7 +28,6 @@ from lib.stream import (
     ensure_tables,
     run_available_now,
 )
-from lib.verify import check_profiles, compare_lakes, read_manifest, verify
 from tests.helpers import (
     activity_writer,
     assert_ends_as_every_batch,

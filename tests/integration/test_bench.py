@@ -8,7 +8,7 @@ from pathlib import Path
 from pyspark.sql import functions as F
 
 from bench.benchmark import active_files, batch_figures, duckdb_pipeline, has_processed, state_rows
-from lib.stream import run_available_now
+from lib.stream.query import run_available_now
 from tests.helpers import activity_writer, generated_purchases, make_config, read, write_purchases
 
 

@@ -14,12 +14,12 @@ import pyspark
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from lib.catalog import DATABASE, register_tables, registered_locations
-from lib.metastore import running_server
-from lib.processes import free_port
-from lib.schemas import TABLES
-from lib.stream import ensure_tables, run_available_now
-from lib.verify import check_lake
+from lib.core.metastore import running_server
+from lib.core.processes import free_port
+from lib.core.schemas import TABLES
+from lib.lake.catalog import DATABASE, register_tables, registered_locations
+from lib.lake.verify import check_lake
+from lib.stream.query import ensure_tables, run_available_now
 from tests.helpers import (
     activity_writer,
     generated_purchases,

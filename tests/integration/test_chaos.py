@@ -15,8 +15,8 @@ import time
 import pytest
 
 from bench.chaos import descendants
-from lib.stream import run_available_now
-from lib.verify import compare_lakes, read_manifest, verify
+from lib.lake.verify import compare_lakes, read_manifest, verify
+from lib.stream.query import run_available_now
 from tests.helpers import (
     activity_writer,
     batches_committed,

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from lib.checkpoint import LOCK_FILE, CheckpointError, acquire_lock, check_compatible_config, process_start_ticks
-from lib.stream import STREAM_CHECKPOINT, start_stream
+from lib.lake.checkpoint import LOCK_FILE, CheckpointError, acquire_lock, check_compatible_config, process_start_ticks
+from lib.stream.query import STREAM_CHECKPOINT, start_stream
 from tests.helpers import make_config
 
 

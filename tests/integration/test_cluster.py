@@ -14,7 +14,7 @@ from pathlib import Path
 import pyspark
 import pytest
 
-from lib.processes import free_port
+from lib.core.processes import free_port
 from tests.helpers import activity_writer, generated_purchases, make_config, read, write_config_file, write_purchases
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from lib.stream import run_available_now
+from lib.stream.query import run_available_now
 from tests.helpers import make_config, read, write_lines
 
 H = "user_id,item_id,event_type,timestamp"

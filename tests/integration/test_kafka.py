@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from bench.benchmark import messages_processed
-from lib.checkpoint import CheckpointError
-from lib.generator import ActivityProfile, Catalogue, KafkaActivityWriter, simulate_events
-from lib.kafka import KafkaError, create_topic, start_broker, stop_broker
-from lib.processes import free_port
-from lib.stream import run_available_now, start_stream
-from lib.verify import read_manifest, verify
+from lib.core.processes import free_port
+from lib.ingest.generator import ActivityProfile, Catalogue, KafkaActivityWriter, simulate_events
+from lib.ingest.kafka import KafkaError, create_topic, start_broker, stop_broker
+from lib.lake.checkpoint import CheckpointError
+from lib.lake.verify import read_manifest, verify
+from lib.stream.query import run_available_now, start_stream
 from tests.helpers import (
     assert_ends_as_every_batch,
     batches_committed,

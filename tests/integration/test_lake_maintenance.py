@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from lib.sinks import BatchSink, compact, vacuum
+from lib.lake.sinks import BatchSink, compact, vacuum
 from tests.helpers import active_files, make_config, parquet_files
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lib.stream import run_available_now
+from lib.stream.query import run_available_now
 from tests.helpers import make_config, read, write_lines
 
 HEADER = "user_id,item_id,event_type,timestamp"
@@ -41,7 +41,7 @@ def test_late_event_is_enriched_but_not_sessionized_and_is_counted(spark, tmp_pa
 def test_ten_percent_late_events_are_all_enriched_and_the_dropped_count_is_predicted(spark, tmp_path):
     """10% of events arrive up to twice the watermark delay late; the verifier replays the
     watermark rule over the stream's micro-batches and predicts exactly what was dropped."""
-    from lib.verify import read_manifest, verify
+    from lib.lake.verify import read_manifest, verify
     from tests.helpers import activity_writer, write_manifest
 
     cfg = make_config(tmp_path)

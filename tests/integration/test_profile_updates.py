@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import date
 
-from lib.stream import run_available_now
-from lib.verify import check_profiles
+from lib.lake.verify import check_profiles
+from lib.stream.query import run_available_now
 from tests.helpers import make_config, read, write_lines, write_purchases
 
 HEADER = "user_id,item_id,event_type,timestamp"

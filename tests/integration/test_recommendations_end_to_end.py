@@ -10,10 +10,10 @@ from datetime import datetime
 import pytest
 from pyspark.sql import functions as F
 
-from lib.batch import profiles_from_lake, train_and_publish
-from lib.model_store import ModelStore
-from lib.schemas import LIVE_RECOMMENDATIONS_SCHEMA, RECOMMENDATIONS_SCHEMA, USER_PROFILES_SCHEMA
-from lib.stream import run_available_now
+from lib.core.schemas import LIVE_RECOMMENDATIONS_SCHEMA, RECOMMENDATIONS_SCHEMA, USER_PROFILES_SCHEMA
+from lib.lake.batch import profiles_from_lake, train_and_publish
+from lib.recommend.model_store import ModelStore
+from lib.stream.query import run_available_now
 from tests.helpers import (
     ApiServer,
     activity_writer,

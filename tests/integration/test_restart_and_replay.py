@@ -10,9 +10,9 @@ from datetime import date
 import pytest
 from pyspark.sql import functions as F
 
-from lib.batch import profiles_from_lake
-from lib.online_store import SQLiteStore
-from lib.stream import InjectedFault, SessionBatchWriter, ensure_tables, run_available_now
+from lib.lake.batch import profiles_from_lake
+from lib.serve.online_store import SQLiteStore
+from lib.stream.query import InjectedFault, SessionBatchWriter, ensure_tables, run_available_now
 from tests.helpers import (
     active_files,
     activity_writer,

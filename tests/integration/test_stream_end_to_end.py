@@ -10,14 +10,14 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from lib.schemas import (
+from lib.core.schemas import (
     ENRICHED_EVENTS_SCHEMA,
     LIVE_SESSIONS_SCHEMA,
     QUARANTINE_SCHEMA,
     SESSION_FEATURES_SCHEMA,
 )
-from lib.stream import run_available_now
-from lib.verify import multiset_diff, read_manifest, verify
+from lib.lake.verify import multiset_diff, read_manifest, verify
+from lib.stream.query import run_available_now
 from tests.helpers import (
     ApiServer,
     activity_writer,

@@ -1,0 +1,180 @@
+"""Delta sinks that apply each micro-batch exactly once.
+
+Every commit a stream makes carries ``userMetadata = "<app_id>:<batch_id>"``. Before writing
+batch ``b`` to a table, the sink reads the table's latest commits (a driver-side read of the
+log's commit files, no Spark job) and skips the write when its own stream already committed
+``b`` or later.
+Each table has one writing stream (the checkpoint lock guarantees it), so this is exactly
+Delta's ``txnAppId``/``txnVersion`` guarantee, without the full state reconstruction (three
+Spark jobs per write) that Delta needs to look those up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from contextlib import contextmanager
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import StructType
+
+from lib.core.fs import HadoopFS
+
+log = logging.getLogger(__name__)
+
+_COMMIT_USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+_COMMIT_FILE = re.compile(r"^\d{20}\.json$")
+# A MERGE takes its commit's marker from the session conf, shared by every thread of the
+# session: two MERGEs at once could commit under each other's marker, or under none.
+_SESSION_CONF_COMMIT = threading.Lock()
+# The operations of the sink's own commits. Any other commit (OPTIMIZE, VACUUM, DELETE) may carry
+# the marker another thread's MERGE holds in the session conf at that moment: it says nothing
+# about a batch.
+_BATCH_OPERATIONS = ("WRITE", "MERGE")
+
+
+def ensure_delta_table(spark: SparkSession, path: str, schema: StructType) -> None:
+    """Create an empty Delta table with ``schema`` at ``path`` unless one exists, and add to an
+    existing one the columns of ``schema`` it lacks (a newer streamrec added them; its older rows
+    hold nulls there)."""
+    DeltaTable.createIfNotExists(spark).location(path).addColumns(schema).execute()
+    existing = set(DeltaTable.forPath(spark, path).toDF().columns)
+    missing = [f for f in schema if f.name not in existing]
+    if missing:
+        columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
+        spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({columns})")
+        log.info("added column(s) %s to %s", columns, path)
+
+
+class BatchSink:
+    """Exactly-once writes of one stream's micro-batches to Delta tables.
+
+    Example::
+
+        sink = BatchSink(spark, app_id="streamrec-<query id>")
+        sink.append(batch_rows, "/lake/enriched_events", batch_id)
+    """
+
+    def __init__(self, spark: SparkSession, app_id: str):
+        if ":" in app_id:
+            raise ValueError(f"app_id must not contain ':' (got {app_id!r})")
+        self.spark = spark
+        self.app_id = app_id
+        self._fs = HadoopFS(spark)
+
+    def marker(self, batch_id: int) -> str:
+        return f"{self.app_id}:{batch_id}"
+
+    def last_committed_batch(self, path: str) -> int:
+        """The highest batch id this stream committed to the table at ``path`` (-1 if none).
+
+        Reads the commit files of the Delta log directly, newest first, on the driver:
+        ``DeltaTable.history`` would cost a Spark job (about 0.5 s) per table per batch.
+        Batches commit in order, so the newest commit carrying this stream's marker has the
+        highest batch id.
+        """
+        log_dir = f"{path}/_delta_log"
+        versions = sorted(
+            (int(name[: -len(".json")]) for name in self._fs.list_names(log_dir) if _COMMIT_FILE.match(name)),
+            reverse=True,
+        )
+        prefix = f"{self.app_id}:"
+        for version in versions:
+            text = self._fs.read_text(f"{log_dir}/{version:020d}.json") or ""
+            for line in text.splitlines():
+                commit = json.loads(line).get("commitInfo")
+                if commit is None or commit.get("operation") not in _BATCH_OPERATIONS:
+                    continue
+                metadata = commit.get("userMetadata")
+                if metadata and metadata.startswith(prefix):
+                    return int(metadata[len(prefix) :])
+        return -1
+
+    def committed(self, path: str, batch_id: int) -> bool:
+        done = self.last_committed_batch(path) >= batch_id
+        if done:
+            log.info("batch %d already committed to %s; skipping the replayed write", batch_id, path)
+        return done
+
+    def append(self, df: DataFrame, path: str, batch_id: int) -> bool:
+        """Append ``df`` unless batch ``batch_id`` already committed; True if it wrote."""
+        if self.committed(path, batch_id):
+            return False
+        df.write.format("delta").mode("append").option("userMetadata", self.marker(batch_id)).save(path)
+        return True
+
+    def upsert(
+        self,
+        updates: DataFrame,
+        path: str,
+        keys: list[str],
+        batch_id: int,
+        *,
+        update_condition: str | None = None,
+        delete_condition: str | None = None,
+        insert_condition: str | None = None,
+    ) -> bool:
+        """MERGE ``updates`` (alias ``s``) into the table (alias ``t``) on ``keys``, once.
+
+        Matched rows are deleted where ``delete_condition`` holds, else updated where
+        ``update_condition`` holds (always when None); unmatched rows are inserted where
+        ``insert_condition`` holds. Every column of the table is set from ``updates``;
+        columns of ``updates`` the table does not have are only for the conditions.
+        """
+        if self.committed(path, batch_id):
+            return False
+        table = DeltaTable.forPath(self.spark, path)
+        values = {f"`{c}`": f"s.`{c}`" for c in table.toDF().columns}
+        condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+        merge = table.alias("t").merge(updates.alias("s"), condition)
+        if delete_condition:
+            merge = merge.whenMatchedDelete(condition=delete_condition)
+        merge = merge.whenMatchedUpdate(condition=update_condition, set=values)
+        merge = merge.whenNotMatchedInsert(condition=insert_condition, values=values)
+        with self._commit_metadata(self.marker(batch_id)):
+            merge.execute()
+        return True
+
+    @contextmanager
+    def _commit_metadata(self, value: str):
+        """Delta DML (MERGE) takes its commit's user metadata from the session conf."""
+        with _SESSION_CONF_COMMIT:
+            self.spark.conf.set(_COMMIT_USER_METADATA, value)
+            try:
+                yield
+            finally:
+                self.spark.conf.unset(_COMMIT_USER_METADATA)
+
+
+def data_files(spark: SparkSession, path: str) -> int:
+    """How many data files the table's current snapshot has."""
+    return DeltaTable.forPath(spark, path).detail().select("numFiles").first()[0]
+
+
+def compact(spark: SparkSession, path: str) -> None:
+    """Bin-pack the table's small files (OPTIMIZE). It changes no data, so a replayed batch may
+    run it again harmlessly."""
+    metrics = DeltaTable.forPath(spark, path).optimize().executeCompaction().select("metrics").first()
+    if metrics is not None:
+        log.info("compacted %s: %s files removed, %s added", path, metrics[0].numFilesRemoved, metrics[0].numFilesAdded)
+
+
+# Delta refuses a VACUUM retention shorter than the tables' own (7 days) unless told otherwise.
+_RETENTION_CHECK = "spark.databricks.delta.retentionDurationCheck.enabled"
+_DEFAULT_DELETED_FILE_RETENTION_HOURS = 168.0
+
+
+def vacuum(spark: SparkSession, path: str, retention_hours: float) -> None:
+    """Delete the files of the table at ``path`` that no version within ``retention_hours``
+    needs (VACUUM). It changes no data, so a replayed batch may run it again harmlessly.
+
+    A retention shorter than Delta's default of 7 days is the operator's choice
+    (``lake.retention``): readers and time travel slower than that may then miss files.
+    """
+    if retention_hours < _DEFAULT_DELETED_FILE_RETENTION_HOURS:
+        spark.conf.set(_RETENTION_CHECK, "false")
+    DeltaTable.forPath(spark, path).vacuum(retention_hours)
+    log.info("vacuumed %s (retention %.4g hours)", path, retention_hours)

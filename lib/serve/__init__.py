@@ -1,0 +1,1 @@
+"""Serving, with no Spark: the online store (SQLite), rows as documents, the HTTP API."""

@@ -1,0 +1,698 @@
+"""The streaming application: one query over the watched folder whose micro-batches
+(``foreachBatch``, ``SessionBatchWriter``) run the steps of ``lib.stream.steps``: they write the
+Delta tables and the online store (``lib.serve.online_store``); each
+user's live session, profile and live recommendations reach the store as soon as they are
+computed, before the Delta MERGE of the same rows.
+
+Session state (the open sessions) is kept per batch next to the query's checkpoint
+(``lib.lake.state``): batch ``b`` always reads the state of batch ``b - 1``. A batch replayed after
+a crash therefore recomputes exactly the same outputs, and the sinks (``lib.lake.sinks``) commit
+only the tables the crashed attempt had not committed yet: exactly once, across crashes.
+
+A backlog (an availableNow run, ``lib.ingest.backlog``) needs only the live state after its last
+batch: while more files wait, a batch keeps its live updates (``lib.features.live_updates``) under the
+checkpoint instead of folding them into ``user_profiles``, ``live_sessions``,
+``live_recommendations`` and the store, and the batch that finds nothing waiting folds them
+all. Each table folds the batches after the last one it committed, so a crash anywhere in
+between is replayed exactly once too.
+
+Watermark: ``max event time admitted so far - sessions.watermark``, as of the start of the
+batch. Events older than it are late: still written to ``enriched_events``, but dropped from
+session state and counted. A session closes when the watermark after the batch has passed
+``session_end + sessions.gap``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import partial
+from typing import TypeVar
+
+from pyspark.errors import StreamingQueryException
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
+
+from lib.core.config import Config
+from lib.core.schemas import (
+    ENRICHED_EVENTS,
+    LIVE_RECOMMENDATIONS,
+    LIVE_SESSIONS,
+    QUARANTINE,
+    SESSION_FEATURES,
+    STREAM_METRICS,
+    TABLE_SCHEMAS,
+    USER_PROFILES,
+)
+from lib.features.live_updates import CLOSED, batch_changes, live_updates
+from lib.ingest.backlog import FileBacklog, KafkaBacklog
+from lib.ingest.kafka import KafkaError, check_topic, end_offsets
+from lib.ingest.sources import activity_lines_stream, activity_messages_stream, ensure_dir, read_purchases
+from lib.lake.catalog import register_tables
+from lib.lake.checkpoint import CheckpointLock, acquire_lock, check_compatible_config
+from lib.lake.sinks import BatchSink, compact, data_files, ensure_delta_table, vacuum
+from lib.lake.state import PendingUpdatesStore, SessionStateStore
+from lib.recommend.live import LiveRanker
+from lib.recommend.model_store import ModelStore
+from lib.serve.online_store import SQLiteStore
+from lib.stream.steps import (
+    BatchContext,
+    LiveFold,
+    ParsedBatch,
+    SessionizedBatch,
+    live_fold,
+    micros_literal,
+    read_batch,
+    sessionize_batch,
+    write_enriched,
+    write_item_popularity,
+    write_live_recommendations,
+    write_live_sessions,
+    write_pending_updates,
+    write_quarantine,
+    write_session_features,
+    write_state,
+    write_user_profiles,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+QUERY_NAME = "streamrec_activity"
+STREAM_CHECKPOINT = "stream"
+SESSION_STATE_DIR = "session_state"
+PENDING_UPDATES_DIR = "pending_updates"
+# The tables the stream compacts: those only it writes (``lib.core.schemas.STREAM_TABLES``; jobs/train.py
+# could be rewriting ``recommendations`` at the same time), in the order a tie is broken.
+COMPACTED_TABLES = (
+    ENRICHED_EVENTS,
+    LIVE_SESSIONS,
+    USER_PROFILES,
+    LIVE_RECOMMENDATIONS,
+    SESSION_FEATURES,
+    STREAM_METRICS,
+    QUARANTINE,
+)
+
+
+def due(batch_id: int, every: int) -> bool:
+    """Whether batch ``batch_id`` runs a task done one batch in ``every`` (0: never)."""
+    return every > 0 and batch_id > 0 and batch_id % every == 0
+
+
+def table_to_compact(file_counts: dict[str, int]) -> str | None:
+    """The stream table with the most data files (``file_counts``: table -> count), or None
+    when none has more than one.
+
+    Picking the most fragmented table rather than each in turn bounds every table by the
+    growth of all of them over a few compactions, not over a full round of seven.
+    """
+    name, files = max(((t, file_counts.get(t, 0)) for t in COMPACTED_TABLES), key=lambda pair: pair[1])
+    return name if files > 1 else None
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the fault-injection hook to simulate a crash inside a micro-batch."""
+
+
+class StopRequested(RuntimeError):
+    """Ends a micro-batch that started after a stop was requested, before it writes anything.
+
+    Its message has the shape Spark's stream execution recognises as "interrupted by stop()"
+    in a Python ``foreachBatch`` (a Py4J call that raised ``InterruptedException``, SPARK-39218),
+    so the query ends as stopped, not failed, and nothing logs an error. It is kept short: Spark
+    matches it with a regular expression that overflows the stack on a long Java trace.
+    """
+
+    MESSAGE = (
+        "py4j.protocol.Py4JJavaError: An error occurred while calling z:java.lang.Thread.sleep.\n"
+        ": java.lang.InterruptedException: stop requested; batch {batch_id} is left for the next run"
+    )
+
+
+class _QuietStopRequested(logging.Filter):
+    """Drops py4j's ERROR report of a ``StopRequested``: a planned stop is not a failure."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], StopRequested))
+
+
+logging.getLogger("py4j.clientserver").addFilter(_QuietStopRequested())
+
+
+@dataclass
+class BatchReport:
+    """What one micro-batch did; logged by the progress listener and kept in stream_metrics."""
+
+    batch_id: int
+    input_lines: int = 0
+    valid_rows: int = 0
+    quarantined_rows: int = 0
+    late_rows_dropped: int = 0
+    sessions_closed: int = 0
+    open_sessions: int = 0
+    watermark_micros: int | None = None
+    input_waiting: int = 0
+    duration_s: float = 0.0
+    stage_s: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str):
+        """Time a stage of the batch (wall clock, including the Spark jobs it runs)."""
+        began = time.monotonic()
+        try:
+            yield
+        finally:
+            self.stage_s[name] = self.stage_s.get(name, 0.0) + time.monotonic() - began
+
+    def record_input(self, batch: ParsedBatch) -> None:
+        self.input_lines, self.valid_rows = batch.rows, batch.valid_rows
+        self.quarantined_rows, self.late_rows_dropped = batch.quarantined_rows, batch.late_rows
+
+    def record_sessions(self, batch: SessionizedBatch) -> None:
+        self.watermark_micros = batch.watermark_micros
+        self.sessions_closed, self.open_sessions = batch.closed, batch.open
+
+    @property
+    def stages_text(self) -> str:
+        return " ".join(f"{k}={v:.2f}" for k, v in self.stage_s.items())
+
+    @property
+    def watermark_text(self) -> str:
+        return format_micros(self.watermark_micros)
+
+
+@dataclass
+class StreamStats:
+    """Reports of recent batches, shared between foreachBatch and the progress listener."""
+
+    reports: dict[int, BatchReport] = field(default_factory=dict)
+    late_rows_dropped_total: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, report: BatchReport) -> None:
+        with self.lock:
+            self.reports[report.batch_id] = report
+            self.late_rows_dropped_total += report.late_rows_dropped
+            for old in [b for b in self.reports if b < report.batch_id - 100]:
+                del self.reports[old]
+
+    def get(self, batch_id: int) -> BatchReport | None:
+        with self.lock:
+            return self.reports.get(batch_id)
+
+
+def activity_stream(spark: SparkSession, cfg: Config) -> DataFrame:
+    """The configured source of activity (``source.kind``), checked first where it can be."""
+    if cfg.source.kind == "kafka":
+        check_topic(cfg.kafka.bootstrap_servers, cfg.kafka.topic)
+        return activity_messages_stream(spark, cfg)
+    ensure_dir(spark, cfg.paths.events_dir)
+    return activity_lines_stream(spark, cfg)
+
+
+def ensure_tables(spark: SparkSession, cfg: Config) -> None:
+    """Create every output table (empty) so that readers and MERGE targets exist from the start."""
+    for name, schema in TABLE_SCHEMAS.items():
+        ensure_delta_table(spark, cfg.paths.table(name), schema)
+
+
+def format_micros(micros: int | None) -> str:
+    """A UTC timestamp in microseconds since the epoch, as text (``-`` for none)."""
+    if micros is None:
+        return "-"
+    return datetime.fromtimestamp(micros / 1_000_000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+class SessionBatchWriter:
+    """The ``foreachBatch`` function of the stream: ``writer(batch_df, batch_id)``.
+
+    A plain callable, so tests can feed it static DataFrames.
+    """
+
+    def __init__(
+        self,
+        spark: SparkSession,
+        cfg: Config,
+        stats: StreamStats | None = None,
+        app_id: str | None = None,
+        fail_after: str | None = None,
+        backlog: FileBacklog | None = None,
+    ):
+        """:param fail_after: fault injection for crash tests (off by default): raise
+        ``InjectedFault`` right after the named write ("enriched", "live_sessions", ...).
+        :param backlog: the files an availableNow run has still to read; while any wait, a batch
+        leaves its live updates to a later one."""
+        self.spark = spark
+        self.cfg = cfg
+        self.stats = stats or StreamStats()
+        self._app_id = app_id
+        self.fail_after = fail_after
+        self.backlog = backlog
+        self.stop_requested = threading.Event()
+        # Guards stop_requested against a batch starting: a batch is either running (and the
+        # stop waits for it) or saw the request (and ends without writing).
+        self._batch_gate = threading.Condition()
+        self._batch_running = False
+        self.parked_for_stop = threading.Event()  # a batch waits in _end_for_stop
+        self._maintenance = ThreadPoolExecutor(1, thread_name_prefix="maintenance")
+        self._vacuum: Future | None = None
+        self.store = SQLiteStore(cfg.paths.online_store)
+        self._store_bound = False
+        self._ranker: tuple[str, LiveRanker] | None = None  # (model version, its ranker)
+        self._purchase_files: list[str] | None = None  # as of the last profile update
+
+    @property
+    def checkpoint(self) -> str:
+        return self.cfg.paths.checkpoint(STREAM_CHECKPOINT)
+
+    def app_id(self) -> str:
+        """The streaming query's id, persisted in its checkpoint: stable across restarts."""
+        if self._app_id is None:
+            metadata = self.spark.read.text(f"{self.checkpoint}/metadata").first()[0]
+            self._app_id = f"streamrec-{json.loads(metadata)['id']}"
+        return self._app_id
+
+    def state_store(self) -> SessionStateStore:
+        return SessionStateStore(self.spark, self.cfg.paths.checkpoint(f"{SESSION_STATE_DIR}/{self.app_id()}"))
+
+    def pending_store(self) -> PendingUpdatesStore:
+        return PendingUpdatesStore(self.spark, self.cfg.paths.checkpoint(f"{PENDING_UPDATES_DIR}/{self.app_id()}"))
+
+    def finish_run(self) -> None:
+        """After an availableNow run ended on its own: fold the updates its batches left, should
+        its last batch have left them (``lib.ingest.backlog`` counts waiting files conservatively, so
+        this is a safety net, not the rule)."""
+        pending, state_store = self.pending_store(), self.state_store()
+        left, states = pending.batches(), state_store.batches()
+        if not left or not states:
+            return
+        last = states[-1]
+        log.warning("batches %s left live updates no later batch folded; folding them as batch %d", left, last)
+        self.bind_store()
+        cached: list[DataFrame] = []
+        try:
+            ctx = self._context(last, int(time.time() * 1_000_000), cached)
+            sessions = ctx.keep(state_store.read_before(last + 1).withColumn(CLOSED, F.lit(False)))
+            fold = live_fold(ctx, pending, sessions, None)
+            step = partial(self._step, BatchReport(last))
+            step("live_sessions", write_live_sessions, ctx, fold)
+            self._fold_profiles_then_recommendations(ctx, fold, step)
+            pending.delete_through(last)
+        finally:
+            for df in cached:
+                df.unpersist()
+
+    def current_ranker(self) -> tuple[str, LiveRanker] | None:
+        """The latest committed model's version and ranker, rebuilt when ``jobs/train.py``
+        commits a new one."""
+        store = ModelStore.for_config(self.spark, self.cfg)
+        latest = store.latest_version()
+        if latest is None:
+            if self._ranker is None:
+                log.debug("no model yet: live_recommendations wait for jobs/train.py")
+        elif self._ranker is None or self._ranker[0] != latest:
+            model = store.load(latest)
+            ranker = LiveRanker(
+                self.spark,
+                model.user_scores,
+                model.item_neighbours,
+                model.popularity,
+                self.cfg.recommend,
+                model.sessions,
+            )
+            if self._ranker is not None:
+                self._ranker[1].close()
+            self._ranker = (latest, ranker)
+            log.info("live recommendations now use model %s", latest)
+        return self._ranker
+
+    def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
+        with self._batch_gate:
+            stopping = self.stop_requested.is_set()
+            self._batch_running = not stopping
+        if stopping:
+            self._end_for_stop(batch_id)
+        started = time.monotonic()
+        started_at = int(time.time() * 1_000_000)
+        report = BatchReport(batch_id)
+        cached: list[DataFrame] = []
+        try:
+            self._process(batch_df, batch_id, started_at, report, cached)
+        finally:
+            for df in cached:
+                df.unpersist()
+            with self._batch_gate:
+                self._batch_running = False
+                self._batch_gate.notify_all()
+        report.duration_s = time.monotonic() - started
+        self.stats.record(report)
+
+    def bind_store(self) -> None:
+        """Tie the online store to this stream once (a store of a former stream is reset)."""
+        if not self._store_bound:
+            self.store.bind(self.app_id())
+            self._store_bound = True
+
+    def _start_vacuum(self) -> None:
+        """VACUUM the stream's tables in the background: it takes seconds a table and changes no
+        data, so no micro-batch waits for it. One run at a time; a run still going skips this one."""
+        if self._vacuum is not None and not self._vacuum.done():
+            log.info("the previous VACUUM is still running; skipping this one")
+            return
+
+        def vacuum_tables():
+            try:
+                for name in COMPACTED_TABLES:
+                    vacuum(self.spark, self.cfg.paths.table(name), self.cfg.lake.retention_hours)
+            except Exception:
+                log.exception("VACUUM failed; the stream goes on and tries again later")
+
+        self._vacuum = self._maintenance.submit(vacuum_tables)
+
+    def close(self) -> None:
+        """Wait for background maintenance (a VACUUM) to end."""
+        self._maintenance.shutdown(wait=True)
+
+    def request_stop(self) -> None:
+        """From now on a starting batch writes nothing (see ``_end_for_stop``)."""
+        with self._batch_gate:
+            self.stop_requested.set()
+
+    def wait_until_idle(self, timeout_s: float) -> bool:
+        """Wait for the running batch, if any, to return; True when none runs."""
+        with self._batch_gate:
+            return self._batch_gate.wait_for(lambda: not self._batch_running, timeout_s)
+
+    def _end_for_stop(self, batch_id: int) -> None:
+        """Wait, writing nothing, for ``query.stop()`` to interrupt this (the stream execution)
+        thread, then end the batch as interrupted: it is planned again, whole, on the next start.
+        Python's calls into the JVM from ``foreachBatch`` run on that thread, so a sleep there
+        is where the interrupt arrives."""
+        self.parked_for_stop.set()
+        try:
+            while True:
+                self.spark._jvm.java.lang.Thread.sleep(100)
+        except Exception:  # the InterruptedException, through Py4J
+            raise StopRequested(StopRequested.MESSAGE.format(batch_id=batch_id)) from None
+
+    def _context(self, batch_id: int, started_at: int, cached: list[DataFrame]) -> BatchContext:
+        """The context of batch ``batch_id``; what it persists is appended to ``cached``."""
+
+        def keep(df: DataFrame) -> DataFrame:
+            cached.append(df.persist())
+            return df
+
+        return BatchContext(
+            spark=self.spark,
+            cfg=self.cfg,
+            batch_id=batch_id,
+            sink=BatchSink(self.spark, self.app_id()),
+            store=self.store,
+            purchases=keep(read_purchases(self.spark, self.cfg.paths.purchases)),
+            ingested_at=micros_literal(started_at),
+            keep=keep,
+        )
+
+    def _step(self, report: BatchReport, name: str, write: Callable[..., T], *args) -> T:
+        """Run one step of ``lib.stream.steps``, timed as stage ``name``, then the fault
+        injection of crash tests."""
+        with report.stage(name):
+            result = write(*args)
+        if name == self.fail_after:
+            raise InjectedFault(f"fault injected after the {name} write of batch {report.batch_id}")
+        return result
+
+    def _fold_profiles_then_recommendations(self, ctx: BatchContext, fold: LiveFold, step) -> None:
+        """The live recommendations exclude what the users' new profiles hold."""
+        profiles = step("user_profiles", write_user_profiles, ctx, fold, self._purchase_files)
+        if profiles is not None:
+            self._purchase_files = profiles.purchase_files
+        step("live_recommendations", write_live_recommendations, ctx, fold, profiles, self.current_ranker())
+
+    def _process(self, batch_df, batch_id, started_at, report: BatchReport, cached: list[DataFrame]) -> None:
+        state_store, pending = self.state_store(), self.pending_store()
+        self.bind_store()
+        step = partial(self._step, report)
+        with report.stage("parse"):
+            ctx = self._context(batch_id, started_at, cached)
+            state = ctx.keep(state_store.read_before(batch_id))
+            batch = read_batch(ctx, batch_df, state)
+        report.record_input(batch)
+        # The events and the quarantine go first: they need no session state.
+        step("enriched", write_enriched, ctx, batch)
+        step("quarantine", write_quarantine, ctx, batch)
+        with report.stage("sessionize"):
+            sessionized = sessionize_batch(ctx, batch, state)
+        report.record_sessions(sessionized)
+        changes = batch_changes(
+            batch.events, sessionized.sessions, self.cfg.recommend, has_events=bool(batch.valid_rows)
+        )
+        report.input_waiting = self.backlog.waiting_after(batch_id) if self.backlog is not None else 0
+        if report.input_waiting:
+            # More of the backlog waits: the live tables need only the state after its last batch.
+            updates = live_updates(changes, sessionized.sessions, batch_id)
+            live = [partial(step, "pending_updates", write_pending_updates, ctx, pending, updates)]
+        else:
+            own = changes if batch.valid_rows or sessionized.closed else None
+            fold = live_fold(ctx, pending, sessionized.sessions, own)
+            live = [
+                partial(step, "live_sessions", write_live_sessions, ctx, fold),
+                partial(self._fold_profiles_then_recommendations, ctx, fold, step),
+            ]
+        # Each write is exactly once on its own, so neither their order nor a crash between them
+        # matters; within a chain a step may need the one before it. The chains run side by
+        # side: a micro-batch's time is mostly planning and Delta's bookkeeping on the driver,
+        # not work on the executors' cores.
+        _run_side_by_side(
+            [
+                [live[0], partial(step, "item_popularity", write_item_popularity, ctx, batch)],
+                live[1:],
+                [
+                    partial(step, "session_features", write_session_features, ctx, sessionized),
+                    partial(step, "state", write_state, ctx, state_store, sessionized),
+                ],
+            ],
+            thread_name_prefix=f"batch-{batch_id}",
+        )
+        if not report.input_waiting:
+            pending.delete_through(batch_id)
+        if due(batch_id, self.cfg.stream.compact_every):
+            with report.stage("compact"):
+                compact_most_fragmented(ctx)
+        if due(batch_id, self.cfg.lake.vacuum_every):
+            self._start_vacuum()
+        with report.stage("metrics"):
+            report.duration_s = time.time() - started_at / 1_000_000
+            ctx.sink.append(_metrics_row(self.spark, report, started_at), ctx.table(STREAM_METRICS), batch_id)
+        self.store.finish_batch(batch_id, datetime.now(timezone.utc))
+
+
+def _run_side_by_side(chains: list[list[Callable[[], object]]], thread_name_prefix: str) -> None:
+    """Run each chain's steps in order, the chains in parallel threads; raise the first failure."""
+    chains = [chain for chain in chains if chain]
+    with ThreadPoolExecutor(len(chains), thread_name_prefix=thread_name_prefix) as pool:
+        outcomes = [pool.submit(lambda steps: [run() for run in steps], chain) for chain in chains]
+    failures = [f.exception() for f in outcomes if f.exception() is not None]
+    if failures:
+        raise failures[0]
+
+
+def compact_most_fragmented(ctx: BatchContext) -> None:
+    """Compact the stream table with the most data files (``table_to_compact``)."""
+    name = table_to_compact({t: data_files(ctx.spark, ctx.table(t)) for t in COMPACTED_TABLES})
+    if name:
+        compact(ctx.spark, ctx.table(name))
+
+
+def _metrics_row(spark: SparkSession, report: BatchReport, started_at: int) -> DataFrame:
+    rows_per_s = report.input_lines / report.duration_s if report.duration_s > 0 else None
+    return spark.range(1).select(
+        F.lit(report.batch_id).cast("long").alias("batch_id"),
+        micros_literal(started_at).alias("started_at"),
+        F.lit(report.input_lines).cast("long").alias("input_lines"),
+        F.lit(report.valid_rows).cast("long").alias("valid_rows"),
+        F.lit(report.quarantined_rows).cast("long").alias("quarantined_rows"),
+        F.lit(report.late_rows_dropped).cast("long").alias("late_rows_dropped"),
+        F.lit(report.sessions_closed).cast("long").alias("sessions_closed"),
+        F.lit(report.open_sessions).cast("long").alias("open_sessions"),
+        micros_literal(report.watermark_micros).alias("watermark"),
+        F.lit(report.duration_s).cast("double").alias("duration_s"),
+        F.lit(rows_per_s).cast("double").alias("rows_per_s"),
+        F.create_map(*[F.lit(x) for stage in report.stage_s.items() for x in stage])
+        .cast("map<string,double>")
+        .alias("stage_s"),
+    )
+
+
+class ProgressLogger(StreamingQueryListener):
+    """Logs one line per micro-batch: id, input rows, rows/s, duration, watermark, late drops."""
+
+    def __init__(self, stats: StreamStats):
+        self.stats = stats
+        self.terminated = threading.Event()
+
+    def onQueryStarted(self, event) -> None:
+        log.info("stream %s started (id %s)", event.name, event.id)
+
+    def onQueryProgress(self, event) -> None:
+        progress = event.progress
+        report = self.stats.get(progress.batchId)
+        duration_ms = progress.durationMs.get("triggerExecution", 0)
+        if report is None:
+            log.info("batch %d: %d rows in %.2f s", progress.batchId, progress.numInputRows, duration_ms / 1000)
+            return
+        log.info(
+            "batch %d: %d rows in %.2f s (%.0f rows/s) valid=%d quarantined=%d late_dropped=%d "
+            "(total %d) sessions_closed=%d open_sessions=%d watermark=%s [%s]",
+            progress.batchId,
+            progress.numInputRows,
+            duration_ms / 1000,
+            progress.numInputRows / (duration_ms / 1000) if duration_ms else 0.0,
+            report.valid_rows,
+            report.quarantined_rows,
+            report.late_rows_dropped,
+            self.stats.late_rows_dropped_total,
+            report.sessions_closed,
+            report.open_sessions,
+            report.watermark_text,
+            report.stages_text,
+        )
+
+    def onQueryIdle(self, event) -> None:
+        pass
+
+    def onQueryTerminated(self, event) -> None:
+        if event.exception and "StopRequested" in event.exception:
+            log.info("stream %s stopped on request", event.id)
+        elif event.exception:
+            log.error("stream %s failed: %s", event.id, event.exception)
+        else:
+            log.info("stream %s stopped", event.id)
+        self.terminated.set()
+
+
+@dataclass
+class StreamHandle:
+    """A running activity stream: the query, its batch writer and its progress listener."""
+
+    spark: SparkSession
+    query: StreamingQuery
+    writer: SessionBatchWriter
+    listener: ProgressLogger
+    lock: CheckpointLock
+
+    def request_stop(self, timeout_s: float = 300.0) -> None:
+        """Stop between micro-batches, quietly: no batch is interrupted halfway.
+
+        The running batch (if any) finishes and commits; a batch that starts after the request
+        writes nothing and ends as interrupted (``StopRequested``). Interrupting a batch would be
+        safe too (it is replayed exactly once on restart), but it would waste its work and log
+        errors. After ``timeout_s`` the query is stopped regardless.
+        """
+        self.writer.request_stop()
+        if not self.writer.wait_until_idle(timeout_s):
+            log.warning("the running micro-batch did not finish within %.0f s; interrupting it", timeout_s)
+        # Let Spark record the finished batch in its commit log before the interrupt arrives.
+        deadline = time.monotonic() + 5.0
+        while (
+            self.query.isActive
+            and self.query.status.get("isTriggerActive")
+            and not self.writer.parked_for_stop.is_set()
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+        self.query.stop()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait for the query to end; True if it ended. Raises if it failed (not on a requested stop)."""
+        try:
+            if timeout_s is None:
+                self.query.awaitTermination()
+                return True
+            return bool(self.query.awaitTermination(timeout_s))
+        except StreamingQueryException as exc:
+            if self.writer.stop_requested.is_set() and "StopRequested" in str(exc):
+                return True
+            raise
+
+    def finish_run(self) -> None:
+        """After an availableNow run ended on its own (see ``SessionBatchWriter.finish_run``)."""
+        self.writer.finish_run()
+
+    def close(self, drain_timeout_s: float = 10.0) -> None:
+        """Release the checkpoint and unregister the listener once it logged the last events."""
+        if self.query.isActive:
+            self.query.stop()
+        self.writer.close()
+        self.lock.release()
+        self.listener.terminated.wait(drain_timeout_s)
+        self.spark.streams.removeListener(self.listener)
+
+
+def start_stream(
+    spark: SparkSession, cfg: Config, available_now: bool = False, stats: StreamStats | None = None
+) -> StreamHandle:
+    """Take the checkpoint, create the tables, then start the activity stream.
+
+    Raises ``CheckpointError`` when another instance runs on the same checkpoint or the
+    config is incompatible with it, ``KafkaError`` when the Kafka source's broker does not
+    answer or its topic does not exist.
+    """
+    checkpoint = cfg.paths.checkpoint(STREAM_CHECKPOINT)
+    lock = acquire_lock(spark, checkpoint)
+    try:
+        check_compatible_config(spark, checkpoint, cfg)
+        ensure_tables(spark, cfg)
+        register_tables(spark, cfg)
+        source = activity_stream(spark, cfg)
+        stats = stats or StreamStats()
+        backlog = _backlog(spark, cfg, checkpoint) if available_now and cfg.stream.defer_live_in_backlog else None
+        batch_writer = SessionBatchWriter(spark, cfg, stats, backlog=backlog)
+        writer = (
+            source.writeStream.queryName(QUERY_NAME).foreachBatch(batch_writer).option("checkpointLocation", checkpoint)
+        )
+        if available_now:
+            writer = writer.trigger(availableNow=True)
+        else:
+            writer = writer.trigger(processingTime=f"{cfg.stream.trigger_interval_seconds} seconds")
+        listener = ProgressLogger(stats)
+        spark.streams.addListener(listener)
+        return StreamHandle(spark, writer.start(), batch_writer, listener, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _backlog(spark: SparkSession, cfg: Config, checkpoint: str) -> FileBacklog | KafkaBacklog | None:
+    """What the availableNow run about to start has to read, taken before it starts."""
+    if cfg.source.kind == "files":
+        return FileBacklog(spark, cfg.paths.events_dir, checkpoint)
+    try:
+        offsets = end_offsets(cfg.kafka.bootstrap_servers, cfg.kafka.topic, cfg.kafka.options)
+    except KafkaError as exc:
+        log.warning("%s; every batch of this run updates the live tables", exc)
+        return None
+    log.info("end offsets of topic %r before this run: %s", cfg.kafka.topic, offsets)
+    return KafkaBacklog(spark, checkpoint, offsets)
+
+
+def run_available_now(spark: SparkSession, cfg: Config) -> StreamStats:
+    """Process all input present (files, or Kafka messages) in one availableNow run; raises if the
+    query fails."""
+    stats = StreamStats()
+    handle = start_stream(spark, cfg, available_now=True, stats=stats)
+    try:
+        handle.wait()
+        handle.finish_run()
+    finally:
+        handle.close()
+    return stats

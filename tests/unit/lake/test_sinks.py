@@ -1,0 +1,70 @@
+"""The Delta sink writes each micro-batch of a stream once: a replayed batch is skipped, another
+stream's commits do not count, and a MERGE updates, deletes and inserts as its conditions say."""
+
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql.types import DoubleType, IntegerType, MapType, StringType, StructField, StructType
+
+from lib.lake.sinks import BatchSink, ensure_delta_table
+
+SCHEMA = StructType([StructField("k", IntegerType()), StructField("v", StringType())])
+
+
+def rows(spark, *pairs):
+    return spark.createDataFrame(list(pairs), SCHEMA)
+
+
+def read(spark, path):
+    return spark.read.format("delta").load(path)
+
+
+def test_an_append_is_written_once_per_batch_of_its_own_stream(spark, tmp_path):
+    path = str(tmp_path / "events")
+    sink, other = BatchSink(spark, "query-a"), BatchSink(spark, "query-b")
+    assert sink.last_committed_batch(path) == -1  # no table yet
+    assert sink.append(rows(spark, (1, "a"), (None, None)), path, 0)
+    assert sink.append(rows(spark, (2, "b")), path, 1)
+    assert not sink.append(rows(spark, (2, "b")), path, 1)  # the replay of batch 1
+    assert not sink.append(rows(spark, (1, "a")), path, 0)  # and of an older batch
+    assert other.append(rows(spark, (3, "c")), path, 0)  # another stream's batch 0 is its own
+    assert sink.last_committed_batch(path) == 1
+    assert other.last_committed_batch(path) == 0
+    assert_df_equality(
+        read(spark, path), rows(spark, (1, "a"), (None, None), (2, "b"), (3, "c")), ignore_row_order=True
+    )
+
+
+def test_an_upsert_deletes_updates_and_inserts_as_its_conditions_say_once(spark, tmp_path):
+    path = str(tmp_path / "profiles")
+    ensure_delta_table(spark, path, SCHEMA)
+    ensure_delta_table(spark, path, SCHEMA)  # a second start finds the table
+    sink = BatchSink(spark, "query")
+    assert sink.upsert(rows(spark, (1, "a"), (2, "b"), (3, "c")), path, ["k"], 0)
+    updates = rows(spark, (1, None), (2, "b2"), (3, "keep"), (4, "d"), (5, None))
+    conditions = dict(
+        delete_condition="s.v IS NULL", update_condition="s.v <> 'keep'", insert_condition="s.v IS NOT NULL"
+    )
+    assert sink.upsert(updates, path, ["k"], 1, **conditions)
+    expected = rows(spark, (2, "b2"), (3, "c"), (4, "d"))
+    assert_df_equality(read(spark, path), expected, ignore_row_order=True)
+    # The replay of batch 1 (say its rows now differ) leaves the table as the first attempt did.
+    assert not sink.upsert(rows(spark, (2, "again")), path, ["k"], 1)
+    assert_df_equality(read(spark, path), expected, ignore_row_order=True)
+    # The session conf that carried the MERGE's marker is left as it was found.
+    assert spark.conf.get("spark.databricks.delta.commitInfo.userMetadata", None) is None
+
+
+def test_an_app_id_with_the_marker_separator_is_refused(spark):
+    with pytest.raises(ValueError, match="must not contain ':'"):
+        BatchSink(spark, "query:1")
+
+
+def test_an_existing_table_gets_the_columns_a_newer_schema_adds_and_keeps_its_rows(spark, tmp_path):
+    path = str(tmp_path / "metrics")
+    ensure_delta_table(spark, path, SCHEMA)
+    BatchSink(spark, "query").append(rows(spark, (1, "a")), path, 0)
+    newer = StructType([*SCHEMA.fields, StructField("stage_s", MapType(StringType(), DoubleType()))])
+    ensure_delta_table(spark, path, newer)
+    ensure_delta_table(spark, path, newer)  # nothing left to add
+    assert read(spark, path).schema.simpleString() == newer.simpleString()
+    assert [tuple(r) for r in read(spark, path).collect()] == [(1, "a", None)]
