@@ -759,7 +759,7 @@ def scaling(root: Path, scale: Scale, spark) -> dict:
     batches = run.metrics(spark)
     by_events = []
     for size in scale.scale_events_per_file:
-        warm = [m.duration_s for m in batches if m.batch_id > 0 and m.input_lines == size + 1]
+        warm = [m.duration_s for m in batches if m.batch_id > 0 and m.input_lines == size]
         if warm:
             by_events.append(
                 {
