@@ -48,6 +48,23 @@ LAST_EVENT = "last_event"
 LAST_EVENT_KEY = "last_event_key"
 IS_OPEN = "is_open"
 UPDATED_AT = "updated_at"
+# quarantine: the rejected line as read, and why (``<code>: <detail>``; ``;`` between several).
+RAW = "raw"
+REASON = "reason"
+REJECTED_LINES = "rejected_lines"
+# stream_metrics: one row per micro-batch.
+BATCH_ID = "batch_id"
+STARTED_AT = "started_at"
+INPUT_LINES = "input_lines"
+VALID_ROWS = "valid_rows"
+QUARANTINED_ROWS = "quarantined_rows"
+LATE_ROWS_DROPPED = "late_rows_dropped"
+SESSIONS_CLOSED = "sessions_closed"
+OPEN_SESSIONS = "open_sessions"
+WATERMARK = "watermark"
+DURATION_S = "duration_s"
+ROWS_PER_S = "rows_per_s"
+STAGE_S = "stage_s"
 
 # Table names (folders under paths.lake).
 ENRICHED_EVENTS = "enriched_events"
@@ -169,29 +186,29 @@ LIVE_SESSIONS_SCHEMA = StructType(
 QUARANTINE_SCHEMA = StructType(
     [
         StructField(SOURCE_FILE, StringType()),
-        StructField("raw", StringType()),
-        StructField("reason", StringType()),
+        StructField(RAW, StringType()),
+        StructField(REASON, StringType()),
         StructField(INGESTED_AT, TimestampType()),
         # Data lines of a file rejected whole (one quarantine row stands for the file); null otherwise.
-        StructField("rejected_lines", LongType()),
+        StructField(REJECTED_LINES, LongType()),
     ]
 )
 
 STREAM_METRICS_SCHEMA = StructType(
     [
-        StructField("batch_id", LongType()),
-        StructField("started_at", TimestampType()),
-        StructField("input_lines", LongType()),
-        StructField("valid_rows", LongType()),
-        StructField("quarantined_rows", LongType()),
-        StructField("late_rows_dropped", LongType()),
-        StructField("sessions_closed", LongType()),
-        StructField("open_sessions", LongType()),
-        StructField("watermark", TimestampType()),
-        StructField("duration_s", DoubleType()),
-        StructField("rows_per_s", DoubleType()),
+        StructField(BATCH_ID, LongType()),
+        StructField(STARTED_AT, TimestampType()),
+        StructField(INPUT_LINES, LongType()),
+        StructField(VALID_ROWS, LongType()),
+        StructField(QUARANTINED_ROWS, LongType()),
+        StructField(LATE_ROWS_DROPPED, LongType()),
+        StructField(SESSIONS_CLOSED, LongType()),
+        StructField(OPEN_SESSIONS, LongType()),
+        StructField(WATERMARK, TimestampType()),
+        StructField(DURATION_S, DoubleType()),
+        StructField(ROWS_PER_S, DoubleType()),
         # Wall-clock seconds per stage of the batch (parse, enriched, sessionize, live_sessions, ...).
-        StructField("stage_s", MapType(StringType(), DoubleType())),
+        StructField(STAGE_S, MapType(StringType(), DoubleType())),
     ]
 )
 

@@ -23,6 +23,9 @@ from lib.core.schemas import (
     EVENT_TYPES,
     INGESTED_AT,
     ITEM_ID,
+    RAW,
+    REASON,
+    REJECTED_LINES,
     REQUIRED_EVENT_COLUMNS,
     SOURCE_FILE,
     TIMESTAMP,
@@ -186,8 +189,8 @@ def _parsed(fields: DataFrame, value: Column, row_reason: Column, rejected_lines
         _typed_field(ITEM_ID).alias(ITEM_ID),
         _typed_field(EVENT_TYPE).alias(EVENT_TYPE),
         _typed_field(TIMESTAMP).alias(EVENT_TS),
-        F.coalesce(row_reason, all_field_reasons).alias("reason"),
-        rejected_lines.alias("rejected_lines"),
+        F.coalesce(row_reason, all_field_reasons).alias(REASON),
+        rejected_lines.alias(REJECTED_LINES),
     )
 
 
@@ -273,17 +276,22 @@ def parse_activity_messages(messages: DataFrame, max_message_chars: int = 4096) 
 
 def valid_events(parsed: DataFrame) -> DataFrame:
     """Rows of ``parse_activity_lines`` that passed every check, typed."""
-    return parsed.where(F.col("reason").isNull()).select(
+    return parsed.where(F.col(REASON).isNull()).select(
         USER_ID, ITEM_ID, EVENT_TYPE, EVENT_TS, SOURCE_FILE, "file_block_start", "line_id"
     )
 
 
 def quarantine_rows(parsed: DataFrame, ingested_at: Column) -> DataFrame:
     """Rows of ``parse_activity_lines`` that were rejected, in the quarantine table's shape."""
-    return parsed.where(F.col("reason").isNotNull()).select(
+    return parsed.where(F.col(REASON).isNotNull()).select(
         SOURCE_FILE,
-        F.make_valid_utf8("value").alias("raw"),
-        "reason",
+        F.make_valid_utf8("value").alias(RAW),
+        REASON,
         ingested_at.alias(INGESTED_AT),
-        "rejected_lines",
+        REJECTED_LINES,
     )
+
+
+def reason_code(reason: Column) -> Column:
+    """The code of a quarantine ``reason``: the part of its first reason before the colon."""
+    return F.split(F.split(reason, ";")[0], ":")[0]

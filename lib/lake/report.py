@@ -7,11 +7,15 @@ from pyspark.sql import functions as F
 
 from lib.core.config import Config
 from lib.core.schemas import (
+    DURATION_S,
     ENRICHED_EVENTS,
+    INPUT_LINES,
+    LATE_ROWS_DROPPED,
     LIVE_RECOMMENDATIONS,
     LIVE_SESSIONS,
     QUARANTINE,
     RANK,
+    REASON,
     RECOMMENDATIONS,
     SESSION_FEATURES,
     SESSION_START,
@@ -19,7 +23,9 @@ from lib.core.schemas import (
     TABLES,
     USER_ID,
     USER_PROFILES,
+    WATERMARK,
 )
+from lib.ingest.parsing import reason_code
 from lib.ingest.sources import read_table
 
 
@@ -66,8 +72,7 @@ def quarantine_reasons(spark: SparkSession, cfg: Config) -> DataFrame | None:
     quarantine = read_table(spark, cfg, QUARANTINE)
     if quarantine is None:
         return None
-    code = F.split(F.split("reason", ";")[0], ":")[0]
-    return quarantine.groupBy(code.alias("reason_code")).count().orderBy(F.desc("count"))
+    return quarantine.groupBy(reason_code(F.col(REASON)).alias("reason_code")).count().orderBy(F.desc("count"))
 
 
 def stream_throughput(spark: SparkSession, cfg: Config) -> DataFrame | None:
@@ -77,10 +82,10 @@ def stream_throughput(spark: SparkSession, cfg: Config) -> DataFrame | None:
         return None
     return metrics.agg(
         F.count(F.lit(1)).alias("batches"),
-        F.sum("input_lines").alias("input_lines"),
-        F.sum("late_rows_dropped").alias("late_rows_dropped"),
-        F.round(F.sum("duration_s"), 1).alias("busy_s"),
-        F.round(F.sum("input_lines") / F.sum("duration_s"), 0).alias("rows_per_busy_s"),
-        F.round(F.percentile_approx("duration_s", 0.5), 2).alias("median_batch_s"),
-        F.max("watermark").alias("watermark"),
+        F.sum(INPUT_LINES).alias(INPUT_LINES),
+        F.sum(LATE_ROWS_DROPPED).alias(LATE_ROWS_DROPPED),
+        F.round(F.sum(DURATION_S), 1).alias("busy_s"),
+        F.round(F.sum(INPUT_LINES) / F.sum(DURATION_S), 0).alias("rows_per_busy_s"),
+        F.round(F.percentile_approx(DURATION_S, 0.5), 2).alias("median_batch_s"),
+        F.max(WATERMARK).alias(WATERMARK),
     )

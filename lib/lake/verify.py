@@ -27,6 +27,7 @@ from lib.core.schemas import (
     IS_OPEN,
     ITEM_ID,
     LAST_EVENT,
+    LATE_ROWS_DROPPED,
     LIVE_RECOMMENDATIONS,
     LIVE_SESSIONS,
     NUM_ADD_TO_CART,
@@ -36,6 +37,8 @@ from lib.core.schemas import (
     PROFILE_COLUMNS,
     QUARANTINE,
     RANK,
+    RAW,
+    REASON,
     RECOMMENDATIONS,
     SESSION_END,
     SESSION_FEATURES,
@@ -49,7 +52,7 @@ from lib.core.schemas import (
     USER_PROFILES,
     VIEW,
 )
-from lib.ingest.parsing import parse_timestamp
+from lib.ingest.parsing import parse_timestamp, reason_code
 
 MANIFEST_SCHEMA = StructType(
     [
@@ -138,12 +141,12 @@ def verify(spark: SparkSession, cfg: Config, manifest: DataFrame) -> list[TableC
     quarantine = multiset_diff(
         QUARANTINE,
         manifest.where(F.col("expected_reason").isNotNull()).select(
-            F.col("file").alias(SOURCE_FILE), "raw", F.col("expected_reason").alias("code")
+            F.col("file").alias(SOURCE_FILE), F.col("raw").alias(RAW), F.col("expected_reason").alias("code")
         ),
         table(QUARANTINE).select(
             _basename(SOURCE_FILE).alias(SOURCE_FILE),
-            "raw",
-            F.split(F.split("reason", ";")[0], ":")[0].alias("code"),
+            RAW,
+            reason_code(F.col(REASON)).alias("code"),
         ),
     )
     events = valid.select(
@@ -161,7 +164,7 @@ def verify(spark: SparkSession, cfg: Config, manifest: DataFrame) -> list[TableC
     expected_sessions = closed_sessions(on_time, cfg.sessions.gap_seconds, watermark)
     sessions = multiset_diff(SESSION_FEATURES, expected_sessions, table(SESSION_FEATURES).select(*SESSION_KEYS))
     predicted_late = events.where("_late").count()
-    reported_late = table(STREAM_METRICS).agg(F.sum("late_rows_dropped")).first()[0] or 0
+    reported_late = table(STREAM_METRICS).agg(F.sum(LATE_ROWS_DROPPED)).first()[0] or 0
     late = TableCheck(
         "late_rows_dropped",
         predicted_late,

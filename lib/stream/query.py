@@ -41,16 +41,28 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
-from lib.core.config import Config
+from lib.core.config import Config, micros
 from lib.core.schemas import (
+    BATCH_ID,
+    DURATION_S,
     ENRICHED_EVENTS,
+    INPUT_LINES,
+    LATE_ROWS_DROPPED,
     LIVE_RECOMMENDATIONS,
     LIVE_SESSIONS,
+    OPEN_SESSIONS,
     QUARANTINE,
+    QUARANTINED_ROWS,
+    ROWS_PER_S,
     SESSION_FEATURES,
+    SESSIONS_CLOSED,
+    STAGE_S,
+    STARTED_AT,
     STREAM_METRICS,
     TABLE_SCHEMAS,
     USER_PROFILES,
+    VALID_ROWS,
+    WATERMARK,
 )
 from lib.features.live_updates import CLOSED, batch_changes, live_updates
 from lib.ingest.backlog import FileBacklog, KafkaBacklog
@@ -225,11 +237,11 @@ def ensure_tables(spark: SparkSession, cfg: Config) -> None:
         ensure_delta_table(spark, cfg.paths.table(name), schema)
 
 
-def format_micros(micros: int | None) -> str:
+def format_micros(timestamp_micros: int | None) -> str:
     """A UTC timestamp in microseconds since the epoch, as text (``-`` for none)."""
-    if micros is None:
+    if timestamp_micros is None:
         return "-"
-    return datetime.fromtimestamp(micros / 1_000_000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(timestamp_micros / 1_000_000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 class SessionBatchWriter:
@@ -300,7 +312,7 @@ class SessionBatchWriter:
         self.bind_store()
         cached: list[DataFrame] = []
         try:
-            ctx = self._context(last, int(time.time() * 1_000_000), cached)
+            ctx = self._context(last, micros(time.time()), cached)
             sessions = ctx.keep(state_store.read_before(last + 1).withColumn(CLOSED, F.lit(False)))
             fold = live_fold(ctx, pending, sessions, None)
             step = partial(self._step, BatchReport(last))
@@ -342,7 +354,7 @@ class SessionBatchWriter:
         if stopping:
             self._end_for_stop(batch_id)
         started = time.monotonic()
-        started_at = int(time.time() * 1_000_000)
+        started_at = micros(time.time())
         report = BatchReport(batch_id)
         cached: list[DataFrame] = []
         try:
@@ -516,20 +528,20 @@ def compact_most_fragmented(ctx: BatchContext) -> None:
 def _metrics_row(spark: SparkSession, report: BatchReport, started_at: int) -> DataFrame:
     rows_per_s = report.input_lines / report.duration_s if report.duration_s > 0 else None
     return spark.range(1).select(
-        F.lit(report.batch_id).cast("long").alias("batch_id"),
-        micros_literal(started_at).alias("started_at"),
-        F.lit(report.input_lines).cast("long").alias("input_lines"),
-        F.lit(report.valid_rows).cast("long").alias("valid_rows"),
-        F.lit(report.quarantined_rows).cast("long").alias("quarantined_rows"),
-        F.lit(report.late_rows_dropped).cast("long").alias("late_rows_dropped"),
-        F.lit(report.sessions_closed).cast("long").alias("sessions_closed"),
-        F.lit(report.open_sessions).cast("long").alias("open_sessions"),
-        micros_literal(report.watermark_micros).alias("watermark"),
-        F.lit(report.duration_s).cast("double").alias("duration_s"),
-        F.lit(rows_per_s).cast("double").alias("rows_per_s"),
+        F.lit(report.batch_id).cast("long").alias(BATCH_ID),
+        micros_literal(started_at).alias(STARTED_AT),
+        F.lit(report.input_lines).cast("long").alias(INPUT_LINES),
+        F.lit(report.valid_rows).cast("long").alias(VALID_ROWS),
+        F.lit(report.quarantined_rows).cast("long").alias(QUARANTINED_ROWS),
+        F.lit(report.late_rows_dropped).cast("long").alias(LATE_ROWS_DROPPED),
+        F.lit(report.sessions_closed).cast("long").alias(SESSIONS_CLOSED),
+        F.lit(report.open_sessions).cast("long").alias(OPEN_SESSIONS),
+        micros_literal(report.watermark_micros).alias(WATERMARK),
+        F.lit(report.duration_s).cast("double").alias(DURATION_S),
+        F.lit(rows_per_s).cast("double").alias(ROWS_PER_S),
         F.create_map(*[F.lit(x) for stage in report.stage_s.items() for x in stage])
         .cast("map<string,double>")
-        .alias("stage_s"),
+        .alias(STAGE_S),
     )
 
 

@@ -30,6 +30,7 @@ from lib.core.schemas import (
     PROFILE_COLUMNS,
     QUARANTINE,
     RANK,
+    REASON,
     RECENT_EVENTS,
     SESSION_END,
     SESSION_FEATURES,
@@ -139,7 +140,7 @@ def read_batch(ctx: BatchContext, batch_df: DataFrame, state: DataFrame) -> Pars
         late = F.lit(False)
     else:
         late = F.unix_micros(EVENT_TS) < F.lit(previous_max_end - micros(ctx.cfg.sessions.watermark_seconds))
-    valid = F.col("reason").isNull()
+    valid = F.col(REASON).isNull()
     counts = parsed.agg(
         F.count(F.lit(1)).alias("rows"),
         F.count(F.when(valid, 1)).alias("valid"),
