@@ -16,9 +16,10 @@ import _bootstrap  # noqa: F401
 from lib.core.cli import base_parser, config_from_args, setup_logging
 from lib.core.config import MODELS
 from lib.core.spark import WHOLE_LAKE_CONF, get_spark
+from lib.features.interactions import SPLITS
 from lib.lake.batch import LakeNotReadyError, lake_interactions
 from lib.lake.report_files import write_evaluation
-from lib.recommend.evaluation import SPLITS, evaluate_models
+from lib.recommend.evaluation import evaluate_models
 
 log = logging.getLogger("evaluate")
 

@@ -1,12 +1,13 @@
 """User-item interactions: what the models learn from.
 
 Events are weighted by type and purchases count as the strongest signal (weights in
-``[recommend]``); each user-item pair is kept once, with its strongest signal.
+``[recommend]``); each user-item pair is kept once, with its strongest signal. The offline
+evaluation and EASE's penalty search split them per user the same way (``split_per_user``).
 """
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from lib.core.config import RecommendConfig
@@ -45,3 +46,25 @@ def interactions_from(events: DataFrame, purchases: DataFrame, rec: RecommendCon
         .groupBy(USER_ID, ITEM_ID)
         .agg(F.max(STRENGTH).alias(STRENGTH), F.max(LAST_TS).alias(LAST_TS))
     )
+
+
+SPLITS = ("random", "time")
+
+
+def split_per_user(
+    interactions: DataFrame, how: str, ratio: float = 0.75, seed: int = 42
+) -> tuple[DataFrame, DataFrame]:
+    """``(train, test)``: the first ``ceil(ratio * n)`` interactions of each user go to train,
+    in a seeded random order (``random``) or in time order (``time``)."""
+    if how == "random":
+        order = [F.rand(seed), F.col(ITEM_ID)]
+    elif how == "time":
+        order = [F.col(LAST_TS), F.col(ITEM_ID)]
+    else:
+        raise ValueError(f"unknown split {how!r}; choose one of {SPLITS}")
+    ranked = interactions.withColumn(
+        "_pos", F.row_number().over(Window.partitionBy(USER_ID).orderBy(*order))
+    ).withColumn("_n", F.count(F.lit(1)).over(Window.partitionBy(USER_ID)))
+    in_train = F.col("_pos") <= F.ceil(F.col("_n") * F.lit(ratio))
+    columns = interactions.columns
+    return ranked.where(in_train).select(*columns), ranked.where(~in_train).select(*columns)

@@ -17,41 +17,22 @@ import logging
 import time
 
 from pyspark.ml.evaluation import RankingEvaluator
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lib.core.config import RecommendConfig
-from lib.core.schemas import ITEM_ID, LAST_TS, RANK, USER_ID
+from lib.core.schemas import ITEM_ID, RANK, USER_ID
+from lib.features.interactions import SPLITS, split_per_user
 from lib.recommend.models import fit_model, top_k_recommendations
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("random", "time")
 SPARK_METRICS = {
     "precision": "precisionAtK",
     "recall": "recallAtK",
     "ndcg": "ndcgAtK",
     "map": "meanAveragePrecisionAtK",
 }
-
-
-def split_per_user(
-    interactions: DataFrame, how: str, ratio: float = 0.75, seed: int = 42
-) -> tuple[DataFrame, DataFrame]:
-    """``(train, test)``: the first ``ceil(ratio * n)`` interactions of each user go to train,
-    in a seeded random order (``random``) or in time order (``time``)."""
-    if how == "random":
-        order = [F.rand(seed), F.col(ITEM_ID)]
-    elif how == "time":
-        order = [F.col(LAST_TS), F.col(ITEM_ID)]
-    else:
-        raise ValueError(f"unknown split {how!r}; choose one of {SPLITS}")
-    ranked = interactions.withColumn(
-        "_pos", F.row_number().over(Window.partitionBy(USER_ID).orderBy(*order))
-    ).withColumn("_n", F.count(F.lit(1)).over(Window.partitionBy(USER_ID)))
-    in_train = F.col("_pos") <= F.ceil(F.col("_n") * F.lit(ratio))
-    columns = interactions.columns
-    return ranked.where(in_train).select(*columns), ranked.where(~in_train).select(*columns)
 
 
 def ranking_metrics(recommended: DataFrame, relevant: DataFrame, k: int, catalogue_size: int) -> dict[str, float]:

@@ -36,6 +36,7 @@ from pyspark.sql.types import DoubleType, IntegerType, StructField, StructType
 
 from lib.core.config import RecommendConfig
 from lib.core.schemas import ITEM_ID, RANK, SCORE, STRENGTH, USER_ID
+from lib.features.interactions import split_per_user
 
 log = logging.getLogger(__name__)
 
@@ -174,22 +175,25 @@ def _ndcg_at_k(scores: np.ndarray, held_out: list[np.ndarray], k: int) -> float:
 def choose_ease_penalty(
     interactions: DataFrame, item_ids: np.ndarray, k: int, seed: int
 ) -> tuple[float, float, float, dict]:
-    """Pick EASE's ``(lambda factor, dropout, popularity exponent)`` by NDCG@k on a per-user random 20% of the
-    interactions. The factor multiplies the mean diagonal of whatever Gram matrix the model
-    is then fitted on.
+    """Pick EASE's ``(lambda factor, dropout, popularity exponent)`` by NDCG@k on the interactions a
+    random per-user split holds out (``split_per_user``, 80% to train), as ``jobs/evaluate.py``
+    splits. The factor multiplies the mean diagonal of whatever Gram matrix the model is then
+    fitted on.
 
     One eigendecomposition per dropout serves every lambda:
     ``(A + lambda I)^-1 = V diag(1 / (e + lambda)) V'`` for ``A = G + c diag(G)``.
     """
-    ranked = interactions.withColumn(
-        "_pos", F.row_number().over(Window.partitionBy(USER_ID).orderBy(F.rand(seed), ITEM_ID))
-    ).withColumn("_n", F.count(F.lit(1)).over(Window.partitionBy(USER_ID)))
-    held = (F.col("_n") >= 3) & (F.col("_pos") > F.ceil(F.col("_n") * 0.8))
-    train = ranked.where(~held).select(USER_ID, ITEM_ID, STRENGTH).persist()
+    train, held = split_per_user(interactions.select(USER_ID, ITEM_ID, STRENGTH), "random", 0.8, seed)
+    train = train.persist()
     try:
         gram = dense_gram(train, item_ids)
-        sample = ranked.where(held).select(USER_ID).distinct().orderBy(F.rand(seed)).limit(EASE_VALIDATION_USERS)
-        rows = ranked.join(sample, USER_ID).select(USER_ID, ITEM_ID, STRENGTH, held.alias("_held")).toPandas()
+        sample = held.select(USER_ID).distinct().orderBy(F.rand(seed)).limit(EASE_VALIDATION_USERS)
+        rows = (
+            train.withColumn("_held", F.lit(False))
+            .unionByName(held.withColumn("_held", F.lit(True)))
+            .join(sample, USER_ID)
+            .toPandas()
+        )
     finally:
         train.unpersist()
     if rows.empty:
