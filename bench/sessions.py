@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.benchmark import Workdir, metastore_of  # noqa: E402
+from bench.benchmark import Workdir  # noqa: E402
+from bench.harness import metastore_of  # noqa: E402
 from bench.serving import ApiProcess, get  # noqa: E402
 from lib.core.config import load_config  # noqa: E402
 from lib.core.metastore import stop_server  # noqa: E402
@@ -235,7 +236,7 @@ def main() -> int:
         timings["train model s"] = run.job("jobs/train.py", *settings)
         port = free_port()
         api = ApiProcess(run.config, port, run.dir / "api.log")
-        stream = run.start_stream("--set=stream.max_files_per_trigger=1", *settings)
+        stream = run.stream("--set=stream.max_files_per_trigger=1", *settings)
         started = time.monotonic()
         start = (last + timedelta(days=1)).replace(microsecond=0)
         predictions = replay_test(run, port, test, ids, start)
