@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import statistics
@@ -34,10 +33,11 @@ from bench.freshness import file_delays, source_delays, summary
 from bench.harness import ROOT, RunFolder, metastore_of
 from bench.serving import ApiProcess, ServingProbe, api_load
 from lib.core.config import load_config
+from lib.core.fs import LocalFS
 from lib.core.metastore import stop_server
 from lib.core.processes import free_port
 from lib.core.schemas import STREAM_METRICS, STREAM_TABLES
-from lib.ingest.backlog import OFFSET_LOG, SOURCE_LOG, batch_end_offsets, logged_files
+from lib.ingest.backlog import OFFSET_LOG, SOURCE_LOG, batch_end_offsets, read_by_source_log
 from lib.ingest.generator import ActivityProfile, Catalogue, KafkaActivityWriter, simulate_events
 from lib.ingest.kafka import create_topic, start_broker, stop_broker
 from lib.lake.checkpoint import batches_committed
@@ -158,15 +158,8 @@ class Workdir(RunFolder):
 def has_processed(checkpoint: Path, files: list[Path]) -> bool:
     """Whether the stream of ``checkpoint`` has read every one of ``files`` (its file source's log)
     and committed the batches that read them (its commit log)."""
-    log_dir = checkpoint / SOURCE_LOG
-    read: set[str] = set()
-    last = -1
-    for entry in log_dir.iterdir() if log_dir.is_dir() else []:
-        logged = re.fullmatch(r"(\d+)(\.compact)?", entry.name)
-        if logged:
-            read.update(key for key, _ in logged_files(entry.read_text()))
-            last = max(last, int(logged[1]))
-    return {os.path.abspath(f) for f in files} <= read and batches_committed(checkpoint) > last
+    read, last = read_by_source_log(LocalFS(), str(checkpoint / SOURCE_LOG))
+    return {os.path.abspath(f) for f in files} <= read.keys() and batches_committed(checkpoint) > last
 
 
 def messages_processed(checkpoint: Path) -> int:

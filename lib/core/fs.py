@@ -3,7 +3,26 @@ through Hadoop's FileSystem API in the JVM. Paths are strings throughout."""
 
 from __future__ import annotations
 
+import os
+
 from pyspark.sql import SparkSession
+
+
+class LocalFS:
+    """``HadoopFS``'s reading side on local paths, for tools that read a checkpoint without a
+    Spark session (the benchmark's harness)."""
+
+    def list_names(self, folder: str) -> list[str]:
+        """Names of the entries of ``folder``; empty when it does not exist."""
+        return os.listdir(folder) if os.path.isdir(folder) else []
+
+    def read_text(self, path: str) -> str | None:
+        """The file's content as UTF-8 text; None when it does not exist."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
 
 
 class HadoopFS:

@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlparse
 
 from pyspark.sql import SparkSession
 
-from lib.core.fs import HadoopFS
+from lib.core.fs import HadoopFS, LocalFS
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +54,26 @@ def logged_files(text: str) -> list[tuple[str, int]]:
     return entries
 
 
+def read_by_source_log(fs: HadoopFS | LocalFS, log_dir: str) -> tuple[dict[str, int], int]:
+    """What a file source's log (``<checkpoint>/sources/0``) records as read: ``{path key:
+    modification time in ms}``, and the last batch id with an entry (-1: none)."""
+    read: dict[str, int] = {}
+    last = -1
+    for name in fs.list_names(log_dir):
+        entry = _LOG_FILE.match(name)
+        if entry:
+            read.update(logged_files(fs.read_text(f"{log_dir}/{name}") or "v1"))
+            last = max(last, int(entry[1]))
+    return read, last
+
+
 class FileBacklog:
     """Created before the availableNow query starts; asked after each batch's source log entry exists."""
 
     def __init__(self, spark: SparkSession, events_dir: str, checkpoint: str):
         self._fs = HadoopFS(spark)
         self._log_dir = f"{checkpoint.rstrip('/')}/{SOURCE_LOG}"
-        read: dict[str, int] = {}
-        for name in self._fs.list_names(self._log_dir):
-            if _LOG_FILE.match(name):
-                read.update(logged_files(self._fs.read_text(f"{self._log_dir}/{name}") or "v1"))
+        read, _ = read_by_source_log(self._fs, self._log_dir)
         listed = [(path_key(path), modified) for path, modified in self._fs.list_files(events_dir)]
         listed = [(key, modified) for key, modified in listed if is_input_name(key.rsplit("/", 1)[-1])]
         newest = max([m for _, m in listed] + list(read.values()), default=0)

@@ -3,7 +3,16 @@ the messages of a Kafka topic short of the offsets taken before the run."""
 
 import json
 
-from lib.ingest.backlog import OFFSET_LOG, KafkaBacklog, batch_end_offsets, is_input_name, logged_files, path_key
+from lib.core.fs import LocalFS
+from lib.ingest.backlog import (
+    OFFSET_LOG,
+    KafkaBacklog,
+    batch_end_offsets,
+    is_input_name,
+    logged_files,
+    path_key,
+    read_by_source_log,
+)
 
 
 def test_the_names_the_file_source_skips_are_not_input():
@@ -31,6 +40,21 @@ def test_log_entries_after_the_version_line():
 def offset_log_entry(offsets: dict[str, dict[str, int]]) -> str:
     metadata = {"batchWatermarkMs": 0, "batchTimestampMs": 1700000000000, "conf": {}}
     return "\n".join(["v1", json.dumps(metadata), json.dumps(offsets)])
+
+
+def test_the_source_log_read_whole_gives_every_file_read_and_the_last_batch(tmp_path):
+    def entry(path, ms):
+        return json.dumps({"path": f"file://{path}", "timestamp": ms, "batchId": 0})
+
+    log_dir = tmp_path / "sources" / "0"
+    assert read_by_source_log(LocalFS(), str(log_dir)) == ({}, -1)  # no batch planned yet
+    log_dir.mkdir(parents=True)
+    (log_dir / "9.compact").write_text("\n".join(["v1", entry("/in/a.csv", 1), entry("/in/b.csv", 2)]))
+    (log_dir / "10").write_text("\n".join(["v1", entry("/in/c.csv", 3)]))
+    (log_dir / ".10.tmp").write_text("v1\n" + entry("/in/not-yet.csv", 4))  # a write in progress
+    read, last = read_by_source_log(LocalFS(), str(log_dir))
+    assert read == {"/in/a.csv": 1, "/in/b.csv": 2, "/in/c.csv": 3}
+    assert last == 10
 
 
 def test_a_kafka_batch_end_offsets_come_from_its_offset_log_entry():
