@@ -5,9 +5,10 @@ rows visible in enriched_events, live_sessions and live_recommendations. (For Ka
 
 Usage: .venv/bin/python bench/freshness.py [--config PATH] [--since EPOCH_SECONDS] [--json OUT]
 
-The micro-batch of a file is read from enriched_events (ingested_at = the batch's start, also
-stream_metrics.started_at); each table's commit of that batch carries `<query id>:<batch id>`
-in its userMetadata, and the commit's timestamp is when readers could see it.
+The micro-batch of a file is read from the source log of the query that writes the table, or
+from enriched_events (``source_batches``); each table's commit of that batch carries
+`<query id>:<batch id>` in its userMetadata, and the commit's timestamp is when readers could
+see it.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ import numpy as np
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from lib.core.config import Config, load_config
+from lib.core.config import EVENTS_CHECKPOINT, STREAM_CHECKPOINT, Config, load_config
+from lib.core.fs import LocalFS
 from lib.core.schemas import ENRICHED_EVENTS, LIVE_RECOMMENDATIONS, LIVE_SESSIONS
 from lib.core.spark import get_spark
+from lib.ingest.backlog import SOURCE_LOG, batch_of_files
 
 # The hops measured: from a file's arrival to its rows in each of these tables.
 TABLES = (ENRICHED_EVENTS, LIVE_SESSIONS, LIVE_RECOMMENDATIONS)
@@ -41,11 +44,20 @@ def commit_times(spark: SparkSession, path: str) -> dict[int, float]:
     return times
 
 
-def source_delays(
-    spark: SparkSession, cfg: Config, arrived_at: Callable[[str], float | None], since: float = 0.0
-) -> dict[str, list[tuple[float, float]]]:
-    """table -> [(arrived at, delay until visible)] for every input source (a file, or a Kafka
-    message's ``kafka://`` address) that ``arrived_at`` dates at or after ``since``."""
+def source_batches(spark: SparkSession, cfg: Config) -> dict[str, dict[str, int]]:
+    """table -> {input source: the micro-batch of the query writing that table that read it}.
+
+    With an events query (``Config.has_events_query``), each query's file source log says which
+    of its batches read a file: ``enriched_events`` is the events query's, the live tables the
+    main query's. Else (one query; Kafka) the batch is found from the row's ``ingested_at``,
+    which is its batch's ``stream_metrics.started_at``.
+    """
+    if cfg.has_events_query:
+        read = {
+            name: batch_of_files(LocalFS(), f"{cfg.paths.checkpoint(name)}/{SOURCE_LOG}")
+            for name in (EVENTS_CHECKPOINT, STREAM_CHECKPOINT)
+        }
+        return {table: read[EVENTS_CHECKPOINT if table == ENRICHED_EVENTS else STREAM_CHECKPOINT] for table in TABLES}
     lake = cfg.paths.table
     batch_of_start = {
         r.started_at.timestamp(): r.batch_id
@@ -58,16 +70,23 @@ def source_delays(
         .agg(F.min("ingested_at").alias("ingested_at"))
         .collect()
     )
-    commits = {table: commit_times(spark, lake(table)) for table in TABLES}
+    batches = {row.source_file: batch_of_start.get(row.ingested_at.timestamp()) for row in sources}
+    batches = {source: batch for source, batch in batches.items() if batch is not None}
+    return {table: batches for table in TABLES}
+
+
+def source_delays(
+    spark: SparkSession, cfg: Config, arrived_at: Callable[[str], float | None], since: float = 0.0
+) -> dict[str, list[tuple[float, float]]]:
+    """table -> [(arrived at, delay until visible)] for every input source (a file, or a Kafka
+    message's ``kafka://`` address) that ``arrived_at`` dates at or after ``since``."""
     delays: dict[str, list[tuple[float, float]]] = {table: [] for table in TABLES}
-    for row in sources:
-        arrived = arrived_at(row.source_file)
-        if arrived is None or arrived < since:
-            continue
-        batch = batch_of_start.get(row.ingested_at.timestamp())
-        for table in TABLES:
-            if batch is not None and batch in commits[table]:
-                delays[table].append((arrived, commits[table][batch] - arrived))
+    for table, batches in source_batches(spark, cfg).items():
+        commits = commit_times(spark, cfg.paths.table(table))
+        for source, batch in batches.items():
+            arrived = arrived_at(source)
+            if arrived is not None and arrived >= since and batch in commits:
+                delays[table].append((arrived, commits[batch] - arrived))
     for series in delays.values():
         series.sort()
     return delays

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 SOURCE_LOG = "sources/0"
 OFFSET_LOG = "offsets"
+COMMIT_LOG = "commits"
 MAX_FILE_AGE_MS = 7 * 24 * 3600 * 1000
 _LOG_FILE = re.compile(r"^(\d+)(\.compact)?$")
 
@@ -44,27 +45,54 @@ def is_input_name(name: str) -> bool:
     return not (name.startswith((".", "_")) or name.endswith("._COPYING_"))
 
 
+def _entries(text: str) -> list[dict]:
+    # The first line of a file of the source log is the log's version, "v1".
+    return [json.loads(line) for line in text.splitlines()[1:] if line.strip()]
+
+
 def logged_files(text: str) -> list[tuple[str, int]]:
     """``(path key, modification time in ms)`` of each entry of one file of the source log."""
-    entries = []
-    for line in text.splitlines()[1:]:  # the first line is the log's version, "v1"
-        if line.strip():
-            entry = json.loads(line)
-            entries.append((path_key(entry["path"]), int(entry["timestamp"])))
-    return entries
+    return [(path_key(entry["path"]), int(entry["timestamp"])) for entry in _entries(text)]
 
 
-def read_by_source_log(fs: HadoopFS | LocalFS, log_dir: str) -> tuple[dict[str, int], int]:
-    """What a file source's log (``<checkpoint>/sources/0``) records as read: ``{path key:
-    modification time in ms}``, and the last batch id with an entry (-1: none)."""
-    read: dict[str, int] = {}
-    last = -1
+def _source_log(fs: HadoopFS | LocalFS, log_dir: str) -> list[tuple[int, str]]:
+    """``(batch id, text)`` of every file of a file source's log (``<checkpoint>/sources/0``); a
+    compacted one (``<id>.compact``) holds the entries of every batch up to its id."""
+    texts = []
     for name in fs.list_names(log_dir):
         entry = _LOG_FILE.match(name)
         if entry:
-            read.update(logged_files(fs.read_text(f"{log_dir}/{name}") or "v1"))
-            last = max(last, int(entry[1]))
+            texts.append((int(entry[1]), fs.read_text(f"{log_dir}/{name}") or "v1"))
+    return texts
+
+
+def read_by_source_log(fs: HadoopFS | LocalFS, log_dir: str) -> tuple[dict[str, int], int]:
+    """What a file source's log records as read: ``{path key: modification time in ms}``, and
+    the last batch id with an entry (-1: none)."""
+    read: dict[str, int] = {}
+    last = -1
+    for batch_id, text in _source_log(fs, log_dir):
+        read.update(logged_files(text))
+        last = max(last, batch_id)
     return read, last
+
+
+def batch_of_files(fs: HadoopFS | LocalFS, log_dir: str) -> dict[str, int]:
+    """``{path key: id of the micro-batch that read the file}``, from a file source's log."""
+    return {
+        path_key(entry["path"]): int(entry["batchId"])
+        for _, text in _source_log(fs, log_dir)
+        for entry in _entries(text)
+    }
+
+
+def files_committed(fs: HadoopFS | LocalFS, checkpoint: str, through_batch: int | None = None) -> set[str]:
+    """Path keys of the files a file-source query has read in its committed micro-batches up to
+    ``through_batch`` (default: all of them); a batch planned but not committed is left out."""
+    checkpoint = checkpoint.rstrip("/")
+    if through_batch is None:
+        through_batch = max((int(n) for n in fs.list_names(f"{checkpoint}/{COMMIT_LOG}") if n.isdigit()), default=-1)
+    return {path for path, batch in batch_of_files(fs, f"{checkpoint}/{SOURCE_LOG}").items() if batch <= through_batch}
 
 
 class FileBacklog:

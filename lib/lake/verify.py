@@ -16,7 +16,8 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, StringType, StructField, StructType
 
-from lib.core.config import Config, micros
+from lib.core.config import STREAM_CHECKPOINT, Config, micros
+from lib.core.fs import HadoopFS
 from lib.core.schemas import (
     ADD_TO_CART,
     CLICK,
@@ -52,6 +53,7 @@ from lib.core.schemas import (
     USER_PROFILES,
     VIEW,
 )
+from lib.ingest.backlog import SOURCE_LOG, batch_of_files
 from lib.ingest.parsing import parse_timestamp, reason_code
 
 MANIFEST_SCHEMA = StructType(
@@ -157,7 +159,7 @@ def verify(spark: SparkSession, cfg: Config, manifest: DataFrame) -> list[TableC
         F.col("file").alias(SOURCE_FILE),
         F.col("line").cast("long").alias("line"),
     )
-    events = with_late_flag(events, table(ENRICHED_EVENTS), cfg.sessions.watermark_seconds).persist()
+    events = with_late_flag(events, input_batches(spark, cfg), cfg.sessions.watermark_seconds).persist()
     on_time = events.where(~F.col("_late")).drop("_late")
     final_watermark = on_time.agg(F.max(F.unix_micros(EVENT_TS))).first()[0]
     watermark = None if final_watermark is None else final_watermark - micros(cfg.sessions.watermark_seconds)
@@ -209,15 +211,30 @@ def closed_sessions(events: DataFrame, gap_seconds: float, watermark_micros: int
     return sessions.where(closed).select(*SESSION_KEYS)
 
 
-def with_late_flag(events: DataFrame, enriched: DataFrame, watermark_seconds: float) -> DataFrame:
+def input_batches(spark: SparkSession, cfg: Config) -> DataFrame:
+    """``(source_file, _batch)``: the main query's micro-batch of each input, in the order of the
+    batches (``_batch`` sorts like the batch ids).
+
+    For files, the batch that read each file, from the file source's log under the checkpoint;
+    for Kafka messages, the ``ingested_at`` of their row in ``enriched_events`` (the batch's
+    start: Kafka offsets logs are purged, and the main query writes Kafka events itself).
+    """
+    if cfg.source.kind == "files":
+        log_dir = f"{cfg.paths.checkpoint(STREAM_CHECKPOINT).rstrip('/')}/{SOURCE_LOG}"
+        batches = batch_of_files(HadoopFS(spark), log_dir)
+        rows = [(path.rsplit("/", 1)[-1], batch) for path, batch in batches.items()]
+        return spark.createDataFrame(rows, f"{SOURCE_FILE} string, _batch long")
+    enriched = spark.read.format("delta").load(cfg.paths.table(ENRICHED_EVENTS))
+    return enriched.select(_basename(SOURCE_FILE).alias(SOURCE_FILE), F.col(INGESTED_AT).alias("_batch")).distinct()
+
+
+def with_late_flag(events: DataFrame, batches: DataFrame, watermark_seconds: float) -> DataFrame:
     """Add ``_late``: whether the watermark rule drops the event from session state.
 
-    The micro-batch of each file is read back from ``enriched_events`` (its ``ingested_at``).
-    The watermark before a batch is the latest event time of all earlier batches minus the
-    delay; late events never raise that maximum (they are older than it), so it does not
-    matter that they are dropped.
+    ``batches`` gives the micro-batch of each file (``input_batches``). The watermark before a
+    batch is the latest event time of all earlier batches minus the delay; late events never
+    raise that maximum (they are older than it), so it does not matter that they are dropped.
     """
-    batches = enriched.select(_basename(SOURCE_FILE).alias(SOURCE_FILE), F.col(INGESTED_AT).alias("_batch")).distinct()
     per_batch = events.join(batches, SOURCE_FILE).groupBy("_batch").agg(F.max(F.unix_micros(EVENT_TS)).alias("_max"))
     before = per_batch.withColumn(
         "_max_before", F.max("_max").over(Window.orderBy("_batch").rowsBetween(Window.unboundedPreceding, -1))
@@ -267,10 +284,10 @@ def check_profiles(spark: SparkSession, cfg: Config) -> TableCheck:
     (``lib.lake.batch.consistent_versions``), so the check holds while the stream runs."""
     from lib.lake.batch import consistent_versions, profiles_from_lake
 
-    versions = consistent_versions(spark, cfg)
+    versions, batch = consistent_versions(spark, cfg)
     profiles = cfg.paths.table(USER_PROFILES)
     streamed = spark.read.format("delta").option("versionAsOf", versions[USER_PROFILES]).load(profiles)
-    rebuilt = profiles_from_lake(spark, cfg, versions)
+    rebuilt = profiles_from_lake(spark, cfg, versions, batch)
     return multiset_diff("user_profiles (rebuilt)", _profile_values(rebuilt), _profile_values(streamed))
 
 

@@ -1,8 +1,9 @@
-"""The streaming application: one query over the watched folder whose micro-batches
-(``foreachBatch``, ``SessionBatchWriter``) run the steps of ``lib.stream.steps``: they write the
-Delta tables and the online store (``lib.serve.online_store``); each
-user's live session, profile and live recommendations reach the store as soon as they are
-computed, before the Delta MERGE of the same rows.
+"""The streaming application: the main query over the watched folder (or the Kafka topic), whose
+micro-batches (``foreachBatch``, ``SessionBatchWriter``) run the steps of ``lib.stream.steps``:
+they write the Delta tables and the online store (``lib.serve.online_store``); each user's live
+session, profile and live recommendations reach the store as soon as they are computed, before
+the Delta MERGE of the same rows. With ``stream.separate_events_query``, the events query
+(``lib.stream.events``) writes ``enriched_events`` and ``quarantine`` instead, beside it.
 
 Session state (the open sessions) is kept per batch next to the query's checkpoint
 (``lib.lake.state``): batch ``b`` always reads the state of batch ``b - 1``. A batch replayed after
@@ -24,7 +25,6 @@ session state and counted. A session closes when the watermark after the batch h
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -41,7 +41,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
-from lib.core.config import Config, micros
+from lib.core.config import STREAM_CHECKPOINT, Config, micros
 from lib.core.schemas import (
     BATCH_ID,
     DURATION_S,
@@ -75,6 +75,8 @@ from lib.lake.state import PendingUpdatesStore, SessionStateStore
 from lib.recommend.live import LiveRanker
 from lib.recommend.model_store import ModelStore
 from lib.serve.online_store import SQLiteStore
+from lib.stream.events import EVENTS_QUERY_NAME, EventsBatchWriter
+from lib.stream.gate import GatedBatchWriter
 from lib.stream.steps import (
     BatchContext,
     LiveFold,
@@ -99,7 +101,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 QUERY_NAME = "streamrec_activity"
-STREAM_CHECKPOINT = "stream"
 SESSION_STATE_DIR = "session_state"
 PENDING_UPDATES_DIR = "pending_updates"
 # The tables the stream compacts: those only it writes (``lib.core.schemas.STREAM_TABLES``; jobs/train.py
@@ -133,31 +134,6 @@ def table_to_compact(file_counts: dict[str, int]) -> str | None:
 
 class InjectedFault(RuntimeError):
     """Raised by the fault-injection hook to simulate a crash inside a micro-batch."""
-
-
-class StopRequested(RuntimeError):
-    """Ends a micro-batch that started after a stop was requested, before it writes anything.
-
-    Its message has the shape Spark's stream execution recognises as "interrupted by stop()"
-    in a Python ``foreachBatch`` (a Py4J call that raised ``InterruptedException``, SPARK-39218),
-    so the query ends as stopped, not failed, and nothing logs an error. It is kept short: Spark
-    matches it with a regular expression that overflows the stack on a long Java trace.
-    """
-
-    MESSAGE = (
-        "py4j.protocol.Py4JJavaError: An error occurred while calling z:java.lang.Thread.sleep.\n"
-        ": java.lang.InterruptedException: stop requested; batch {batch_id} is left for the next run"
-    )
-
-
-class _QuietStopRequested(logging.Filter):
-    """Drops py4j's ERROR report of a ``StopRequested``: a planned stop is not a failure."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], StopRequested))
-
-
-logging.getLogger("py4j.clientserver").addFilter(_QuietStopRequested())
 
 
 @dataclass
@@ -244,8 +220,8 @@ def format_micros(timestamp_micros: int | None) -> str:
     return datetime.fromtimestamp(timestamp_micros / 1_000_000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
-class SessionBatchWriter:
-    """The ``foreachBatch`` function of the stream: ``writer(batch_df, batch_id)``.
+class SessionBatchWriter(GatedBatchWriter):
+    """The ``foreachBatch`` function of the main query: ``writer(batch_df, batch_id)``.
 
     A plain callable, so tests can feed it static DataFrames.
     """
@@ -263,35 +239,19 @@ class SessionBatchWriter:
         ``InjectedFault`` right after the named write ("enriched", "live_sessions", ...).
         :param backlog: the files an availableNow run has still to read; while any wait, a batch
         leaves its live updates to a later one."""
-        self.spark = spark
+        super().__init__(spark, cfg.paths.checkpoint(STREAM_CHECKPOINT), app_id)
         self.cfg = cfg
         self.stats = stats or StreamStats()
-        self._app_id = app_id
         self.fail_after = fail_after
         self.backlog = backlog
-        self.stop_requested = threading.Event()
-        # Guards stop_requested against a batch starting: a batch is either running (and the
-        # stop waits for it) or saw the request (and ends without writing).
-        self._batch_gate = threading.Condition()
-        self._batch_running = False
-        self.parked_for_stop = threading.Event()  # a batch waits in _end_for_stop
+        # Else the events query (lib.stream.events) writes enriched_events and quarantine.
+        self.writes_events = not cfg.has_events_query
         self._maintenance = ThreadPoolExecutor(1, thread_name_prefix="maintenance")
         self._vacuum: Future | None = None
         self.store = SQLiteStore(cfg.paths.online_store)
         self._store_bound = False
         self._ranker: tuple[str, LiveRanker] | None = None  # (model version, its ranker)
         self._purchase_files: list[str] | None = None  # as of the last profile update
-
-    @property
-    def checkpoint(self) -> str:
-        return self.cfg.paths.checkpoint(STREAM_CHECKPOINT)
-
-    def app_id(self) -> str:
-        """The streaming query's id, persisted in its checkpoint: stable across restarts."""
-        if self._app_id is None:
-            metadata = self.spark.read.text(f"{self.checkpoint}/metadata").first()[0]
-            self._app_id = f"streamrec-{json.loads(metadata)['id']}"
-        return self._app_id
 
     def state_store(self) -> SessionStateStore:
         return SessionStateStore(self.spark, self.cfg.paths.checkpoint(f"{SESSION_STATE_DIR}/{self.app_id()}"))
@@ -347,12 +307,7 @@ class SessionBatchWriter:
             log.info("live recommendations now use model %s", latest)
         return self._ranker
 
-    def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
-        with self._batch_gate:
-            stopping = self.stop_requested.is_set()
-            self._batch_running = not stopping
-        if stopping:
-            self._end_for_stop(batch_id)
+    def write_batch(self, batch_df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
         started_at = micros(time.time())
         report = BatchReport(batch_id)
@@ -362,9 +317,6 @@ class SessionBatchWriter:
         finally:
             for df in cached:
                 df.unpersist()
-            with self._batch_gate:
-                self._batch_running = False
-                self._batch_gate.notify_all()
         report.duration_s = time.monotonic() - started
         self.stats.record(report)
 
@@ -393,28 +345,6 @@ class SessionBatchWriter:
     def close(self) -> None:
         """Wait for background maintenance (a VACUUM) to end."""
         self._maintenance.shutdown(wait=True)
-
-    def request_stop(self) -> None:
-        """From now on a starting batch writes nothing (see ``_end_for_stop``)."""
-        with self._batch_gate:
-            self.stop_requested.set()
-
-    def wait_until_idle(self, timeout_s: float) -> bool:
-        """Wait for the running batch, if any, to return; True when none runs."""
-        with self._batch_gate:
-            return self._batch_gate.wait_for(lambda: not self._batch_running, timeout_s)
-
-    def _end_for_stop(self, batch_id: int) -> None:
-        """Wait, writing nothing, for ``query.stop()`` to interrupt this (the stream execution)
-        thread, then end the batch as interrupted: it is planned again, whole, on the next start.
-        Python's calls into the JVM from ``foreachBatch`` run on that thread, so a sleep there
-        is where the interrupt arrives."""
-        self.parked_for_stop.set()
-        try:
-            while True:
-                self.spark._jvm.java.lang.Thread.sleep(100)
-        except Exception:  # the InterruptedException, through Py4J
-            raise StopRequested(StopRequested.MESSAGE.format(batch_id=batch_id)) from None
 
     def _context(self, batch_id: int, started_at: int, cached: list[DataFrame]) -> BatchContext:
         """The context of batch ``batch_id``; what it persists is appended to ``cached``."""
@@ -460,8 +390,9 @@ class SessionBatchWriter:
             batch = read_batch(ctx, batch_df, state)
         report.record_input(batch)
         # The events and the quarantine go first: they need no session state.
-        step("enriched", write_enriched, ctx, batch)
-        step("quarantine", write_quarantine, ctx, batch)
+        if self.writes_events:
+            step("enriched", write_enriched, ctx, batch)
+            step("quarantine", write_quarantine, ctx, batch)
         with report.stage("sessionize"):
             sessionized = sessionize_batch(ctx, batch, state)
         report.record_sessions(sessionized)
@@ -546,17 +477,23 @@ def _metrics_row(spark: SparkSession, report: BatchReport, started_at: int) -> D
 
 
 class ProgressLogger(StreamingQueryListener):
-    """Logs one line per micro-batch: id, input rows, rows/s, duration, watermark, late drops."""
+    """Logs one line per micro-batch of the main query: id, input rows, rows/s, duration,
+    watermark, late drops (the events query's writer logs its own batches)."""
 
     def __init__(self, stats: StreamStats):
         self.stats = stats
-        self.terminated = threading.Event()
+        self.terminated = threading.Event()  # the main query's end has been logged
+        self._main_id: str | None = None
 
     def onQueryStarted(self, event) -> None:
+        if event.name == QUERY_NAME:
+            self._main_id = str(event.id)
         log.info("stream %s started (id %s)", event.name, event.id)
 
     def onQueryProgress(self, event) -> None:
         progress = event.progress
+        if progress.name != QUERY_NAME:
+            return
         report = self.stats.get(progress.batchId)
         duration_ms = progress.durationMs.get("triggerExecution", 0)
         if report is None:
@@ -589,50 +526,73 @@ class ProgressLogger(StreamingQueryListener):
             log.error("stream %s failed: %s", event.id, event.exception)
         else:
             log.info("stream %s stopped", event.id)
-        self.terminated.set()
+        if str(event.id) == self._main_id:
+            self.terminated.set()
 
 
 @dataclass
 class StreamHandle:
-    """A running activity stream: the query, its batch writer and its progress listener."""
+    """A running activity stream: the main query, the events query when the events have one
+    (``lib.stream.events``), their batch writers and the progress listener."""
 
     spark: SparkSession
     query: StreamingQuery
     writer: SessionBatchWriter
     listener: ProgressLogger
     lock: CheckpointLock
+    events_query: StreamingQuery | None = None
+    events_writer: EventsBatchWriter | None = None
+
+    @property
+    def _queries(self) -> list[tuple[StreamingQuery, GatedBatchWriter]]:
+        queries = [(self.query, self.writer)]
+        if self.events_query is not None:
+            queries.append((self.events_query, self.events_writer))
+        return queries
 
     def request_stop(self, timeout_s: float = 300.0) -> None:
         """Stop between micro-batches, quietly: no batch is interrupted halfway.
 
-        The running batch (if any) finishes and commits; a batch that starts after the request
-        writes nothing and ends as interrupted (``StopRequested``). Interrupting a batch would be
-        safe too (it is replayed exactly once on restart), but it would waste its work and log
-        errors. After ``timeout_s`` the query is stopped regardless.
+        The running batch of each query (if any) finishes and commits; a batch that starts after
+        the request writes nothing and ends as interrupted (``StopRequested``). Interrupting a
+        batch would be safe too (it is replayed exactly once on restart), but it would waste its
+        work and log errors. After ``timeout_s`` the queries are stopped regardless.
         """
-        self.writer.request_stop()
-        if not self.writer.wait_until_idle(timeout_s):
-            log.warning("the running micro-batch did not finish within %.0f s; interrupting it", timeout_s)
-        # Let Spark record the finished batch in its commit log before the interrupt arrives.
-        deadline = time.monotonic() + 5.0
-        while (
-            self.query.isActive
-            and self.query.status.get("isTriggerActive")
-            and not self.writer.parked_for_stop.is_set()
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.05)
-        self.query.stop()
+        for _, writer in self._queries:
+            writer.request_stop()
+        for query, writer in self._queries:
+            if not writer.wait_until_idle(timeout_s):
+                log.warning("a batch of %s ran past %.0f s after the stop; interrupting it", query.name, timeout_s)
+            # Let Spark record the finished batch in its commit log before the interrupt arrives.
+            deadline = time.monotonic() + 5.0
+            while (
+                query.isActive
+                and query.status.get("isTriggerActive")
+                and not writer.parked_for_stop.is_set()
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.05)
+            query.stop()
 
     def wait(self, timeout_s: float | None = None) -> bool:
-        """Wait for the query to end; True if it ended. Raises if it failed (not on a requested stop)."""
-        try:
-            if timeout_s is None:
-                self.query.awaitTermination()
+        """Wait for every query to end; True if they all ended. Raises as soon as one failed
+        (not on a requested stop): the others are stopped by ``close``."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            running = [(query, writer) for query, writer in self._queries if not self._ended(query, writer, 0.001)]
+            if not running:
                 return True
-            return bool(self.query.awaitTermination(timeout_s))
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self._ended(*running[0], 0.5 if left is None else min(0.5, left))
+
+    @staticmethod
+    def _ended(query: StreamingQuery, writer: GatedBatchWriter, timeout_s: float) -> bool:
+        try:
+            return bool(query.awaitTermination(timeout_s))
         except StreamingQueryException as exc:
-            if self.writer.stop_requested.is_set() and "StopRequested" in str(exc):
+            if writer.stop_requested.is_set() and "StopRequested" in str(exc):
                 return True
             raise
 
@@ -642,8 +602,9 @@ class StreamHandle:
 
     def close(self, drain_timeout_s: float = 10.0) -> None:
         """Release the checkpoint and unregister the listener once it logged the last events."""
-        if self.query.isActive:
-            self.query.stop()
+        for query, _ in self._queries:
+            if query.isActive:
+                query.stop()
         self.writer.close()
         self.lock.release()
         self.listener.terminated.wait(drain_timeout_s)
@@ -653,7 +614,8 @@ class StreamHandle:
 def start_stream(
     spark: SparkSession, cfg: Config, available_now: bool = False, stats: StreamStats | None = None
 ) -> StreamHandle:
-    """Take the checkpoint, create the tables, then start the activity stream.
+    """Take the checkpoint, create the tables, then start the activity stream: the main query,
+    and the events query when the events have one (``lib.stream.events``).
 
     Raises ``CheckpointError`` when another instance runs on the same checkpoint or the
     config is incompatible with it, ``KafkaError`` when the Kafka source's broker does not
@@ -661,27 +623,41 @@ def start_stream(
     """
     checkpoint = cfg.paths.checkpoint(STREAM_CHECKPOINT)
     lock = acquire_lock(spark, checkpoint)
+    started: list[StreamingQuery] = []
     try:
         check_compatible_config(spark, checkpoint, cfg)
         ensure_tables(spark, cfg)
         register_tables(spark, cfg)
-        source = activity_stream(spark, cfg)
+        events_writer = None
+        if cfg.has_events_query:
+            events_writer = EventsBatchWriter(spark, cfg)
+            events_source = activity_stream(spark, cfg)
+            started.append(start_query(events_source, events_writer, EVENTS_QUERY_NAME, cfg, available_now))
         stats = stats or StreamStats()
         backlog = _backlog(spark, cfg, checkpoint) if available_now and cfg.stream.defer_live_in_backlog else None
         batch_writer = SessionBatchWriter(spark, cfg, stats, backlog=backlog)
-        writer = (
-            source.writeStream.queryName(QUERY_NAME).foreachBatch(batch_writer).option("checkpointLocation", checkpoint)
-        )
-        if available_now:
-            writer = writer.trigger(availableNow=True)
-        else:
-            writer = writer.trigger(processingTime=f"{cfg.stream.trigger_interval_seconds} seconds")
         listener = ProgressLogger(stats)
         spark.streams.addListener(listener)
-        return StreamHandle(spark, writer.start(), batch_writer, listener, lock)
+        query = start_query(activity_stream(spark, cfg), batch_writer, QUERY_NAME, cfg, available_now)
+        return StreamHandle(spark, query, batch_writer, listener, lock, started[0] if started else None, events_writer)
     except BaseException:
+        for query in started:
+            query.stop()
         lock.release()
         raise
+
+
+def start_query(
+    source: DataFrame, writer: GatedBatchWriter, name: str, cfg: Config, available_now: bool
+) -> StreamingQuery:
+    """Start one query of the stream: ``writer`` on each micro-batch of ``source``, checkpointed
+    where the writer says, on the configured trigger (or availableNow)."""
+    stream = source.writeStream.queryName(name).foreachBatch(writer).option("checkpointLocation", writer.checkpoint)
+    if available_now:
+        stream = stream.trigger(availableNow=True)
+    else:
+        stream = stream.trigger(processingTime=f"{cfg.stream.trigger_interval_seconds} seconds")
+    return stream.start()
 
 
 def _backlog(spark: SparkSession, cfg: Config, checkpoint: str) -> FileBacklog | KafkaBacklog | None:

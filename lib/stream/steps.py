@@ -91,7 +91,7 @@ class BatchContext:
     cfg: Config
     batch_id: int
     sink: BatchSink
-    store: SQLiteStore
+    store: SQLiteStore | None  # None in the events query (lib.stream.events), which serves nothing
     purchases: DataFrame  # the purchase history as this batch read it
     ingested_at: Column  # the batch's start: ingested_at / updated_at of the rows it writes
     keep: Callable[[DataFrame], DataFrame]  # persist a DataFrame until the batch ends
@@ -129,13 +129,14 @@ class ParsedBatch:
         return self.rows - self.valid_rows
 
 
-def read_batch(ctx: BatchContext, batch_df: DataFrame, state: DataFrame) -> ParsedBatch:
-    """Parse the batch and count it; ``state`` is the open sessions before it.
+def read_batch(ctx: BatchContext, batch_df: DataFrame, state: DataFrame | None) -> ParsedBatch:
+    """Parse the batch and count it; ``state`` is the open sessions before it (None: the events
+    query, which keeps no sessions, so no event is late to it).
 
     The watermark is ``latest session end of the state - sessions.watermark``: events older
     than it are late (written to ``enriched_events``, left out of the sessions)."""
     parsed = ctx.keep(parse_batch(batch_df, ctx.cfg, ctx.keep))
-    previous_max_end = state.agg(F.max(F.unix_micros(SESSION_END))).first()[0]
+    previous_max_end = None if state is None else state.agg(F.max(F.unix_micros(SESSION_END))).first()[0]
     if previous_max_end is None:
         late = F.lit(False)
     else:

@@ -28,6 +28,12 @@ def test_overrides_and_uris():
     assert cfg.recommend.exclude_seen is False
 
 
+def test_the_events_have_a_query_of_their_own_with_the_file_source_only():
+    assert not load_config().has_events_query
+    assert load_config(None, ["stream.separate_events_query=true"]).has_events_query
+    assert not load_config(None, ["stream.separate_events_query=true", "source.kind=kafka"]).has_events_query
+
+
 @pytest.mark.parametrize(
     "text, seconds",
     [("30 minutes", 1800), ("1 second", 1), ("500 ms", 0.5), ("2h", 7200), ("1.5 min", 90), ("1 day", 86400)],
