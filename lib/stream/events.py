@@ -18,7 +18,7 @@ from lib.core.config import EVENTS_CHECKPOINT, Config, micros
 from lib.ingest.sources import read_purchases
 from lib.lake.sinks import BatchSink
 from lib.stream.gate import GatedBatchWriter
-from lib.stream.steps import BatchContext, micros_literal, read_batch, write_enriched, write_quarantine
+from lib.stream.steps import BatchContext, Persisted, micros_literal, read_batch, write_enriched, write_quarantine
 
 log = logging.getLogger(__name__)
 
@@ -34,29 +34,20 @@ class EventsBatchWriter(GatedBatchWriter):
 
     def write_batch(self, batch_df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
-        cached: list[DataFrame] = []
-
-        def keep(df: DataFrame) -> DataFrame:
-            cached.append(df.persist())
-            return df
-
-        ctx = BatchContext(
-            spark=self.spark,
-            cfg=self.cfg,
-            batch_id=batch_id,
-            sink=BatchSink(self.spark, self.app_id()),
-            store=None,
-            purchases=read_purchases(self.spark, self.cfg.paths.purchases),  # read once: not kept
-            ingested_at=micros_literal(micros(time.time())),
-            keep=keep,
-        )
-        try:
+        with Persisted() as persisted:
+            ctx = BatchContext(
+                spark=self.spark,
+                cfg=self.cfg,
+                batch_id=batch_id,
+                sink=BatchSink(self.spark, self.app_id()),
+                store=None,
+                purchases=read_purchases(self.spark, self.cfg.paths.purchases),  # read once: not kept
+                ingested_at=micros_literal(micros(time.time())),
+                keep=persisted.keep,
+            )
             batch = read_batch(ctx, batch_df, None)
             write_enriched(ctx, batch)
             write_quarantine(ctx, batch)
-        finally:
-            for df in cached:
-                df.unpersist()
         log.info(
             "events batch %d: %d rows, %d quarantined, in %.2f s",
             batch_id,

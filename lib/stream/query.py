@@ -81,6 +81,7 @@ from lib.stream.steps import (
     BatchContext,
     LiveFold,
     ParsedBatch,
+    Persisted,
     SessionizedBatch,
     live_fold,
     micros_literal,
@@ -270,18 +271,14 @@ class SessionBatchWriter(GatedBatchWriter):
         last = states[-1]
         log.warning("batches %s left live updates no later batch folded; folding them as batch %d", left, last)
         self.bind_store()
-        cached: list[DataFrame] = []
-        try:
-            ctx = self._context(last, micros(time.time()), cached)
+        with Persisted() as persisted:
+            ctx = self._context(last, micros(time.time()), persisted.keep)
             sessions = ctx.keep(state_store.read_before(last + 1).withColumn(CLOSED, F.lit(False)))
             fold = live_fold(ctx, pending, sessions, None)
             step = partial(self._step, BatchReport(last))
             step("live_sessions", write_live_sessions, ctx, fold)
             self._fold_profiles_then_recommendations(ctx, fold, step)
             pending.delete_through(last)
-        finally:
-            for df in cached:
-                df.unpersist()
 
     def current_ranker(self) -> tuple[str, LiveRanker] | None:
         """The latest committed model's version and ranker, rebuilt when ``jobs/train.py``
@@ -311,12 +308,8 @@ class SessionBatchWriter(GatedBatchWriter):
         started = time.monotonic()
         started_at = micros(time.time())
         report = BatchReport(batch_id)
-        cached: list[DataFrame] = []
-        try:
-            self._process(batch_df, batch_id, started_at, report, cached)
-        finally:
-            for df in cached:
-                df.unpersist()
+        with Persisted() as persisted:
+            self._process(batch_df, batch_id, started_at, report, persisted.keep)
         report.duration_s = time.monotonic() - started
         self.stats.record(report)
 
@@ -346,13 +339,8 @@ class SessionBatchWriter(GatedBatchWriter):
         """Wait for background maintenance (a VACUUM) to end."""
         self._maintenance.shutdown(wait=True)
 
-    def _context(self, batch_id: int, started_at: int, cached: list[DataFrame]) -> BatchContext:
-        """The context of batch ``batch_id``; what it persists is appended to ``cached``."""
-
-        def keep(df: DataFrame) -> DataFrame:
-            cached.append(df.persist())
-            return df
-
+    def _context(self, batch_id: int, started_at: int, keep: Callable[[DataFrame], DataFrame]) -> BatchContext:
+        """The context of batch ``batch_id``, which persists with ``keep``."""
         return BatchContext(
             spark=self.spark,
             cfg=self.cfg,
@@ -380,12 +368,14 @@ class SessionBatchWriter(GatedBatchWriter):
             self._purchase_files = profiles.purchase_files
         step("live_recommendations", write_live_recommendations, ctx, fold, profiles, self.current_ranker())
 
-    def _process(self, batch_df, batch_id, started_at, report: BatchReport, cached: list[DataFrame]) -> None:
+    def _process(
+        self, batch_df, batch_id, started_at, report: BatchReport, keep: Callable[[DataFrame], DataFrame]
+    ) -> None:
         state_store, pending = self.state_store(), self.pending_store()
         self.bind_store()
         step = partial(self._step, report)
         with report.stage("parse"):
-            ctx = self._context(batch_id, started_at, cached)
+            ctx = self._context(batch_id, started_at, keep)
             state = ctx.keep(state_store.read_before(batch_id))
             batch = read_batch(ctx, batch_df, state)
         report.record_input(batch)

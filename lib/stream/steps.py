@@ -83,6 +83,29 @@ def micros_literal(value: int | None) -> Column:
     return F.timestamp_micros(F.lit(value).cast("long"))
 
 
+class Persisted:
+    """The DataFrames a micro-batch persists, unpersisted together when it ends::
+
+    with Persisted() as persisted:
+        parsed = persisted.keep(parse(batch_df))
+    """
+
+    def __init__(self) -> None:
+        self._frames: list[DataFrame] = []
+
+    def keep(self, df: DataFrame) -> DataFrame:
+        self._frames.append(df.persist())
+        return df
+
+    def __enter__(self) -> Persisted:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        for df in self._frames:
+            df.unpersist()
+        self._frames.clear()
+
+
 @dataclass(frozen=True)
 class BatchContext:
     """What every step of micro-batch ``batch_id`` shares."""
