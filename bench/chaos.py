@@ -31,11 +31,25 @@ HEADER = "user_id,item_id,event_type,timestamp"
 class Run(RunFolder):
     """One scenario's folder, config and ground truth (``manifest.jsonl``)."""
 
+    # [stream] settings of every config the scenarios write (``--events-query``).
+    stream_settings: dict[str, object] = {}
+
     def __init__(self, root: Path, name: str, stream: dict | None = None):
         """:param stream: ``[stream]`` settings."""
         super().__init__(root, name)
         self.manifest = self.dir / "manifest.jsonl"
         self.write_config({"stream": stream or {}})
+
+    def write_config(
+        self,
+        sections: dict[str, dict[str, object]] | None = None,
+        extra_toml: str = "",
+        lake: Path | None = None,
+        checkpoints: Path | None = None,
+    ) -> None:
+        sections = dict(sections or {})
+        sections["stream"] = {**self.stream_settings, **sections.get("stream", {})}
+        super().write_config(sections, extra_toml, lake, checkpoints)
 
     def verify(self, *extra: str) -> tuple[bool, str]:
         result = subprocess.run(
@@ -134,9 +148,7 @@ def scenario_kill(root: Path, scale: dict, results: list) -> None:
 
     # The same input without faults, for live_sessions.
     clean_lake, clean_checkpoints = run.dir / "clean_lake", run.dir / "clean_checkpoints"
-    run.write_config(
-        extra_toml="[stream]\nmax_files_per_trigger = 20\n", lake=clean_lake, checkpoints=clean_checkpoints
-    )
+    run.write_config({"stream": {"max_files_per_trigger": 20}}, lake=clean_lake, checkpoints=clean_checkpoints)
     clean = run.run("jobs/stream.py", "--available-now", log_name="clean.log")
     run.write_config({"stream": {"max_files_per_trigger": 5}})
     ok, table = run.verify("--against-lake", str(clean_lake))
@@ -414,7 +426,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small scale, for development")
     parser.add_argument("--only", help=f"comma-separated scenarios of {', '.join(SCENARIOS)}")
     parser.add_argument("--root", default="/tmp/streamrec-chaos")
+    parser.add_argument(
+        "--events-query", action="store_true", help="every scenario with stream.separate_events_query = true"
+    )
     args = parser.parse_args()
+    if args.events_query:
+        Run.stream_settings = {"separate_events_query": True}
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
     scale = QUICK if args.quick else FULL
