@@ -613,7 +613,7 @@ def start_stream(
     """
     checkpoint = cfg.paths.checkpoint(STREAM_CHECKPOINT)
     lock = acquire_lock(spark, checkpoint)
-    started: list[StreamingQuery] = []
+    events_query = None
     try:
         check_compatible_config(spark, checkpoint, cfg)
         ensure_tables(spark, cfg)
@@ -622,17 +622,17 @@ def start_stream(
         if cfg.has_events_query:
             events_writer = EventsBatchWriter(spark, cfg)
             events_source = activity_stream(spark, cfg)
-            started.append(start_query(events_source, events_writer, EVENTS_QUERY_NAME, cfg, available_now))
+            events_query = start_query(events_source, events_writer, EVENTS_QUERY_NAME, cfg, available_now)
         stats = stats or StreamStats()
         backlog = _backlog(spark, cfg, checkpoint) if available_now and cfg.stream.defer_live_in_backlog else None
         batch_writer = SessionBatchWriter(spark, cfg, stats, backlog=backlog)
         listener = ProgressLogger(stats)
         spark.streams.addListener(listener)
         query = start_query(activity_stream(spark, cfg), batch_writer, QUERY_NAME, cfg, available_now)
-        return StreamHandle(spark, query, batch_writer, listener, lock, started[0] if started else None, events_writer)
+        return StreamHandle(spark, query, batch_writer, listener, lock, events_query, events_writer)
     except BaseException:
-        for query in started:
-            query.stop()
+        if events_query is not None:
+            events_query.stop()
         lock.release()
         raise
 
