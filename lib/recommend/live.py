@@ -155,19 +155,19 @@ def _session_signal(frame: pd.DataFrame, model: ModelArrays, rec: RecommendConfi
     signal = _scaled(voted[:, :n], voted_hit)
     hit = voted_hit
     if model.sessions.num_sessions:
-        starts = np.searchsorted(user, np.arange(rows + 1))
-        for row in range(rows):
-            scores = session_scores(
-                model.sessions,
-                pos[starts[row] : starts[row + 1]],
-                rec.session_neighbours,
-                rec.session_sample,
-                rec.sequence_weight,
-                rec.repeat_weight,
-            )
-            if scores.any():
-                signal[row] = scores / scores.max()
-                hit[row] = scores > 0
+        scores = session_scores(
+            model.sessions,
+            user,
+            pos,
+            rows,
+            rec.session_neighbours,
+            rec.session_sample,
+            rec.sequence_weight,
+            rec.repeat_weight,
+        )
+        known = scores.any(axis=1)
+        signal[known] = scores[known] / scores[known].max(axis=1)[:, None]
+        hit[known] = scores[known] > 0
     return signal, hit
 
 

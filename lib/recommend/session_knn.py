@@ -163,67 +163,126 @@ class SessionIndex:
         within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         return owner, values[np.repeat(starts, lengths) + within]
 
-    def neighbourhood_scores(
-        self, items: np.ndarray, weights: np.ndarray, steps: np.ndarray, neighbours: int, sample: int
-    ) -> np.ndarray:
-        """V-SKNN scores of every item (dense, ``num_items``) for a session's distinct items with
-        their ``position_weights``."""
-        scores = np.zeros(self.num_items)
-        if not len(items) or not self.num_sessions:
-            return scores
-        owner, sessions = self._gather(self.item_offsets, self.item_sessions, items)
-        if not len(sessions):
-            return scores
-        candidates = np.unique(sessions)[:sample]  # session numbers grow with age
-        chosen = np.isin(sessions, candidates)
-        owner, sessions = owner[chosen], sessions[chosen]
-        similarity = np.bincount(sessions, weights[owner], minlength=self.num_sessions) / len(items)
-        step = np.full(self.num_sessions, np.iinfo(np.int64).max)
-        np.minimum.at(step, sessions, steps[owner])
-        candidates = np.unique(sessions)
-        if len(candidates) > neighbours:
-            best = np.lexsort((candidates, -similarity[candidates]))[:neighbours]
-            candidates = candidates[best]
-        contribution = similarity[candidates] / step[candidates]
-        owner, neighbour_items = self._gather(self.session_offsets, self.session_items, candidates)
-        scores += np.bincount(neighbour_items, contribution[owner], minlength=self.num_items)
-        return scores * self.idf_boost
+    def neighbourhood_scores(self, pairs: SessionItems, neighbours: int, sample: int) -> np.ndarray:
+        """V-SKNN scores of every item for each of ``pairs.num_rows`` sessions (dense, rows x
+        ``num_items``), from their distinct items with their ``position_weights``.
 
-    def rule_scores(self, session: np.ndarray) -> np.ndarray:
-        """Sequential-rule weights of the items that followed the session's latest item."""
-        scores = np.zeros(self.num_items)
-        if len(session):
-            last = int(session[-1])
-            start, end = self.rule_offsets[last], self.rule_offsets[last + 1]
-            scores[self.rule_items[start:end]] = self.rule_weights[start:end]
+        All the sessions at once: each row's sums add the same terms in the same order as a
+        session scored alone would, so a row's scores do not depend on the other rows."""
+        scores = np.zeros(pairs.num_rows * self.num_items)
+        owner, sessions = self._gather(self.item_offsets, self.item_sessions, pairs.items)
+        if not len(sessions):
+            return scores.reshape(pairs.num_rows, self.num_items)
+        # (row, past session) keys, sorted by row, then by session: most recent first.
+        keys, key_of = np.unique(pairs.rows[owner] * self.num_sessions + sessions, return_inverse=True)
+        key_row, key_session = keys // self.num_sessions, keys % self.num_sessions
+        in_sample = _rank_within(key_row) < sample
+        chosen = in_sample[key_of]
+        key_of, owner = key_of[chosen], owner[chosen]
+        distinct_items = np.bincount(pairs.rows, minlength=pairs.num_rows)
+        similarity = np.bincount(key_of, pairs.weights[owner], minlength=len(keys)) / distinct_items[key_row]
+        step = np.full(len(keys), np.iinfo(np.int64).max)
+        np.minimum.at(step, key_of, pairs.steps[owner])
+
+        # Each row's ``neighbours`` most similar sessions (ties: the more recent); a row with no
+        # more candidates than that keeps them all, in session order.
+        candidates = np.flatnonzero(in_sample)
+        rows = key_row[candidates]
+        crowded = np.flatnonzero(np.bincount(rows, minlength=pairs.num_rows)[rows] > neighbours)
+        if len(crowded):
+            # Two stable sorts (a lexsort of three keys took half the scoring's time): by row,
+            # then most similar, then session, the order they come in.
+            sessions = candidates[crowded]
+            sessions = sessions[np.argsort(-similarity[sessions], kind="stable")]
+            candidates[crowded] = sessions[np.argsort(key_row[sessions], kind="stable")]
+        candidates = candidates[_rank_within(key_row[candidates]) < neighbours]
+
+        contribution = similarity[candidates] / step[candidates]
+        owner, neighbour_items = self._gather(self.session_offsets, self.session_items, key_session[candidates])
+        cells = key_row[candidates][owner] * self.num_items + neighbour_items
+        scores += np.bincount(cells, contribution[owner], minlength=len(scores))
+        return scores.reshape(pairs.num_rows, self.num_items) * self.idf_boost
+
+    def rule_scores(self, pairs: SessionItems) -> np.ndarray:
+        """Sequential-rule weights of the items that followed each session's latest item (rows x
+        ``num_items``)."""
+        scores = np.zeros((pairs.num_rows, self.num_items))
+        rows = np.flatnonzero(pairs.latest >= 0)
+        owner, items = self._gather(self.rule_offsets, self.rule_items, pairs.latest[rows])
+        _, weights = self._gather(self.rule_offsets, self.rule_weights, pairs.latest[rows])
+        scores[rows[owner], items] = weights
         return scores
 
 
-def position_weights(session: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct items of a session (item positions, ascending), the weight of each (its last
-    occurrence's ``(position / length)^2``) and its step back from the end (1 = latest)."""
-    length = len(session)
-    items, first_from_end = np.unique(session[::-1], return_index=True)
-    last_position = length - first_from_end  # 1-based
-    return items, (last_position / length) ** 2, first_from_end + 1
+def _rank_within(groups: np.ndarray) -> np.ndarray:
+    """Each element's place (0, 1, ...) among the elements of its group; ``groups`` sorted."""
+    starts = np.flatnonzero(np.diff(groups, prepend=-1))
+    return np.arange(len(groups)) - np.repeat(starts, np.diff(starts, append=len(groups)))
+
+
+@dataclass(frozen=True)
+class SessionItems:
+    """The distinct items of ``num_rows`` sessions, one row per (session, item), by session then
+    item (``position_weights``)."""
+
+    num_rows: int
+    rows: np.ndarray
+    items: np.ndarray  # item positions
+    weights: np.ndarray  # the item's last occurrence's ``(position / length)^2``
+    steps: np.ndarray  # its step back from the session's end (1 = the latest event)
+    latest: np.ndarray  # per session: its latest event's item (-1: an empty session)
+
+
+def position_weights(rows: np.ndarray, session: np.ndarray, num_rows: int, num_items: int) -> SessionItems:
+    """The distinct items of sessions given as ``rows`` (ascending: the session of each event)
+    and ``session`` (the item position of each event, in event order within a session)."""
+    lengths = np.bincount(rows, minlength=num_rows)
+    ends = np.cumsum(lengths)
+    position = np.arange(len(rows)) - (ends - lengths)[rows] + 1  # 1-based, within the session
+    # The first of each (session, item) key from the end is its last occurrence.
+    keys, from_end = np.unique((rows * num_items + session)[::-1], return_index=True)
+    last = len(rows) - 1 - from_end
+    pair_rows = keys // num_items
+    length = lengths[pair_rows]
+    latest = np.full(num_rows, -1, dtype=np.int64)
+    latest[lengths > 0] = session[ends[lengths > 0] - 1]
+    return SessionItems(
+        num_rows,
+        pair_rows,
+        keys % num_items,
+        (position[last] / length) ** 2,
+        length - position[last] + 1,
+        latest,
+    )
 
 
 def _scaled(scores: np.ndarray) -> np.ndarray:
-    top = scores.max(initial=0.0)
-    return scores / top if top > 0 else scores
+    """Each row divided by its largest score (a row without a positive one: as it is)."""
+    top = scores.max(axis=1, initial=0.0)[:, None]
+    return np.divide(scores, top, out=scores.copy(), where=top > 0)
 
 
 def session_scores(
-    index: SessionIndex, session: np.ndarray, neighbours: int, sample: int, sequence_weight: float, repeat_weight: float
+    index: SessionIndex,
+    rows: np.ndarray,
+    session: np.ndarray,
+    num_rows: int,
+    neighbours: int,
+    sample: int,
+    sequence_weight: float,
+    repeat_weight: float,
 ) -> np.ndarray:
-    """The live session signal of every item: neighbourhood + rules + repeats, each scaled to
+    """The live session signal of every item for each of ``num_rows`` sessions (rows x items;
+    sessions as ``position_weights`` takes them): neighbourhood + rules + repeats, each scaled to
     [0, 1] first (zeros where nothing is known)."""
-    items, weights, steps = position_weights(session)
-    scores = _scaled(index.neighbourhood_scores(items, weights, steps, neighbours, sample))
+    pairs = position_weights(
+        np.asarray(rows, dtype=np.int64), np.asarray(session, dtype=np.int64), num_rows, index.num_items
+    )
+    scores = _scaled(index.neighbourhood_scores(pairs, neighbours, sample))
     if sequence_weight:
-        scores += sequence_weight * _scaled(index.rule_scores(session))
+        scores += sequence_weight * _scaled(index.rule_scores(pairs))
     if repeat_weight:
-        scores[items] += repeat_weight * weights
+        scores[pairs.rows, pairs.items] += repeat_weight * pairs.weights
     return scores
 
 

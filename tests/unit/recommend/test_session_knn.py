@@ -15,6 +15,7 @@ from lib.recommend.session_knn import (
     RULE_STEPS,
     SESSIONS_SCHEMA,
     SessionIndex,
+    position_weights,
     session_scores,
     session_sequences,
 )
@@ -100,6 +101,13 @@ def reference_scores(past, current, neighbours, sample, sequence_weight, repeat_
     return total
 
 
+def scores_of(index, sessions, neighbours, sample, sequence_weight=0.5, repeat_weight=0.3):
+    """``session_scores`` of ``sessions`` (lists of item positions) scored together, one row each."""
+    rows = np.repeat(np.arange(len(sessions)), [len(s) for s in sessions])
+    items = np.concatenate([np.asarray(s, dtype=np.int64) for s in sessions]) if sessions else np.empty(0, np.int64)
+    return session_scores(index, rows, items, len(sessions), neighbours, sample, sequence_weight, repeat_weight)
+
+
 @pytest.mark.parametrize("seed", [3, 4, 5])
 def test_random_sessions_score_as_the_documented_rule(seed):
     rng = random.Random(seed)
@@ -110,18 +118,53 @@ def test_random_sessions_score_as_the_documented_rule(seed):
     for _ in range(20):
         current = [rng.randrange(num_items) for _ in range(rng.randint(1, 6))]
         neighbours, sample = rng.choice([(3, 10), (50, 40), (500, 5000)])
-        got = session_scores(index, np.array(current), neighbours, sample, 0.5, 0.3)
+        got = scores_of(index, [current], neighbours, sample)[0]
         expected = reference_scores(past, current, neighbours, sample, 0.5, 0.3, num_items)
         assert got == pytest.approx(expected, rel=1e-9, abs=1e-12), current
+
+
+@pytest.mark.parametrize("seed", [6, 7])
+def test_sessions_scored_together_score_exactly_as_each_alone(seed):
+    """Live re-ranking scores a chunk of users at once: no row may leak into another, and each
+    row's sums add the same terms in the same order (ties in the ranking depend on it)."""
+    rng = np.random.default_rng(seed)
+    num_items = 40
+    past = [rng.integers(0, num_items, rng.integers(2, 12)) for _ in range(300)]
+    index = SessionIndex.build(past, num_items, rules_per_item=num_items)
+    # Empty sessions among them, and repeats within a session.
+    sessions = [rng.integers(0, num_items, rng.integers(0, 15)).tolist() for _ in range(60)]
+    for neighbours, sample in [(3, 10), (20, 50), (500, 5000)]:
+        together = scores_of(index, sessions, neighbours, sample)
+        alone = np.vstack([scores_of(index, [s], neighbours, sample) for s in sessions])
+        assert np.array_equal(together, alone)
+        for row, current in enumerate(sessions):
+            if current:
+                expected = reference_scores(
+                    [p.tolist() for p in past], current, neighbours, sample, 0.5, 0.3, num_items
+                )
+                assert together[row] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+            else:
+                assert not together[row].any()
+
+
+def test_position_weights_take_each_items_last_occurrence():
+    pairs = position_weights(np.array([0, 0, 0, 0, 2]), np.array([5, 3, 5, 1, 4]), num_rows=3, num_items=6)
+    assert pairs.rows.tolist() == [0, 0, 0, 2]
+    assert pairs.items.tolist() == [1, 3, 5, 4]
+    assert pairs.weights.tolist() == [1.0, (2 / 4) ** 2, (3 / 4) ** 2, 1.0]
+    assert pairs.steps.tolist() == [1, 3, 2, 1]
+    assert pairs.latest.tolist() == [1, -1, 4]  # row 1 has no event
 
 
 def test_rules_keep_the_strongest_per_item_and_unknown_sessions_score_nothing():
     past = [np.array([0, 1, 2]), np.array([0, 1]), np.array([0, 3])]
     index = SessionIndex.build(past, 5, rules_per_item=1)
     # After item 0: item 1 twice at distance 1 (weight 2) beats items 2 (1/4) and 3 (1).
-    assert index.rule_scores(np.array([0])).tolist() == [0.0, 2.0, 0.0, 0.0, 0.0]
+    rules = index.rule_scores(position_weights(np.array([0]), np.array([0]), num_rows=1, num_items=5))
+    assert rules.tolist() == [[0.0, 2.0, 0.0, 0.0, 0.0]]
     # Item 4 was never seen: no neighbour, no rule; only its own repeat weight.
-    assert session_scores(index, np.array([4]), 10, 10, 0.5, 0.3).tolist() == [0.0, 0.0, 0.0, 0.0, 0.3]
+    assert scores_of(index, [[4]], 10, 10).tolist() == [[0.0, 0.0, 0.0, 0.0, 0.3]]
     empty = SessionIndex.build([], 5, rules_per_item=1)
-    assert not session_scores(empty, np.array([0, 1]), 10, 10, 0.5, 0.0).any()
-    assert not session_scores(index, np.array([], dtype=np.int64), 10, 10, 0.5, 0.3).any()
+    assert not scores_of(empty, [[0, 1]], 10, 10, repeat_weight=0.0).any()
+    assert not scores_of(index, [[]], 10, 10).any()
+    assert scores_of(index, [], 10, 10).shape == (0, 5)
