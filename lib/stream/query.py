@@ -84,7 +84,9 @@ from lib.stream.steps import (
     Persisted,
     SessionizedBatch,
     live_fold,
+    merge_profiles,
     micros_literal,
+    profile_rows,
     read_batch,
     sessionize_batch,
     write_enriched,
@@ -95,13 +97,13 @@ from lib.stream.steps import (
     write_quarantine,
     write_session_features,
     write_state,
-    write_user_profiles,
 )
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 QUERY_NAME = "streamrec_activity"
+_JOB_DESCRIPTION = "spark.job.description"  # SparkContext's local property
 SESSION_STATE_DIR = "session_state"
 PENDING_UPDATES_DIR = "pending_updates"
 # The tables the stream compacts: those only it writes (``lib.core.schemas.STREAM_TABLES``; jobs/train.py
@@ -352,21 +354,39 @@ class SessionBatchWriter(GatedBatchWriter):
             keep=keep,
         )
 
+    @contextmanager
+    def _stage(self, report: BatchReport, name: str):
+        """Time stage ``name`` of the batch; its Spark jobs are described as
+        ``streamrec batch <id>: <stage>`` (the web UI, event logs), on this thread only."""
+        context = self.spark.sparkContext
+        previous = context.getLocalProperty(_JOB_DESCRIPTION)
+        context.setJobDescription(f"streamrec batch {report.batch_id}: {name}")
+        try:
+            with report.stage(name):
+                yield
+        finally:
+            context.setLocalProperty(_JOB_DESCRIPTION, previous)
+
     def _step(self, report: BatchReport, name: str, write: Callable[..., T], *args) -> T:
         """Run one step of ``lib.stream.steps``, timed as stage ``name``, then the fault
         injection of crash tests."""
-        with report.stage(name):
+        with self._stage(report, name):
             result = write(*args)
         if name == self.fail_after:
             raise InjectedFault(f"fault injected after the {name} write of batch {report.batch_id}")
         return result
 
     def _fold_profiles_then_recommendations(self, ctx: BatchContext, fold: LiveFold, step) -> None:
-        """The live recommendations exclude what the users' new profiles hold."""
-        profiles = step("user_profiles", write_user_profiles, ctx, fold, self._purchase_files)
+        """The live recommendations exclude what the users' new profiles hold; they are ranked
+        while the profiles' MERGE runs."""
+        profiles = step("profile_rows", profile_rows, ctx, fold, self._purchase_files)
         if profiles is not None:
             self._purchase_files = profiles.purchase_files
-        step("live_recommendations", write_live_recommendations, ctx, fold, profiles, self.current_ranker())
+        with ThreadPoolExecutor(1, thread_name_prefix=f"batch-{ctx.batch_id}-profiles") as pool:
+            merged = pool.submit(step, "user_profiles", merge_profiles, ctx, profiles) if profiles else None
+            step("live_recommendations", write_live_recommendations, ctx, fold, profiles, self.current_ranker())
+        if merged is not None:
+            merged.result()
 
     def _process(
         self, batch_df, batch_id, started_at, report: BatchReport, keep: Callable[[DataFrame], DataFrame]
@@ -374,7 +394,7 @@ class SessionBatchWriter(GatedBatchWriter):
         state_store, pending = self.state_store(), self.pending_store()
         self.bind_store()
         step = partial(self._step, report)
-        with report.stage("parse"):
+        with self._stage(report, "parse"):
             ctx = self._context(batch_id, started_at, keep)
             state = ctx.keep(state_store.read_before(batch_id))
             batch = read_batch(ctx, batch_df, state)
@@ -383,7 +403,7 @@ class SessionBatchWriter(GatedBatchWriter):
         if self.writes_events:
             step("enriched", write_enriched, ctx, batch)
             step("quarantine", write_quarantine, ctx, batch)
-        with report.stage("sessionize"):
+        with self._stage(report, "sessionize"):
             sessionized = sessionize_batch(ctx, batch, state)
         report.record_sessions(sessionized)
         changes = batch_changes(
@@ -419,11 +439,11 @@ class SessionBatchWriter(GatedBatchWriter):
         if not report.input_waiting:
             pending.delete_through(batch_id)
         if due(batch_id, self.cfg.stream.compact_every):
-            with report.stage("compact"):
+            with self._stage(report, "compact"):
                 compact_most_fragmented(ctx)
         if due(batch_id, self.cfg.lake.vacuum_every):
             self._start_vacuum()
-        with report.stage("metrics"):
+        with self._stage(report, "metrics"):
             report.duration_s = time.time() - started_at / 1_000_000
             ctx.sink.append(_metrics_row(self.spark, report, started_at), ctx.table(STREAM_METRICS), batch_id)
         self.store.finish_batch(batch_id, datetime.now(timezone.utc))

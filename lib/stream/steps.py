@@ -350,12 +350,16 @@ class ProfileUpdate:
 
     rows: DataFrame  # USER_PROFILES_SCHEMA plus TOUCHED
     purchase_files: tuple[str, ...]
+    # Whether the table lacks them; when a crashed attempt of the batch committed the table,
+    # the rows read back serve the live recommendations' exclusions only.
+    lacking: bool
 
 
-def write_user_profiles(
+def profile_rows(
     ctx: BatchContext, fold: LiveFold, previous_purchase_files: tuple[str, ...] | None
 ) -> ProfileUpdate | None:
-    """Fold the updates into the store and ``user_profiles``; None when there are none.
+    """The users' new profiles, put in the store (``merge_profiles`` folds them into
+    ``user_profiles``); None when the fold changes none.
 
     :param previous_purchase_files: the purchase files of the stream's previous profile update
         (None: none this run). Users without new activity need a new row only when the purchase
@@ -375,12 +379,17 @@ def write_user_profiles(
     concerned = concerned.distinct()
     stored = ctx.spark.read.format("delta").load(ctx.table(USER_PROFILES))
     rows = ctx.keep(updated_profiles(stored, increments, concerned, ctx.purchases, ctx.cfg.recommend, ctx.ingested_at))
-    # When a crashed attempt of this batch committed the profiles, the stored rows hold the
-    # updates already (none lacking): they serve the live recommendations' exclusions only.
     if lacking is not None:
         ctx.store.put_profiles(ctx.batch_id, user_docs(rows, PROFILE_COLUMNS))
-        ctx.sink.upsert(rows, ctx.table(USER_PROFILES), [USER_ID], ctx.batch_id, update_condition=PROFILE_CHANGED)
-    return ProfileUpdate(rows, purchase_files)
+    return ProfileUpdate(rows, purchase_files, lacking=lacking is not None)
+
+
+def merge_profiles(ctx: BatchContext, profiles: ProfileUpdate) -> None:
+    """Fold ``profile_rows`` into ``user_profiles``."""
+    if profiles.lacking:
+        ctx.sink.upsert(
+            profiles.rows, ctx.table(USER_PROFILES), [USER_ID], ctx.batch_id, update_condition=PROFILE_CHANGED
+        )
 
 
 def write_live_recommendations(
@@ -388,7 +397,7 @@ def write_live_recommendations(
 ) -> None:
     """Re-rank the users with new events in a session, to the store and ``live_recommendations``.
 
-    :param profiles: the fold's profile rows (``write_user_profiles``).
+    :param profiles: the fold's profile rows (``profile_rows``).
     :param model: the latest model's version and ranker; None: no model yet.
     """
     ranked = fold.ranked(LIVE_RECOMMENDATIONS)
