@@ -29,8 +29,9 @@ def create_app(open_store, top_k: int) -> FastAPI:
     """The API reading the store that ``open_store()`` returns (called once per request until it
     succeeds, so the API may start before the stream has created the store).
 
-    The handlers run on the event loop itself: a primary-key lookup in SQLite takes tens of
-    microseconds, less than handing each request to a worker thread and back."""
+    The handlers run on the event loop itself, not each in a worker thread: a request is one
+    primary-key lookup in SQLite, and the hand-off to a thread and back cost more (README,
+    Performance)."""
     app = FastAPI(title="streamrec", summary="Live sessions and recommendations, served from the online store")
     opened: list[OnlineStore] = []
 
