@@ -30,13 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pyspark.sql import functions as F  # noqa: E402
-
 from lib.core.config import STREAM_CHECKPOINT, load_config  # noqa: E402
 from lib.core.fs import LocalFS  # noqa: E402
-from lib.core.schemas import SOURCE_FILE  # noqa: E402
 from lib.core.spark import get_spark  # noqa: E402
 from lib.ingest.backlog import COMMIT_LOG  # noqa: E402
+from lib.ingest.sources import with_line_source  # noqa: E402
 from lib.stream.query import SessionBatchWriter  # noqa: E402
 
 # The store's writes timed per batch: when each kind of document reached it.
@@ -147,11 +145,7 @@ def main() -> int:
             files = [
                 shutil.copy2(p, events_dir / p.name) for p in inputs[n * args.files_per_batch :][: args.files_per_batch]
             ]
-            batch = spark.read.text([str(f) for f in files]).select(
-                "value",
-                F.col("_metadata.file_path").alias(SOURCE_FILE),
-                F.col("_metadata.file_block_start").alias("file_block_start"),
-            )
+            batch = with_line_source(spark.read.text([str(f) for f in files]))
             windows.append(Window(first + n, time.time()))
             writer.write_batch(batch, first + n)
             windows[-1].ended = time.time()

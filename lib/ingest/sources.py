@@ -35,6 +35,16 @@ def read_table(spark: SparkSession, cfg: Config, name: str) -> DataFrame | None:
     return spark.read.format("delta").load(path)
 
 
+def with_line_source(text: DataFrame) -> DataFrame:
+    """The lines of a text read (``spark.read.text`` or ``readStream``), each with the file it
+    came from: the rows a micro-batch of ``activity_lines_stream`` holds."""
+    return text.select(
+        "value",
+        F.col("_metadata.file_path").alias(SOURCE_FILE),
+        F.col("_metadata.file_block_start").alias("file_block_start"),
+    )
+
+
 def activity_lines_stream(spark: SparkSession, cfg: Config) -> DataFrame:
     """Every line of every CSV file landing in ``paths.events_dir``, once.
 
@@ -42,15 +52,10 @@ def activity_lines_stream(spark: SparkSession, cfg: Config) -> DataFrame:
     line can be quarantined verbatim. Hidden files (``.name``, ``_name``) are ignored by the
     file source, which is what makes the write-then-rename landing atomic.
     """
-    return (
+    return with_line_source(
         spark.readStream.format("text")
         .option("maxFilesPerTrigger", cfg.stream.max_files_per_trigger)
         .load(cfg.paths.events_dir)
-        .select(
-            "value",
-            F.col("_metadata.file_path").alias(SOURCE_FILE),
-            F.col("_metadata.file_block_start").alias("file_block_start"),
-        )
     )
 
 

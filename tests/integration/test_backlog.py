@@ -14,10 +14,10 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from pyspark.sql import functions as F
 
 from bench.chaos import descendants
 from lib.ingest.backlog import FileBacklog
+from lib.ingest.sources import with_line_source
 from lib.lake.verify import check_profiles, compare_lakes, read_manifest, verify
 from lib.serve.online_store import SQLiteStore
 from lib.stream.query import (
@@ -140,11 +140,7 @@ def test_a_crash_while_folding_left_updates_commits_each_of_them_once(spark, tmp
     checkpoint = Path(cfg.paths.checkpoint(STREAM_CHECKPOINT))
 
     def batch_of(path: Path):
-        return spark.read.text(str(path)).select(
-            "value",
-            F.col("_metadata.file_path").alias("source_file"),
-            F.col("_metadata.file_block_start").alias("file_block_start"),
-        )
+        return with_line_source(spark.read.text(str(path)))
 
     def batch_writer(**options) -> SessionBatchWriter:
         backlog = FileBacklog(spark, cfg.paths.events_dir, str(checkpoint))

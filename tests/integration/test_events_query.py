@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 
 from lib.core.config import EVENTS_CHECKPOINT, STREAM_CHECKPOINT
 from lib.core.schemas import ENRICHED_EVENTS, LIVE_SESSIONS, QUARANTINE, SESSION_FEATURES, USER_PROFILES
+from lib.ingest.sources import with_line_source
 from lib.lake.batch import stream_events
 from lib.lake.checkpoint import batches_committed
 from lib.lake.verify import check_profiles, read_manifest, verify
@@ -53,11 +54,7 @@ def test_each_query_writes_its_own_tables_and_rebuilds_take_only_what_the_main_q
     # The events query ahead of the main query: a third file's events are in enriched_events,
     # and the main query has not read it (its profiles do not count them yet).
     third = writer.write_file(150)
-    batch = spark.read.text(str(third)).select(
-        "value",
-        F.col("_metadata.file_path").alias("source_file"),
-        F.col("_metadata.file_block_start").alias("file_block_start"),
-    )
+    batch = with_line_source(spark.read.text(str(third)))
     EventsBatchWriter(spark, cfg, app_id="events-ahead")(batch, 0)
     enriched = read(spark, cfg, ENRICHED_EVENTS)
     of_third = F.col("source_file").endswith(third.name)

@@ -10,6 +10,7 @@ from datetime import date
 import pytest
 from pyspark.sql import functions as F
 
+from lib.ingest.sources import with_line_source
 from lib.lake.batch import profiles_from_lake
 from lib.serve.online_store import SQLiteStore
 from lib.stream.query import InjectedFault, SessionBatchWriter, ensure_tables, run_available_now
@@ -106,11 +107,7 @@ def test_batch_replayed_after_crashes_commits_each_write_once(spark, tmp_path):
     writer = activity_writer(cfg, users=6, items=20, bad_share=0.05)
     writer.write_file(200)
     ensure_tables(spark, cfg)
-    batch = spark.read.text(cfg.paths.events_dir).select(
-        "value",
-        F.col("_metadata.file_path").alias("source_file"),
-        F.col("_metadata.file_block_start").alias("file_block_start"),
-    )
+    batch = with_line_source(spark.read.text(cfg.paths.events_dir))
     initial = table_versions(spark, cfg)
     with pytest.raises(InjectedFault):
         SessionBatchWriter(spark, cfg, app_id="replay-test", fail_after="enriched")(batch, 0)
