@@ -101,7 +101,10 @@ class Persisted:
         return self
 
     def __exit__(self, *_exc) -> None:
-        for df in self._frames:
+        # Newest first: Spark re-plans every cached plan that still reads a plan it uncaches, and
+        # the frames kept later are built on those kept earlier. Oldest first re-planned them,
+        # Delta scans included, about 2 s a micro-batch on 2 cores.
+        for df in reversed(self._frames):
             df.unpersist()
         self._frames.clear()
 
