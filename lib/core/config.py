@@ -144,6 +144,10 @@ class LakeConfig:
     retention: str = "168 hours"
     # Every this many micro-batches the stream vacuums its tables; 0 leaves it to a maintenance job.
     vacuum_every: int = 100
+    # The stream's tables write a Delta log checkpoint every this many commits (one a micro-batch).
+    # A checkpoint costs its batch about a second a table; every commit since the last one costs
+    # each later batch (and a reader loading the table cold) a little more log to replay.
+    checkpoint_interval: int = 30
 
     @cached_property
     def retention_hours(self) -> float:
@@ -277,6 +281,8 @@ class Config:
             raise ConfigError(f"serve.port = {self.serve.port} must be a TCP port (1-65535)")
         if self.lake.vacuum_every < 0:
             raise ConfigError("lake.vacuum_every must be >= 0 (0 leaves VACUUM to a maintenance job)")
+        if self.lake.checkpoint_interval < 1:
+            raise ConfigError("lake.checkpoint_interval must be >= 1 (commits between Delta log checkpoints)")
         if self.lake.retention_hours <= 0:
             raise ConfigError('lake.retention must be positive, e.g. "168 hours"')
         rec = self.recommend

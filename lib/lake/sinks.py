@@ -36,17 +36,31 @@ _SESSION_CONF_COMMIT = threading.Lock()
 _BATCH_OPERATIONS = ("WRITE", "MERGE")
 
 
-def ensure_delta_table(spark: SparkSession, path: str, schema: StructType) -> None:
-    """Create an empty Delta table with ``schema`` at ``path`` unless one exists, and add to an
-    existing one the columns of ``schema`` it lacks (a newer streamrec added them; its older rows
-    hold nulls there)."""
-    DeltaTable.createIfNotExists(spark).location(path).addColumns(schema).execute()
-    existing = set(DeltaTable.forPath(spark, path).toDF().columns)
+def ensure_delta_table(
+    spark: SparkSession, path: str, schema: StructType, properties: dict[str, str] | None = None
+) -> None:
+    """Create an empty Delta table with ``schema`` and table ``properties`` at ``path`` unless one
+    exists; give an existing one the columns of ``schema`` it lacks (a newer streamrec added them;
+    its older rows hold nulls there) and the ``properties`` it does not have as given."""
+    properties = properties or {}
+    builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
+    for key, value in properties.items():
+        builder = builder.property(key, value)
+    builder.execute()
+    table = DeltaTable.forPath(spark, path)
+    existing = set(table.toDF().columns)
     missing = [f for f in schema if f.name not in existing]
     if missing:
         columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
         spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({columns})")
         log.info("added column(s) %s to %s", columns, path)
+    if properties:
+        current = table.detail().select("properties").first()[0] or {}
+        changed = {k: v for k, v in properties.items() if current.get(k) != v}
+        if changed:
+            settings = ", ".join(f"'{k}' = '{v}'" for k, v in changed.items())
+            spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({settings})")
+            log.info("set %s on %s", settings, path)
 
 
 class BatchSink:
@@ -150,7 +164,21 @@ class BatchSink:
 
 
 def data_files(spark: SparkSession, path: str) -> int:
-    """How many data files the table's current snapshot has."""
+    """How many data files the table's newest version has.
+
+    Read on the driver from the checksum Delta writes beside a commit (``<version>.crc``,
+    ``numFiles``): ``DESCRIBE DETAIL`` costs Spark jobs, about 0.8 s a table on 2 cores. Without a
+    checksum of the newest version it falls back to that.
+    """
+    fs = HadoopFS(spark)
+    log_dir = f"{path}/_delta_log"
+    newest = max(
+        (int(name[: -len(".json")]) for name in fs.list_names(log_dir) if _COMMIT_FILE.match(name)), default=-1
+    )
+    checksum = fs.read_text(f"{log_dir}/{newest:020d}.crc") if newest >= 0 else None
+    files = json.loads(checksum).get("numFiles") if checksum else None
+    if isinstance(files, int):
+        return files
     return DeltaTable.forPath(spark, path).detail().select("numFiles").first()[0]
 
 

@@ -59,6 +59,7 @@ from lib.core.schemas import (
     STAGE_S,
     STARTED_AT,
     STREAM_METRICS,
+    STREAM_TABLES,
     TABLE_SCHEMAS,
     USER_PROFILES,
     VALID_ROWS,
@@ -211,9 +212,11 @@ def activity_stream(spark: SparkSession, cfg: Config) -> DataFrame:
 
 
 def ensure_tables(spark: SparkSession, cfg: Config) -> None:
-    """Create every output table (empty) so that readers and MERGE targets exist from the start."""
+    """Create every output table (empty) so that readers and MERGE targets exist from the start;
+    the stream's own tables checkpoint their Delta log every ``lake.checkpoint_interval`` commits."""
+    checkpoints = {"delta.checkpointInterval": str(cfg.lake.checkpoint_interval)}
     for name, schema in TABLE_SCHEMAS.items():
-        ensure_delta_table(spark, cfg.paths.table(name), schema)
+        ensure_delta_table(spark, cfg.paths.table(name), schema, checkpoints if name in STREAM_TABLES else None)
 
 
 def format_micros(timestamp_micros: int | None) -> str:

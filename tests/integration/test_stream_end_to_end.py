@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,6 +16,7 @@ from lib.core.schemas import (
     LIVE_SESSIONS_SCHEMA,
     QUARANTINE_SCHEMA,
     SESSION_FEATURES_SCHEMA,
+    STREAM_TABLES,
 )
 from lib.lake.verify import multiset_diff, read_manifest, verify
 from lib.stream.query import BatchReport, SessionBatchWriter, run_available_now
@@ -37,7 +39,7 @@ WATERMARK_S = 600
 @pytest.fixture(scope="module")
 def pipeline(spark, tmp_path_factory):
     """Four files (two per micro-batch) with 3% malformed rows, run through the stream once."""
-    cfg = make_config(tmp_path_factory.mktemp("e2e"), "stream.max_files_per_trigger=2")
+    cfg = make_config(tmp_path_factory.mktemp("e2e"), "stream.max_files_per_trigger=2", "lake.checkpoint_interval=2")
     purchases = generated_purchases(users=30, items=60, count=200)
     write_purchases(cfg.paths.purchases, purchases)
     writer = activity_writer(cfg, bad_share=0.03)
@@ -68,6 +70,21 @@ def test_tables_have_the_contract_columns(spark, pipeline):
         ("ingested_at", "timestamp"),
     ]
     assert contract(QUARANTINE_SCHEMA)[:4] == schema_of(read(spark, cfg, "quarantine"))[:4]
+
+
+def test_the_streams_tables_checkpoint_their_delta_log_every_configured_number_of_commits(spark, pipeline):
+    cfg = pipeline[0]
+
+    def properties(name):
+        return spark.sql(f"DESCRIBE DETAIL delta.`{cfg.paths.table(name)}`").first().properties
+
+    assert {name: properties(name).get("delta.checkpointInterval") for name in STREAM_TABLES} == {
+        name: "2" for name in STREAM_TABLES
+    }
+    assert "delta.checkpointInterval" not in properties("recommendations")  # the training job's table
+    # Created (version 0), then one append a micro-batch: version 2 is checkpointed.
+    log_dir = Path(cfg.paths.table("enriched_events")) / "_delta_log"
+    assert [p.name for p in log_dir.glob("*.checkpoint.parquet")] == ["00000000000000000002.checkpoint.parquet"]
 
 
 def test_every_valid_row_is_enriched_exactly_once_with_point_in_time_features(spark, pipeline):

@@ -53,6 +53,7 @@ def test_durations(text, seconds):
         (["source.kind=socket"], "source.kind = 'socket' is unknown"),
         (["kafka.starting_offsets=newest"], "kafka.starting_offsets"),
         (["kafka.max_offsets_per_trigger=-1"], "max_offsets_per_trigger must be >= 0"),
+        (["lake.checkpoint_interval=0"], "checkpoint_interval must be >= 1"),
         (["source.kind=kafka", "kafka.topic="], "needs kafka.bootstrap_servers and kafka.topic"),
     ],
 )

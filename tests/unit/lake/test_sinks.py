@@ -5,7 +5,7 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql.types import DoubleType, IntegerType, MapType, StringType, StructField, StructType
 
-from lib.lake.sinks import BatchSink, ensure_delta_table
+from lib.lake.sinks import BatchSink, compact, data_files, ensure_delta_table
 
 SCHEMA = StructType([StructField("k", IntegerType()), StructField("v", StringType())])
 
@@ -68,3 +68,53 @@ def test_an_existing_table_gets_the_columns_a_newer_schema_adds_and_keeps_its_ro
     ensure_delta_table(spark, path, newer)  # nothing left to add
     assert read(spark, path).schema.simpleString() == newer.simpleString()
     assert [tuple(r) for r in read(spark, path).collect()] == [(1, "a", None)]
+
+
+def test_table_properties_are_set_on_a_new_table_and_brought_to_an_existing_one(spark, tmp_path):
+    def properties(path):
+        return spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first().properties
+
+    def versions(path):
+        return spark.sql(f"DESCRIBE HISTORY delta.`{path}`").count()
+
+    new, old = str(tmp_path / "new"), str(tmp_path / "old")
+    ensure_delta_table(spark, new, SCHEMA, {"delta.checkpointInterval": "100"})
+    assert properties(new)["delta.checkpointInterval"] == "100"
+    ensure_delta_table(spark, old, SCHEMA)
+    assert "delta.checkpointInterval" not in properties(old)
+    ensure_delta_table(spark, old, SCHEMA, {"delta.checkpointInterval": "25"})
+    assert properties(old)["delta.checkpointInterval"] == "25"
+    before = versions(old)
+    ensure_delta_table(spark, old, SCHEMA, {"delta.checkpointInterval": "25"})  # as it is: no commit
+    assert versions(old) == before
+
+
+def counted_with_jobs(spark, path, group):
+    """``data_files(path)`` and how many Spark jobs it ran."""
+    context = spark.sparkContext
+    context.setJobGroup(group, "data_files")
+    try:
+        files = data_files(spark, path)
+    finally:
+        context.setLocalProperty("spark.jobGroup.id", None)
+    return files, len(context.statusTracker().getJobIdsForGroup(group))
+
+
+def test_the_data_files_of_a_table_are_counted_from_its_log_without_a_spark_job(spark, tmp_path):
+    path = str(tmp_path / "events")
+    sink = BatchSink(spark, "query")
+
+    def described():
+        return spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first().numFiles
+
+    ensure_delta_table(spark, path, SCHEMA)
+    assert counted_with_jobs(spark, path, "empty") == (described(), 0) == (0, 0)
+    for batch_id in range(3):
+        sink.append(rows(spark, (batch_id, "a"), (None, None)).coalesce(1), path, batch_id)
+    assert counted_with_jobs(spark, path, "appended") == (described(), 0) == (3, 0)
+    compact(spark, path)
+    assert counted_with_jobs(spark, path, "compacted") == (described(), 0) == (1, 0)
+    # Without the newest version's checksum, Delta's own count, which runs Spark jobs.
+    max((tmp_path / "events" / "_delta_log").glob("*.crc")).unlink()
+    files, jobs = counted_with_jobs(spark, path, "no checksum")
+    assert files == 1 and jobs > 0
