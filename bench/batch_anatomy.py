@@ -35,7 +35,7 @@ from lib.core.fs import LocalFS  # noqa: E402
 from lib.core.spark import get_spark  # noqa: E402
 from lib.ingest.backlog import COMMIT_LOG  # noqa: E402
 from lib.ingest.sources import with_line_source  # noqa: E402
-from lib.stream.query import SessionBatchWriter  # noqa: E402
+from lib.stream.query import SessionBatchWriter, ensure_tables  # noqa: E402
 
 # The store's writes timed per batch: when each kind of document reached it.
 STORE_WRITES = {"put_sessions": "sessions", "put_profiles": "profiles", "put_live_recommendations": "live recs"}
@@ -134,6 +134,7 @@ def main() -> int:
             "spark.eventLog.compress": "false",
         },
     )
+    ensure_tables(spark, cfg)  # as the stream does at start: the tables' properties follow the config
     writer = SessionBatchWriter(spark, cfg)
     windows: list[Window] = []
     time_store_writes(writer, windows)
