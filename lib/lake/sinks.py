@@ -55,7 +55,7 @@ def ensure_delta_table(
         spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({columns})")
         log.info("added column(s) %s to %s", columns, path)
     if properties:
-        current = table.detail().select("properties").first()[0] or {}
+        current = table_properties(spark, path)
         changed = {k: v for k, v in properties.items() if current.get(k) != v}
         if changed:
             settings = ", ".join(f"'{k}' = '{v}'" for k, v in changed.items())
@@ -91,12 +91,8 @@ class BatchSink:
         highest batch id.
         """
         log_dir = f"{path}/_delta_log"
-        versions = sorted(
-            (int(name[: -len(".json")]) for name in self._fs.list_names(log_dir) if _COMMIT_FILE.match(name)),
-            reverse=True,
-        )
         prefix = f"{self.app_id}:"
-        for version in versions:
+        for version in _commit_versions(self._fs, log_dir):
             text = self._fs.read_text(f"{log_dir}/{version:020d}.json") or ""
             for line in text.splitlines():
                 commit = json.loads(line).get("commitInfo")
@@ -163,23 +159,42 @@ class BatchSink:
                 self.spark.conf.unset(_COMMIT_USER_METADATA)
 
 
-def data_files(spark: SparkSession, path: str) -> int:
-    """How many data files the table's newest version has.
+def _commit_versions(fs: HadoopFS, log_dir: str) -> list[int]:
+    """The versions of the commit files in the Delta log ``log_dir``, newest first."""
+    return sorted(
+        (int(name[: -len(".json")]) for name in fs.list_names(log_dir) if _COMMIT_FILE.match(name)), reverse=True
+    )
 
-    Read on the driver from the checksum Delta writes beside a commit (``<version>.crc``,
-    ``numFiles``): ``DESCRIBE DETAIL`` costs Spark jobs, about 0.4 s a table on 2 cores. Without a
-    checksum of the newest version it falls back to that.
+
+def _newest_checksum(spark: SparkSession, path: str) -> dict:
+    """The checksum Delta writes beside a commit (``<version>.crc``: file count, metadata, ...) of
+    the table's newest version, read on the driver; empty when that version has none.
+
+    ``DESCRIBE DETAIL`` would cost Spark jobs, about 0.4 s a table on 2 cores.
     """
     fs = HadoopFS(spark)
     log_dir = f"{path}/_delta_log"
-    newest = max(
-        (int(name[: -len(".json")]) for name in fs.list_names(log_dir) if _COMMIT_FILE.match(name)), default=-1
-    )
-    checksum = fs.read_text(f"{log_dir}/{newest:020d}.crc") if newest >= 0 else None
-    files = json.loads(checksum).get("numFiles") if checksum else None
+    versions = _commit_versions(fs, log_dir)
+    text = fs.read_text(f"{log_dir}/{versions[0]:020d}.crc") if versions else None
+    return json.loads(text) if text else {}
+
+
+def data_files(spark: SparkSession, path: str) -> int:
+    """How many data files the table's newest version has: from its checksum, else from
+    ``DESCRIBE DETAIL``."""
+    files = _newest_checksum(spark, path).get("numFiles")
     if isinstance(files, int):
         return files
     return DeltaTable.forPath(spark, path).detail().select("numFiles").first()[0]
+
+
+def table_properties(spark: SparkSession, path: str) -> dict[str, str]:
+    """The table properties of the table's newest version: from its checksum, else from
+    ``DESCRIBE DETAIL``."""
+    configuration = (_newest_checksum(spark, path).get("metadata") or {}).get("configuration")
+    if isinstance(configuration, dict):
+        return configuration
+    return DeltaTable.forPath(spark, path).detail().select("properties").first()[0] or {}
 
 
 def compact(spark: SparkSession, path: str) -> None:

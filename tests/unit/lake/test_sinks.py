@@ -5,7 +5,7 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql.types import DoubleType, IntegerType, MapType, StringType, StructField, StructType
 
-from lib.lake.sinks import BatchSink, compact, data_files, ensure_delta_table
+from lib.lake.sinks import BatchSink, compact, data_files, ensure_delta_table, table_properties
 
 SCHEMA = StructType([StructField("k", IntegerType()), StructField("v", StringType())])
 
@@ -84,6 +84,7 @@ def test_table_properties_are_set_on_a_new_table_and_brought_to_an_existing_one(
     assert "delta.checkpointInterval" not in properties(old)
     ensure_delta_table(spark, old, SCHEMA, {"delta.checkpointInterval": "25"})
     assert properties(old)["delta.checkpointInterval"] == "25"
+    assert table_properties(spark, old) == properties(old)  # read from the log's checksum
     before = versions(old)
     ensure_delta_table(spark, old, SCHEMA, {"delta.checkpointInterval": "25"})  # as it is: no commit
     assert versions(old) == before
