@@ -114,11 +114,12 @@ def main() -> int:
     parser.add_argument("--files-per-batch", type=int, default=10)
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--work", type=Path, default=Path("/tmp/streamrec-anatomy"), help="scratch folder")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
 
     seed, work = args.seed.resolve(), args.work.resolve()
-    cfg = load_config(copy_seed(seed, work), [])
+    cfg = load_config(copy_seed(seed, work), args.set)
     inputs = sorted(p for p in args.files.iterdir() if p.suffix == ".csv")
     needed = args.files_per_batch * args.batches
     if len(inputs) < needed:
