@@ -1,5 +1,6 @@
 # streamrec: `make demo` runs the pipeline on the embedded defaults, `make test` runs the tests.
-# Both set everything up first (virtualenv with pinned packages, Delta jars from Maven Central).
+# Both set everything up first (virtualenv with pinned packages, Delta jars from Maven Central,
+# streamrec's own jar from jvm/src).
 # `make airflow` installs Apache Airflow into .venv-airflow, apart from the engine's .venv.
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +11,7 @@ AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 
 .PHONY: setup airflow demo test lint serve chaos bench movielens sessions shell clean
 
-setup: $(STAMP) .cache/jars/.fetched
+setup: $(STAMP) .cache/jars/.fetched .cache/jvm/streamrec.jar
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,10 @@ $(STAMP): requirements.txt pyproject.toml
 .cache/jars/.fetched: $(STAMP) scripts/fetch_jars.py lib/ingest/kafka.py
 	$(PY) scripts/fetch_jars.py
 	touch $@
+
+# streamrec's own jar (jvm/src), compiled by the JDK's javac against the Hadoop classes pyspark ships.
+.cache/jvm/streamrec.jar: $(STAMP) scripts/build_jvm.py $(shell find jvm/src -name '*.java')
+	$(PY) scripts/build_jvm.py
 
 # Every package pinned (a pip freeze of a working install): Airflow's own constraint files are not
 # reachable from every machine, and an unpinned resolve drifts.

@@ -29,15 +29,30 @@ done
 job="$1"
 shift
 
-# The Delta and Kafka connector jars, and the Hive metastore's JDBC driver (Derby network client), which must be on the
-# driver's own class path.
-jar_paths="$(cd "$ROOT" && "$VENV/bin/python" -c '
-from lib.core.metastore import client_jar
-from lib.core.spark import engine_jar_paths
-print(",".join(map(str, engine_jar_paths())))
-print(client_jar())')"
-jars="${jar_paths%%$'\n'*}"
-metastore_client="${jar_paths#*$'\n'}"
+master="local[*]"  # spark-submit's own default
+for ((i = 0; i < ${#submit_opts[@]}; i++)); do
+  case "${submit_opts[i]}" in
+    --master) master="${submit_opts[i + 1]:-}" ;;
+    --master=*) master="${submit_opts[i]#--master=}" ;;
+  esac
+done
+# The Delta and Kafka connector jars; the driver's class path (the Hive metastore's JDBC driver,
+# and on a local master streamrec's jar) and the settings that go with it (lib.core.spark).
+mapfile -t jar_settings < <(cd "$ROOT" && "$VENV/bin/python" - "$master" <<'PY'
+import sys
+from lib.core.spark import driver_settings, engine_jar_paths
+jars, settings = engine_jar_paths(), driver_settings(sys.argv[1])
+print(",".join(map(str, jars)))
+for key, value in settings.items():
+    print(f"{key}={value}")
+PY
+)
+[[ ${#jar_settings[@]} -gt 0 ]] || exit 2
+jars="${jar_settings[0]}"
+driver_conf=()
+for setting in "${jar_settings[@]:1}"; do
+  driver_conf+=(--conf "$setting")
+done
 # lib/ ships to the executors as a zip named for its content: built only when lib/ changed, and
 # written under a temporary name then renamed, so jobs started together never see half a zip.
 libzip="$(cd "$ROOT" && "$VENV/bin/python" - <<'PY'
@@ -75,7 +90,7 @@ log4j="-Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties"
 setsid setpriv --pdeathsig KILL "$VENV/bin/spark-submit" \
   --properties-file "$ROOT/conf/spark-defaults.conf" \
   --jars "$jars" \
-  --driver-class-path "$metastore_client" \
+  "${driver_conf[@]}" \
   --py-files "$libzip" \
   --driver-java-options "$log4j" \
   --conf "spark.executor.extraJavaOptions=$log4j" \

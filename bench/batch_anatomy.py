@@ -115,9 +115,21 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--work", type=Path, default=Path("/tmp/streamrec-anatomy"), help="scratch folder")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
+    parser.add_argument(
+        "--conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Spark setting, e.g. Hadoop's own local file system: "
+        "spark.hadoop.fs.file.impl=org.apache.hadoop.fs.LocalFileSystem and "
+        "spark.hadoop.fs.AbstractFileSystem.file.impl=org.apache.hadoop.fs.local.LocalFs",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
 
+    if any("=" not in setting for setting in args.conf):
+        parser.error("--conf takes KEY=VALUE")
+    spark_settings = dict(setting.split("=", 1) for setting in args.conf)
     seed, work = args.seed.resolve(), args.work.resolve()
     cfg = load_config(copy_seed(seed, work), args.set)
     inputs = sorted(p for p in args.files.iterdir() if p.suffix == ".csv")
@@ -133,6 +145,7 @@ def main() -> int:
             "spark.eventLog.enabled": "true",
             "spark.eventLog.dir": event_logs.as_uri(),
             "spark.eventLog.compress": "false",
+            **spark_settings,
         },
     )
     ensure_tables(spark, cfg)  # as the stream does at start: the tables' properties follow the config

@@ -11,6 +11,8 @@ from pathlib import Path
 PROJECT_ROOT = Path(os.environ.get("STREAMREC_HOME") or Path(__file__).resolve().parents[2])
 # Jars setup fetched from Maven Central (scripts/fetch_jars.py): Delta, Derby, Kafka.
 JARS_DIR = Path(os.environ.get("STREAMREC_JARS_DIR", PROJECT_ROOT / ".cache" / "jars"))
+# streamrec's own jar, built from jvm/src by setup (scripts/build_jvm.py).
+JVM_JAR = PROJECT_ROOT / ".cache" / "jvm" / "streamrec.jar"
 
 
 def maven_jar(folder: Path, coordinate: str) -> Path:

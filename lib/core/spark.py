@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from pyspark.sql import SparkSession
 
 from lib.core import metastore
-from lib.core.paths import JARS_DIR, PROJECT_ROOT, fetched_jars, maven_jar
+from lib.core.paths import JARS_DIR, JVM_JAR, PROJECT_ROOT, fetched_jars, maven_jar
 from lib.ingest.kafka import connector_jar_paths
 
 if TYPE_CHECKING:
@@ -32,6 +32,16 @@ LOG4J_CONF = PROJECT_ROOT / "conf" / "log4j2.properties"
 # Jobs over the whole lake (train, evaluate) want adaptive execution, which conf/spark-defaults.conf
 # turns off for the stream's small micro-batches.
 WHOLE_LAKE_CONF = {"spark.sql.adaptive.enabled": "true"}
+# Without Hadoop's native library, which pyspark does not ship, Hadoop's local file system forks
+# chmod for every file it creates and readlink twice for every rename (each Delta commit): about
+# 160 processes a micro-batch of the stream. streamrec's own (jvm/src) does both in the JVM. Only
+# for a local master: there every task runs in the driver's JVM, which has the jar on its class
+# path; a cluster keeps Hadoop's defaults.
+FORKLESS_LOCAL_FS = {
+    "spark.hadoop.fs.file.impl": "streamrec.hadoop.ForklessLocalFileSystem",
+    "spark.hadoop.fs.AbstractFileSystem.file.impl": "streamrec.hadoop.ForklessLocalFs",
+}
+DEFAULT_LOCAL_MASTER = "local[2]"
 
 
 def delta_maven_coordinates() -> list[str]:
@@ -49,6 +59,31 @@ def delta_jar_paths() -> list[Path]:
 def engine_jar_paths() -> list[Path]:
     """The jars every streamrec session loads: Delta and Spark's Kafka connector."""
     return [*delta_jar_paths(), *connector_jar_paths()]
+
+
+def jvm_jar() -> Path:
+    """streamrec's own jar; raises with the fix when setup has not built it."""
+    if not JVM_JAR.is_file():
+        raise FileNotFoundError(
+            f"{JVM_JAR} not found. Run `make setup` (or `python scripts/build_jvm.py`) to build it."
+        )
+    return JVM_JAR
+
+
+def is_local(master: str) -> bool:
+    """Whether ``master`` runs the whole application in one JVM (``local``, ``local[2]``, ...)."""
+    return master == "local" or master.startswith("local[")
+
+
+def driver_settings(master: str) -> dict[str, str]:
+    """The driver's class path (the metastore's JDBC driver, which the application class loader must
+    see) and, on a local master, the forkless local file system (``FORKLESS_LOCAL_FS``)."""
+    class_path = [metastore.client_jar()]
+    settings = {}
+    if is_local(master):
+        class_path.append(jvm_jar())
+        settings.update(FORKLESS_LOCAL_FS)
+    return {"spark.driver.extraClassPath": os.pathsep.join(map(str, class_path)), **settings}
 
 
 def read_spark_defaults(path: Path = SPARK_DEFAULTS) -> dict[str, str]:
@@ -89,12 +124,12 @@ def get_spark(
         paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
         if str(PROJECT_ROOT) not in paths:
             os.environ["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), *filter(None, paths)])
+        master = os.environ.get("STREAMREC_MASTER", DEFAULT_LOCAL_MASTER)
         settings = {
             **read_spark_defaults(),
-            "spark.master": os.environ.get("STREAMREC_MASTER", "local[2]"),
+            "spark.master": master,
             "spark.jars": ",".join(str(p) for p in engine_jar_paths()),
-            # The metastore's JDBC driver must be visible to the application class loader.
-            "spark.driver.extraClassPath": str(metastore.client_jar()),
+            **driver_settings(master),
             "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{LOG4J_CONF}",
         }
         for key, value in settings.items():
