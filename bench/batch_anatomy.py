@@ -1,8 +1,9 @@
 """Where a micro-batch's time goes: the main query's batch writer (``SessionBatchWriter``) on
 static batches of input files, continuing a copy of a lake the stream wrote, with Spark's event
 log on. Per batch it prints the stage seconds, the Spark jobs (how many, how long any of them
-was running, the CPU their tasks used) and when the online store received the batch's
-sessions, profiles and live recommendations, in seconds from the batch's start.
+was running, the CPU their tasks used), what the JVM spent beside them (its JIT compilers' time,
+garbage collection, the classes Spark generated and compiled with Janino) and when the online store
+received the batch's sessions, profiles and live recommendations, in seconds from the batch's start.
 
 The same input gives the same batches, so two checkouts can be compared batch by batch, which
 the freshness runs of ``make bench`` (a live generator, 5 or 6 batches in 2 minutes) cannot do
@@ -47,6 +48,33 @@ class Window:
     started: float  # epoch seconds
     ended: float = 0.0
     stored: dict[str, float] = field(default_factory=dict)  # kind -> seconds from the start
+    jvm: JvmCounters | None = None  # what the JVM spent during the batch
+
+
+@dataclass(frozen=True)
+class JvmCounters:
+    """Cumulative JVM counters of the driver: JIT compilers' time, GC time, Janino compilations."""
+
+    jit_ms: int
+    gc_ms: int
+    generated_classes: int
+
+    @classmethod
+    def read(cls, spark) -> JvmCounters:
+        jvm = spark.sparkContext._jvm
+        management = jvm.java.lang.management.ManagementFactory
+        return cls(
+            jit_ms=management.getCompilationMXBean().getTotalCompilationTime(),
+            gc_ms=sum(bean.getCollectionTime() for bean in management.getGarbageCollectorMXBeans()),
+            generated_classes=jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME().getCount(),
+        )
+
+    def __sub__(self, earlier: JvmCounters) -> JvmCounters:
+        return JvmCounters(
+            self.jit_ms - earlier.jit_ms,
+            self.gc_ms - earlier.gc_ms,
+            self.generated_classes - earlier.generated_classes,
+        )
 
 
 def copy_seed(seed: Path, work: Path) -> Path:
@@ -162,8 +190,10 @@ def main() -> int:
             ]
             batch = with_line_source(spark.read.text([str(f) for f in files]))
             windows.append(Window(first + n, time.time()))
+            before = JvmCounters.read(spark)
             writer.write_batch(batch, first + n)
             windows[-1].ended = time.time()
+            windows[-1].jvm = JvmCounters.read(spark) - before
     finally:
         writer.close()
         spark.stop()  # flushes the event log
@@ -176,6 +206,10 @@ def main() -> int:
         print(
             f"batch {window.batch_id}: {window.ended - window.started:.1f} s, {report.input_lines} lines; "
             f"{jobs} Spark jobs running {busy:.1f} s, task CPU {cpu:.1f} s; store: {stored}"
+        )
+        print(
+            f"    JVM: JIT compilers {window.jvm.jit_ms / 1000:.1f} s, GC {window.jvm.gc_ms / 1000:.1f} s, "
+            f"{window.jvm.generated_classes} generated classes compiled"
         )
         print(f"    stages: {report.stages_text}")
     return 0
