@@ -189,8 +189,8 @@ def main() -> int:
                 shutil.copy2(p, events_dir / p.name) for p in inputs[n * args.files_per_batch :][: args.files_per_batch]
             ]
             batch = with_line_source(spark.read.text([str(f) for f in files]))
+            before = JvmCounters.read(spark)  # read outside the batch's window, which it would lengthen
             windows.append(Window(first + n, time.time()))
-            before = JvmCounters.read(spark)
             writer.write_batch(batch, first + n)
             windows[-1].ended = time.time()
             windows[-1].jvm = JvmCounters.read(spark) - before
