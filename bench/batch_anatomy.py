@@ -4,6 +4,8 @@ log on. Per batch it prints the stage seconds, the Spark jobs (how many, how lon
 was running, the CPU their tasks used), what the JVM spent beside them (its JIT compilers' time,
 garbage collection, the classes Spark generated and compiled with Janino) and when the online store
 received the batch's sessions, profiles and live recommendations, in seconds from the batch's start.
+At the end it prints the Catalyst rules (analysis, optimization, Delta's own) that took longest over
+every batch but the first, summed over the driver's threads (``RuleExecutor``'s metrics).
 
 The same input gives the same batches, so two checkouts can be compared batch by batch, which
 the freshness runs of ``make bench`` (a live generator, 5 or 6 batches in 2 minutes) cannot do
@@ -53,11 +55,13 @@ class Window:
 
 @dataclass(frozen=True)
 class JvmCounters:
-    """Cumulative JVM counters of the driver: JIT compilers' time, GC time, Janino compilations."""
+    """Cumulative JVM counters of the driver: JIT compilers' time, GC time, Janino compilations,
+    time in Catalyst's rules."""
 
     jit_ms: int
     gc_ms: int
     generated_classes: int
+    rule_ns: int
 
     @classmethod
     def read(cls, spark) -> JvmCounters:
@@ -67,6 +71,7 @@ class JvmCounters:
             jit_ms=management.getCompilationMXBean().getTotalCompilationTime(),
             gc_ms=sum(bean.getCollectionTime() for bean in management.getGarbageCollectorMXBeans()),
             generated_classes=jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME().getCount(),
+            rule_ns=rule_executor(spark).getCurrentMetrics().time(),
         )
 
     def __sub__(self, earlier: JvmCounters) -> JvmCounters:
@@ -74,7 +79,23 @@ class JvmCounters:
             self.jit_ms - earlier.jit_ms,
             self.gc_ms - earlier.gc_ms,
             self.generated_classes - earlier.generated_classes,
+            self.rule_ns - earlier.rule_ns,
         )
+
+
+def rule_executor(spark):
+    return spark.sparkContext._jvm.org.apache.spark.sql.catalyst.rules.RuleExecutor
+
+
+def slowest_rules(spark, top: int) -> list[tuple[str, float, int]]:
+    """The ``top`` rules by time since the metrics were reset: (rule, seconds, runs)."""
+    rules = []
+    for line in rule_executor(spark).dumpTimeSpent().splitlines():
+        # "<rule>   <effective ns> / <total ns>   <effective runs> / <total runs>"
+        fields = line.split()
+        if len(fields) == 7 and fields[2] == "/" and fields[3].isdigit():
+            rules.append((fields[0].rsplit(".", 1)[-1], int(fields[3]) / 1e9, int(fields[6])))
+    return sorted(rules, key=lambda rule: -rule[1])[:top]
 
 
 def copy_seed(seed: Path, work: Path) -> Path:
@@ -194,6 +215,9 @@ def main() -> int:
             writer.write_batch(batch, first + n)
             windows[-1].ended = time.time()
             windows[-1].jvm = JvmCounters.read(spark) - before
+            if n == 0:
+                rule_executor(spark).resetMetrics()  # the rule table leaves out the JVM's first batch
+        rules = slowest_rules(spark, 12)
     finally:
         writer.close()
         spark.stop()  # flushes the event log
@@ -209,9 +233,16 @@ def main() -> int:
         )
         print(
             f"    JVM: JIT compilers {window.jvm.jit_ms / 1000:.1f} s, GC {window.jvm.gc_ms / 1000:.1f} s, "
-            f"{window.jvm.generated_classes} generated classes compiled"
+            f"{window.jvm.generated_classes} generated classes compiled, "
+            f"Catalyst rules {window.jvm.rule_ns / 1e9:.1f} s"
         )
         print(f"    stages: {report.stages_text}")
+    if len(windows) > 1:
+        later = sum(window.jvm.rule_ns for window in windows[1:]) / 1e9
+        since, until = windows[1].batch_id, windows[-1].batch_id
+        print(f"Catalyst rules, batches {since} to {until}: {later:.1f} s in all; slowest:")
+        for name, seconds, runs in rules:
+            print(f"    {name}: {seconds:.2f} s in {runs} runs")
     return 0
 
 
