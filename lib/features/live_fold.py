@@ -64,6 +64,11 @@ def empty_recent() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in RECENT_COLUMNS})
 
 
+def _dtypes(columns) -> dict:
+    """The dtype of each column (a frame read from the store has object columns when empty)."""
+    return {c: _dtype(c) for c in columns}
+
+
 def _dtype(column: str):
     return object if column in (LAST_EVENT, "last_file", EVENT_TYPE, SOURCE_FILE) else np.int64
 
@@ -162,7 +167,7 @@ def fold_events(
 
     users = pd.unique(on_time[USER_ID])
     carried = open_sessions[open_sessions[USER_ID].isin(users)]
-    fragments = pd.concat([carried, event_fragments(on_time)], ignore_index=True)
+    fragments = pd.concat([carried, event_fragments(on_time)], ignore_index=True).astype(_dtypes(SESSION_COLUMNS))
     if fragments.empty:
         return FoldedBatch(
             _with_open(empty_sessions(), None, gap_micros), empty_recent(), int(late.sum()), max_event, watermark_after
@@ -171,7 +176,7 @@ def fold_events(
 
     recent_before = open_recent[open_recent[USER_ID].isin(users)][[USER_ID, EVENT_TS, ITEM_ID, EVENT_TYPE]]
     recent_new = on_time[[USER_ID, EVENT_TS, ITEM_ID, EVENT_TYPE]]
-    recent = pd.concat([recent_before, recent_new], ignore_index=True).astype({USER_ID: np.int64, EVENT_TS: np.int64})
+    recent = pd.concat([recent_before, recent_new], ignore_index=True).astype(_dtypes(recent_new.columns))
     recent[SESSION_START] = _session_start_of(recent, sessions)
     recent = (
         recent.sort_values([USER_ID, SESSION_START, EVENT_TS, ITEM_ID, EVENT_TYPE], kind="stable")
