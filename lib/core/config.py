@@ -75,30 +75,29 @@ class PathsConfig:
         return f"{self.checkpoints.rstrip('/')}/{name}"
 
 
-# Folders under paths.checkpoints: the main query's, and the events query's (lib.stream.events).
+# The main query's folder under paths.checkpoints.
 STREAM_CHECKPOINT = "stream"
-EVENTS_CHECKPOINT = "events"
 
 
 @dataclass(frozen=True)
 class StreamConfig:
     max_files_per_trigger: int = 1
     trigger_interval: str = "1 second"
+    # The Delta side beyond appends (session_features, user_profiles, the mirrors of the live
+    # tables, stream_metrics) is folded from the online store this often (lib/stream/slow.py).
+    slow_interval: str = "30 seconds"
     max_line_chars: int = 4096
-    # Every this many micro-batches the stream compacts its table with the most data files, so
-    # small per-batch files do not pile up; 0 turns compaction off.
+    # Every this many slow passes (stream.slow_interval) the stream compacts its table with the most
+    # data files, so small per-batch files do not pile up; 0 turns compaction off.
     compact_every: int = 10
-    # In an availableNow run, a batch leaves the live tables (profiles, live sessions, live
-    # recommendations) to a later batch while more files wait: a backlog needs only its end state.
-    defer_live_in_backlog: bool = True
-    # With the file source, enriched_events and quarantine may be written by a query of their own,
-    # which never waits behind the sessions, profiles and recommendations of the main query; on
-    # 2 cores it halves their delay but slows the main query's (README, Performance).
-    separate_events_query: bool = False
 
     @cached_property
     def trigger_interval_seconds(self) -> float:
         return parse_duration(self.trigger_interval, "stream.trigger_interval")
+
+    @cached_property
+    def slow_interval_seconds(self) -> float:
+        return parse_duration(self.slow_interval, "stream.slow_interval")
 
 
 SOURCE_KINDS = ("files", "kafka")
@@ -242,12 +241,6 @@ class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
 
-    @property
-    def has_events_query(self) -> bool:
-        """Whether a query of its own writes enriched_events and quarantine (``lib.stream.events``):
-        with the file source, as ``stream.separate_events_query`` says; Kafka runs one query."""
-        return self.stream.separate_events_query and self.source.kind == "files"
-
     def validate(self) -> "Config":
         if self.stream.max_files_per_trigger < 1:
             raise ConfigError("stream.max_files_per_trigger must be >= 1")
@@ -255,6 +248,8 @@ class Config:
             raise ConfigError("stream.compact_every must be >= 0 (0 turns compaction off)")
         if self.stream.trigger_interval_seconds < 0:
             raise ConfigError("stream.trigger_interval must not be negative")
+        if self.stream.slow_interval_seconds <= 0:
+            raise ConfigError('stream.slow_interval must be positive, e.g. "30 seconds"')
         if self.stream.max_line_chars < 64:
             raise ConfigError("stream.max_line_chars must be >= 64")
         if self.sessions.gap_seconds <= 0:

@@ -64,6 +64,11 @@ def empty_recent() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in RECENT_COLUMNS})
 
 
+def typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the fold's column types (a frame read from the store may have object columns)."""
+    return frame.astype({c: _dtype(c) for c in frame.columns if c in (*SESSION_COLUMNS, *RECENT_COLUMNS)})
+
+
 def _dtypes(columns) -> dict:
     """The dtype of each column (a frame read from the store has object columns when empty)."""
     return {c: _dtype(c) for c in columns}

@@ -1,19 +1,6 @@
-"""What an availableNow run has still to read: files of the file source, messages of Kafka.
-
-An availableNow run reads the input present when it starts, ``stream.max_files_per_trigger``
-files or ``kafka.max_offsets_per_trigger`` messages per micro-batch. A batch that knows more
-input waits may leave the work only the end state needs (profiles, live sessions, live
-recommendations) to a later batch of the same run (``lib.stream.query``).
-
-The answer may only err on one side: input counted as waiting must be input the run will read,
-or the run would end with that work undone (``SessionBatchWriter.finish_run`` catches that
-case too). So only what is listed before the query starts counts:
-- files: the regular, visible files in the folder, less those the file source's log under the
-  checkpoint records as read, less those the source's ``maxFileAge`` (7 days behind the newest
-  file, Spark's default, which streamrec keeps) skips;
-- Kafka: each partition's end offset then, less the batch's end offset in the query's offset
-  log. The query takes its own end offsets when it starts, later: never fewer messages.
-"""
+"""What a stream's checkpoint says it has read: the file source's log (which batch read which
+file) and the Kafka offsets of each batch, read on the driver without Spark (the verifier, the
+model's event cut-off and the benchmark use them)."""
 
 from __future__ import annotations
 
@@ -22,8 +9,6 @@ import logging
 import re
 from urllib.parse import unquote, urlparse
 
-from pyspark.sql import SparkSession
-
 from lib.core.fs import HadoopFS, LocalFS
 
 log = logging.getLogger(__name__)
@@ -31,18 +16,12 @@ log = logging.getLogger(__name__)
 SOURCE_LOG = "sources/0"
 OFFSET_LOG = "offsets"
 COMMIT_LOG = "commits"
-MAX_FILE_AGE_MS = 7 * 24 * 3600 * 1000
 _LOG_FILE = re.compile(r"^(\d+)(\.compact)?$")
 
 
 def path_key(path: str) -> str:
     """A file's path as both the source log (``file:///x``) and a listing (``file:/x``) name it."""
     return unquote(urlparse(path).path)
-
-
-def is_input_name(name: str) -> bool:
-    """Whether the file source reads a file of this name (it skips ``.x``, ``_x``, ``x._COPYING_``)."""
-    return not (name.startswith((".", "_")) or name.endswith("._COPYING_"))
 
 
 def _entries(text: str) -> list[dict]:
@@ -95,33 +74,6 @@ def files_committed(fs: HadoopFS | LocalFS, checkpoint: str, through_batch: int 
     return {path for path, batch in batch_of_files(fs, f"{checkpoint}/{SOURCE_LOG}").items() if batch <= through_batch}
 
 
-class FileBacklog:
-    """Created before the availableNow query starts; asked after each batch's source log entry exists."""
-
-    def __init__(self, spark: SparkSession, events_dir: str, checkpoint: str):
-        self._fs = HadoopFS(spark)
-        self._log_dir = f"{checkpoint.rstrip('/')}/{SOURCE_LOG}"
-        read, _ = read_by_source_log(self._fs, self._log_dir)
-        listed = [(path_key(path), modified) for path, modified in self._fs.list_files(events_dir)]
-        listed = [(key, modified) for key, modified in listed if is_input_name(key.rsplit("/", 1)[-1])]
-        newest = max([m for _, m in listed] + list(read.values()), default=0)
-        self._waiting = {key for key, modified in listed if key not in read and modified >= newest - MAX_FILE_AGE_MS}
-        log.info("%d file(s) wait to be read in this run", len(self._waiting))
-
-    def waiting_after(self, batch_id: int) -> int:
-        """How many files the run has still to read once batch ``batch_id`` has read its own."""
-        if not self._waiting:
-            return 0
-        for name in (str(batch_id), f"{batch_id}.compact"):
-            text = self._fs.read_text(f"{self._log_dir}/{name}")
-            if text is not None:
-                self._waiting.difference_update(key for key, _ in logged_files(text))
-                return len(self._waiting)
-        log.warning("no source log entry for batch %d under %s; not deferring any more work", batch_id, self._log_dir)
-        self._waiting.clear()
-        return 0
-
-
 def batch_end_offsets(text: str) -> dict[int, int]:
     """Per partition, the offset a Kafka batch read up to (exclusive), from its entry in the
     query's offset log: a version line, the batch's metadata, then the source's offsets as
@@ -130,29 +82,3 @@ def batch_end_offsets(text: str) -> dict[int, int]:
     if len(lines) < 3:
         return {}
     return {int(p): int(offset) for topic in json.loads(lines[2]).values() for p, offset in topic.items()}
-
-
-class KafkaBacklog:
-    """Created before the availableNow query starts, from the topic's end offsets
-    (``lib.ingest.kafka.end_offsets``); asked after each batch's offset log entry exists."""
-
-    def __init__(self, spark: SparkSession, checkpoint: str, end_offsets: dict[int, int]):
-        self._fs = HadoopFS(spark)
-        self._log_dir = f"{checkpoint.rstrip('/')}/{OFFSET_LOG}"
-        self._end = dict(end_offsets)
-
-    def waiting_after(self, batch_id: int) -> int:
-        """How many messages the run has still to read once batch ``batch_id`` has read its own."""
-        if not self._end:
-            return 0
-        text = self._fs.read_text(f"{self._log_dir}/{batch_id}")
-        if text is None:
-            log.warning("no offset log entry for batch %d under %s; deferring no more work", batch_id, self._log_dir)
-            self._end.clear()
-            return 0
-        # A partition missing from the entry counts as read: the error may only be to fold early.
-        reached = batch_end_offsets(text)
-        waiting = sum(max(0, end - reached.get(p, end)) for p, end in self._end.items())
-        if not waiting:
-            self._end.clear()
-        return waiting

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from lib.core.schemas import PURCHASE_AMOUNT, PURCHASE_DATE, USER_ID
+from lib.core.schemas import ITEM_ID, PURCHASE_AMOUNT, PURCHASE_DATE, USER_ID
 
 _MICROS_PER_DAY = 86_400_000_000
 # (user, day) packed in one int64: the user in the high 32 bits, the day (offset to be >= 0) below.
@@ -38,6 +38,7 @@ class PurchaseIndex:
     keys: np.ndarray  # int64 (user, day), ascending
     running_count: np.ndarray  # purchases before each position (len(keys) + 1)
     running_amounts: np.ndarray  # the non-null amounts' running count and sum (len(keys) + 1, 2)
+    items: np.ndarray  # the item of each purchase (-1 where null)
     files: tuple[str, ...] = ()
 
     @classmethod
@@ -47,21 +48,32 @@ class PurchaseIndex:
         users = purchases.column(USER_ID).to_numpy(zero_copy_only=False)
         days = purchases.column(PURCHASE_DATE).cast(pa.int32()).to_numpy(zero_copy_only=False)
         amounts = purchases.column(PURCHASE_AMOUNT).to_numpy(zero_copy_only=False).astype(np.float64)
+        items = purchases.column(ITEM_ID).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
         known = ~(np.isnan(users.astype(np.float64)) | np.isnan(days.astype(np.float64)))
-        users, days, amounts = users[known], days[known], amounts[known]
+        users, days, amounts, items = users[known], days[known], amounts[known], items[known]
         keys = _keys(users, days)
         order = np.argsort(keys, kind="stable")
-        keys, amounts = keys[order], amounts[order]
+        keys, amounts, items = keys[order], amounts[order], items[order]
         has_amount = ~np.isnan(amounts)
         running_count = np.concatenate([[0], np.arange(1, len(keys) + 1)])
         running_amounts = np.zeros((len(keys) + 1, 2))
         running_amounts[1:, 0] = np.cumsum(has_amount)
         running_amounts[1:, 1] = np.cumsum(np.where(has_amount, amounts, 0.0))
-        return cls(keys, running_count, running_amounts, tuple(files))
+        return cls(keys, running_count, running_amounts, items, tuple(files))
 
     @classmethod
     def empty(cls) -> PurchaseIndex:
-        return cls(np.empty(0, np.int64), np.zeros(1, np.int64), np.zeros((1, 2)))
+        return cls(np.empty(0, np.int64), np.zeros(1, np.int64), np.zeros((1, 2)), np.empty(0, np.int64))
+
+    def items_of(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(user, item)`` pairs of everything ``users`` bought (purchases of a null item aside)."""
+        users = np.asarray(users, np.int64)
+        first = np.searchsorted(self.keys, users << 32, side="left")
+        last = np.searchsorted(self.keys, (users + 1) << 32, side="left")
+        counts = last - first
+        positions = np.repeat(first - np.r_[0, np.cumsum(counts)[:-1]], counts) + np.arange(counts.sum())
+        owners, items = np.repeat(users, counts), self.items[positions]
+        return owners[items >= 0], items[items >= 0]
 
     def as_of(self, users: np.ndarray, micros: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``past_purchases`` (int64) and ``avg_purchase_amount`` (float64, NaN for null) of each

@@ -9,8 +9,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lib.core.config import STREAM_CHECKPOINT, Config
-from lib.core.fs import HadoopFS
+from lib.core.config import Config
 from lib.core.schemas import (
     ENRICHED_EVENTS,
     GENERATED_AT,
@@ -21,13 +20,11 @@ from lib.core.schemas import (
     RECOMMENDATIONS_SCHEMA,
     SCORE,
     SESSION_FEATURES,
-    SOURCE_FILE,
     USER_ID,
     USER_PROFILES,
 )
 from lib.features.interactions import interactions_from
 from lib.features.profiles import profile_totals, with_profile_metrics
-from lib.ingest.backlog import files_committed, path_key
 from lib.ingest.sources import read_purchases, read_table
 from lib.lake.catalog import register_tables
 from lib.recommend.model_store import ModelStore
@@ -113,35 +110,14 @@ def train_and_publish(spark: SparkSession, cfg: Config, model: str | None = None
     return {"version": version, "model": trained.name, "params": trained.params, "recommendations": written, **counts}
 
 
-def profiles_from_lake(
-    spark: SparkSession, cfg: Config, versions: dict[str, int] | None = None, through_batch: int | None = None
-) -> DataFrame:
+def profiles_from_lake(spark: SparkSession, cfg: Config, versions: dict[str, int] | None = None) -> DataFrame:
     """``user_profiles`` computed from scratch: ``enriched_events``, ``session_features`` and
-    the purchases (each table at ``versions[name]`` if given, else its latest version), with the
-    events the stream's main query had read by its batch ``through_batch`` (default: its last
-    committed one; ``stream_events``)."""
+    the purchases (each table at ``versions[name]`` if given, else its latest version)."""
     events = require_table(spark, cfg, ENRICHED_EVENTS, (versions or {}).get(ENRICHED_EVENTS))
     sessions = require_table(spark, cfg, SESSION_FEATURES, (versions or {}).get(SESSION_FEATURES))
     purchases = read_purchases(spark, cfg.paths.purchases)
-    totals = profile_totals(stream_events(spark, cfg, events, through_batch), sessions, cfg.recommend)
+    totals = profile_totals(events, sessions, cfg.recommend)
     return with_profile_metrics(totals, purchases, cfg.recommend, F.current_timestamp())
-
-
-def stream_events(spark: SparkSession, cfg: Config, events: DataFrame, through_batch: int | None = None) -> DataFrame:
-    """The rows of ``events`` (``enriched_events``) whose files the main query had read in its
-    committed batches up to ``through_batch`` (default: all of them).
-
-    When the main query writes the events, that is all of them. An events query of their own
-    (``Config.has_events_query``) may be ahead of the main query, whose tables (profiles,
-    sessions) hold only what it read: a profile rebuilt with the files it has not read yet would
-    count their events twice once it reads them.
-    """
-    if not cfg.has_events_query:
-        return events
-    read = files_committed(HadoopFS(spark), cfg.paths.checkpoint(STREAM_CHECKPOINT), through_batch)
-    sources = [row[0] for row in events.select(SOURCE_FILE).distinct().collect()]
-    kept = spark.createDataFrame([(f,) for f in sources if path_key(f) in read], f"{SOURCE_FILE} string")
-    return events.join(F.broadcast(kept), SOURCE_FILE, "left_semi")
 
 
 def _batch_markers(spark: SparkSession, path: str) -> list[tuple[int, str | None, int | None]]:
@@ -162,8 +138,7 @@ def consistent_versions(spark: SparkSession, cfg: Config) -> tuple[dict[str, int
 
     The stream commits each table in turn, so "the latest version of each" can straddle two
     batches while it runs. The profiles' newest micro-batch marker names the batch; each input
-    table is taken at its last version before a later batch of that stream committed to it (an
-    events query's commits carry its own marker: ``stream_events`` keeps the batch's events).
+    table is taken at its last version before a later batch of that stream committed to it.
     """
     profiles = _batch_markers(spark, cfg.paths.table(USER_PROFILES))
     versions = {USER_PROFILES: profiles[-1][0]}

@@ -131,10 +131,8 @@ def acquire_lock(spark: SparkSession, checkpoint_dir: str) -> CheckpointLock:
 
 
 def check_compatible_config(spark: SparkSession, checkpoint_dir: str, cfg: Config) -> None:
-    """Refuse to resume a checkpoint whose open sessions were built with another session gap,
-    whose offsets belong to another source, or whose events were written by the other kind of
-    query (``Config.has_events_query``: a query of their own, ``lib.stream.events``; else the main
-    one): the query taking them over would write again the events of files the other had read.
+    """Refuse to resume a checkpoint whose open sessions were built with another session gap or
+    whose offsets belong to another source.
 
     The first start records the settings; later starts compare. ``max_files_per_trigger``,
     the trigger interval and the watermark delay may change freely between runs.
@@ -145,7 +143,6 @@ def check_compatible_config(spark: SparkSession, checkpoint_dir: str, cfg: Confi
     current = {
         "sessions.gap_seconds": cfg.sessions.gap_seconds,
         "source": source,
-        "separate_events_query": cfg.has_events_query,
     }
     stored_text = fs.read_text(config_path)
     if stored_text is None:
@@ -158,14 +155,6 @@ def check_compatible_config(spark: SparkSession, checkpoint_dir: str, cfg: Confi
             f"the checkpoint {checkpoint_dir} was written reading {stored.get('source', 'files')!r}, "
             f"this config reads {source!r} (source.kind, kafka.topic). Use the config it was started "
             "with, or start over: point paths.checkpoints and paths.lake at new folders."
-        )
-    # Checkpoints from before the setting existed wrote the events in the main query.
-    if stored.get("separate_events_query", False) != cfg.has_events_query:
-        raise CheckpointError(
-            f"the checkpoint {checkpoint_dir} was written with stream.separate_events_query = "
-            f"{str(stored.get('separate_events_query', False)).lower()} and this config runs it "
-            f"{str(cfg.has_events_query).lower()} (Kafka always runs false). Set it back, or start over: "
-            "point paths.checkpoints and paths.lake at new folders."
         )
     if stored.get("sessions.gap_seconds") != current["sessions.gap_seconds"]:
         raise CheckpointError(

@@ -284,10 +284,10 @@ def check_profiles(spark: SparkSession, cfg: Config) -> TableCheck:
     (``lib.lake.batch.consistent_versions``), so the check holds while the stream runs."""
     from lib.lake.batch import consistent_versions, profiles_from_lake
 
-    versions, batch = consistent_versions(spark, cfg)
+    versions, _ = consistent_versions(spark, cfg)
     profiles = cfg.paths.table(USER_PROFILES)
     streamed = spark.read.format("delta").option("versionAsOf", versions[USER_PROFILES]).load(profiles)
-    rebuilt = profiles_from_lake(spark, cfg, versions, batch)
+    rebuilt = profiles_from_lake(spark, cfg, versions)
     return multiset_diff("user_profiles (rebuilt)", _profile_values(rebuilt), _profile_values(streamed))
 
 

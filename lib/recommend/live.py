@@ -343,3 +343,61 @@ class LiveRanker:
             .withColumn(GENERATED_AT, generated_at)
             .select(*LIVE_RECOMMENDATIONS_SCHEMA.fieldNames())
         )
+
+
+class DriverRanker:
+    """A model held on the driver for the hot micro-batch: the same scoring as ``LiveRanker``
+    (``rank_users``), with no Spark job. Build it once per model version (``from_model``).
+
+    Example::
+
+        ranker = DriverRanker.from_model(store.load(version), cfg.recommend)
+        ranked = ranker.rank(context, recent, excluded)
+    """
+
+    def __init__(self, arrays: ModelArrays, user_scores: pd.DataFrame, rec: RecommendConfig):
+        self.arrays, self.rec = arrays, rec
+        ordered = user_scores.sort_values([USER_ID, SCORE], ascending=[True, False], kind="stable")
+        grouped = ordered.groupby(USER_ID, sort=False)
+        self._model_items = grouped[ITEM_ID].agg(lambda s: s.to_numpy(np.int64))
+        self._model_scores = grouped[SCORE].agg(lambda s: s.to_numpy(np.float64))
+
+    @classmethod
+    def from_model(cls, model, rec: RecommendConfig) -> "DriverRanker":
+        """:param model: a ``lib.recommend.model_store.StoredModel``."""
+        user_scores = model.user_scores.select(USER_ID, ITEM_ID, SCORE).toPandas()
+        arrays = ModelArrays.build(
+            model.item_neighbours.select(ITEM_ID, NEIGHBOUR_ID, WEIGHT).toPandas(),
+            model.popularity.select(ITEM_ID, SCORE).toPandas(),
+            user_scores[ITEM_ID].dropna().unique().astype(np.int64),
+            model.sessions.select(*SESSIONS_SCHEMA.fieldNames()).toPandas(),
+            rec.neighbours,
+        )
+        return cls(arrays, user_scores, rec)
+
+    def rank(self, context: pd.DataFrame, recent: pd.DataFrame, excluded: pd.DataFrame) -> pd.DataFrame:
+        """``user_id, session_id, rank, item_id, score`` rows, ``top_k`` per user of ``context``.
+
+        :param context: ``user_id, session_id`` of the sessions to rank for.
+        :param recent: their latest events: ``user_id, event_ts`` (micros), ``item_id, event_type``,
+            oldest first.
+        :param excluded: ``user_id, item_id`` pairs never to recommend.
+        """
+        rec = self.rec
+        weights = recent[EVENT_TYPE].map(rec.event_weights).fillna(0.0).to_numpy(np.float64)
+        latest = recent.groupby(USER_ID)[EVENT_TS].transform("max").to_numpy(np.int64)
+        age = (latest - recent[EVENT_TS].to_numpy(np.int64)) / (1_000_000.0 * rec.session_half_life_seconds)
+        votes = recent.assign(_vote=weights * np.power(0.5, age))
+        per_user = votes.groupby(USER_ID, sort=False)
+        frame = context[[USER_ID, SESSION_ID]].reset_index(drop=True)
+        users = frame[USER_ID]
+        frame[_EVENT_ITEMS] = users.map(per_user[ITEM_ID].agg(list)).to_numpy()
+        frame[_VOTES] = users.map(per_user["_vote"].agg(list)).to_numpy()
+        frame[_MODEL_ITEMS] = users.map(self._model_items).to_numpy()
+        frame[_MODEL_SCORES] = users.map(self._model_scores).to_numpy()
+        frame[_EXCLUDED] = users.map(excluded.groupby(USER_ID)[ITEM_ID].agg(list)).to_numpy()
+        for column in (_EVENT_ITEMS, _VOTES, _MODEL_ITEMS, _MODEL_SCORES, _EXCLUDED):
+            frame[column] = [v if isinstance(v, (list, np.ndarray)) else None for v in frame[column]]
+        chunk = max(1, _CELLS_PER_CHUNK // (len(self.arrays.item_ids) + 1))
+        parts = [rank_users(frame.iloc[s : s + chunk], self.arrays, rec) for s in range(0, len(frame), chunk)]
+        return pd.concat(parts, ignore_index=True) if parts else rank_users(frame, self.arrays, rec)

@@ -19,9 +19,11 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from lib.core.schemas import IS_OPEN, SESSION_END, USER_ID
 from lib.features.live_fold import RECENT_COLUMNS, SESSION_COLUMNS, FoldedBatch
@@ -36,8 +38,46 @@ _STATE_SCHEMA = [
     "CREATE TABLE IF NOT EXISTS recent_events (user_id INTEGER NOT NULL, session_start INTEGER NOT NULL, "
     "event_ts INTEGER NOT NULL, item_id INTEGER, event_type TEXT)",
     "CREATE INDEX IF NOT EXISTS recent_events_by_user ON recent_events (user_id)",
+    # Every item a user interacted with (the live recommendations never bring it back).
+    "CREATE TABLE IF NOT EXISTS seen_items (user_id INTEGER NOT NULL, item_id INTEGER NOT NULL, "
+    "PRIMARY KEY (user_id, item_id)) WITHOUT ROWID",
+    # What the slow cadence folds into the Delta tables, per micro-batch (``OUTBOXES``), as Arrow
+    # IPC: the sessions it closed (session_features rows), its valid events (the profiles'
+    # increments) and its stream_metrics row.
+    *(
+        f"CREATE TABLE IF NOT EXISTS {name} (batch_id INTEGER NOT NULL, data BLOB NOT NULL)"
+        for name in ("closed_sessions", "batch_events", "batch_reports")
+    ),
 ]
+OUTBOXES = ("closed_sessions", "batch_events", "batch_reports")
+
+
+def to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def from_ipc(blobs: list[bytes]) -> pa.Table | None:
+    """The tables of ``blobs`` (``to_ipc``) as one; None when there are none."""
+    tables = [pa.ipc.open_stream(blob).read_all() for blob in blobs]
+    return pa.concat_tables(tables) if tables else None
+
+
 _USERS = "SELECT value FROM json_each(?)"
+
+
+@dataclass(frozen=True)
+class BatchChanges:
+    """What a micro-batch writes to the store besides its open sessions (``LiveState.apply``)."""
+
+    session_docs: list[tuple[int, str]] = field(default_factory=list)  # live_sessions documents
+    recommendation_docs: list[tuple[int, str]] = field(default_factory=list)  # live_recommendations
+    closed_sessions: pa.Table | None = None  # session_features rows, for the slow cadence
+    events: pa.Table | None = None  # the batch's valid events, for the profiles of the slow cadence
+    seen: list[tuple[int, int]] = field(default_factory=list)  # (user, item) interactions
+    engagement: list[tuple[int, float]] = field(default_factory=list)  # (item, engagement) of the batch
 
 
 class LiveState:
@@ -61,6 +101,11 @@ class LiveState:
         value = self._meta(self._db(), "live_batch_id")
         return -1 if value is None else int(value)
 
+    def last_finished_batch(self) -> int:
+        """The last batch whose Delta appends are done too (``record_report``; -1: none)."""
+        value = self._meta(self._db(), "last_batch_id")
+        return -1 if value is None else int(value)
+
     def read_open(self, users: Iterable[int]) -> tuple[pd.DataFrame, pd.DataFrame, int | None]:
         """The open sessions of ``users`` and their latest events, and the latest event time admitted."""
         db = self._db()
@@ -80,19 +125,72 @@ class LiveState:
         max_event = self._meta(db, "max_event_micros")
         return sessions, recent, None if max_event is None else int(max_event)
 
-    def apply(
-        self, batch_id: int, folded: FoldedBatch, session_docs: list[tuple[int, str]], gap_micros: int
-    ) -> list[int] | None:
+    def closing(self, watermark_micros: int | None, gap_micros: int, besides: Iterable[int]) -> pd.DataFrame:
+        """The open sessions of users other than ``besides`` that the watermark has passed."""
+        if watermark_micros is None:
+            return pd.DataFrame(columns=list(SESSION_COLUMNS))
+        rows = self._db().execute(
+            f"SELECT {', '.join(SESSION_COLUMNS)} FROM open_sessions WHERE {SESSION_END} + ? < ? "
+            f"AND user_id NOT IN ({_USERS})",
+            (gap_micros, watermark_micros, json.dumps([int(u) for u in besides])),
+        )
+        return pd.DataFrame(rows.fetchall(), columns=list(SESSION_COLUMNS))
+
+    def seen_items(self, users: Iterable[int]) -> pd.DataFrame:
+        """``user_id, item_id`` of every item ``users`` interacted with."""
+        rows = self._db().execute(
+            f"SELECT user_id, item_id FROM seen_items WHERE user_id IN ({_USERS})",
+            (json.dumps([int(u) for u in users]),),
+        )
+        return pd.DataFrame(rows.fetchall(), columns=[USER_ID, "item_id"])
+
+    def outbox(self, name: str, after: int, upto: int) -> pa.Table | None:
+        """The rows of outbox ``name`` from the batches after ``after`` up to ``upto`` (None: none)."""
+        rows = self._db().execute(
+            f"SELECT data FROM {name} WHERE batch_id > ? AND batch_id <= ? ORDER BY batch_id", (after, upto)
+        )
+        return from_ipc([row[0] for row in rows.fetchall()])
+
+    def changed_docs(self, table: str, after: int, upto: int) -> list[str]:
+        """The served documents of ``table`` last written by a batch after ``after`` up to ``upto``."""
+        rows = self._db().execute(f"SELECT doc FROM {table} WHERE batch_id > ? AND batch_id <= ?", (after, upto))
+        return [row[0] for row in rows.fetchall()]
+
+    def folded_through(self, table: str) -> int:
+        """The last batch the Delta table ``table`` folded with nothing to write (-1: none)."""
+        value = self._meta(self._db(), f"folded:{table}")
+        return -1 if value is None else int(value)
+
+    def record_folded(self, table: str, batch_id: int) -> None:
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (f"folded:{table}", str(batch_id)))
+
+    def forget_through(self, batch_id: int) -> None:
+        """Drop the outboxes' rows of batches up to ``batch_id``: every Delta table has them."""
+        with self._db() as db:
+            for name in OUTBOXES:
+                db.execute(f"DELETE FROM {name} WHERE batch_id <= ?", (batch_id,))
+
+    def record_report(self, batch_id: int, report: pa.Table, finished_at: str) -> None:
+        """The batch's metrics row (for ``stream_metrics``) and the health of the stream."""
+        with self._db() as db:
+            db.execute("DELETE FROM batch_reports WHERE batch_id = ?", (batch_id,))
+            db.execute("INSERT INTO batch_reports (batch_id, data) VALUES (?, ?)", (batch_id, to_ipc(report)))
+            db.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                (("last_batch_id", str(batch_id)), ("last_batch_at", finished_at)),
+            )
+
+    def apply(self, batch_id: int, folded: FoldedBatch, changes: BatchChanges, gap_micros: int) -> bool:
         """Apply batch ``batch_id`` in one transaction: the folded users' open sessions and latest
-        events replace theirs, their ``live_sessions`` documents are put, and open sessions of other
-        users that the new watermark passed are closed (their document says ``is_open`` false).
-        Returns the users whose sessions the watermark closed; None when the batch was applied
-        before (nothing changes)."""
+        events replace theirs, open sessions of other users that the new watermark passed are
+        closed (their document says ``is_open`` false), and ``changes`` are written. False when
+        the batch was applied before: nothing changes."""
         db = self._db()
         with db:
             db.execute("BEGIN IMMEDIATE")
             if int(self._meta(db, "live_batch_id") or -1) >= batch_id:
-                return None
+                return False
             touched = json.dumps([int(u) for u in pd.unique(folded.sessions[USER_ID])])
             db.execute(f"DELETE FROM open_sessions WHERE user_id IN ({_USERS})", (touched,))
             db.execute(f"DELETE FROM recent_events WHERE user_id IN ({_USERS})", (touched,))
@@ -107,7 +205,6 @@ class LiveState:
                 f"INSERT INTO recent_events VALUES ({', '.join('?' * len(RECENT_COLUMNS))})",
                 recent[list(RECENT_COLUMNS)].itertuples(index=False, name=None),
             )
-            closed_users = []
             if folded.watermark_micros is not None:
                 closed_users = [
                     row[0]
@@ -130,13 +227,27 @@ class LiveState:
             db.executemany(
                 "INSERT INTO live_sessions (user_id, batch_id, doc) VALUES (?, ?, ?) ON CONFLICT (user_id) "
                 "DO UPDATE SET batch_id = excluded.batch_id, doc = excluded.doc",
-                ((int(user), batch_id, doc) for user, doc in session_docs),
+                ((int(user), batch_id, doc) for user, doc in changes.session_docs),
             )
+            db.executemany(
+                "INSERT INTO live_recommendations (user_id, batch_id, doc) VALUES (?, ?, ?) ON CONFLICT (user_id) "
+                "DO UPDATE SET batch_id = excluded.batch_id, doc = excluded.doc",
+                ((int(user), batch_id, doc) for user, doc in changes.recommendation_docs),
+            )
+            db.executemany("INSERT OR IGNORE INTO seen_items VALUES (?, ?)", changes.seen)
+            db.executemany(
+                "INSERT INTO item_popularity (item_id, score) VALUES (?, ?) "
+                "ON CONFLICT (item_id) DO UPDATE SET score = score + excluded.score",
+                changes.engagement,
+            )
+            for name, rows in (("closed_sessions", changes.closed_sessions), ("batch_events", changes.events)):
+                if rows is not None and rows.num_rows:
+                    db.execute(f"INSERT INTO {name} (batch_id, data) VALUES (?, ?)", (batch_id, to_ipc(rows)))
             settings = {"live_batch_id": str(batch_id)}
             if folded.max_event_micros is not None:
                 settings["max_event_micros"] = str(folded.max_event_micros)
             db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", settings.items())
-        return closed_users
+        return True
 
 
 def _iso(micros: pd.Series) -> pd.Series:
@@ -144,19 +255,17 @@ def _iso(micros: pd.Series) -> pd.Series:
     return pd.Series(pd.to_datetime(micros.to_numpy(), unit="us").strftime("%Y-%m-%dT%H:%M:%S.%fZ"), index=micros.index)
 
 
-def session_documents(
-    sessions: pd.DataFrame, past_purchases, avg_purchase_amount, updated_at_micros: int
-) -> list[tuple[int, str]]:
-    """``(user_id, live_sessions document)`` of each session row (``SESSION_COLUMNS`` + ``is_open``),
-    with its purchase features as of its start."""
+def session_rows(sessions: pd.DataFrame, past_purchases, avg_purchase_amount) -> pd.DataFrame:
+    """The ``session_features`` rows (times as epoch microseconds) of ``SESSION_COLUMNS`` rows, with
+    their purchase features as of their start."""
     start, end = sessions["session_start"], sessions[SESSION_END]
     length = (end - start) / 1e6
-    docs = pd.DataFrame(
+    return pd.DataFrame(
         {
             "session_id": sessions[USER_ID].astype(str) + "-" + start.astype(str),
-            USER_ID: sessions[USER_ID],
-            "session_start": _iso(start),
-            SESSION_END: _iso(end),
+            USER_ID: sessions[USER_ID].astype("int32"),
+            "session_start": start,
+            SESSION_END: end,
             "num_events": sessions["num_events"],
             "num_views": sessions["num_views"],
             "num_clicks": sessions["num_clicks"],
@@ -166,10 +275,20 @@ def session_documents(
             "last_event": sessions["last_event"],
             "avg_purchase_amount": avg_purchase_amount,
             "past_purchases": past_purchases,
-            IS_OPEN: sessions[IS_OPEN],
-            "updated_at": _iso(pd.Series([updated_at_micros] * len(sessions), index=sessions.index)),
         }
     )
+
+
+def session_documents(
+    sessions: pd.DataFrame, past_purchases, avg_purchase_amount, updated_at_micros: int
+) -> list[tuple[int, str]]:
+    """``(user_id, live_sessions document)`` of each session row (``SESSION_COLUMNS`` + ``is_open``),
+    with its purchase features as of its start."""
+    docs = session_rows(sessions, past_purchases, avg_purchase_amount)
+    docs[USER_ID] = docs[USER_ID].astype(int)
+    docs["session_start"], docs[SESSION_END] = _iso(docs["session_start"]), _iso(docs[SESSION_END])
+    docs[IS_OPEN] = sessions[IS_OPEN].to_numpy(bool)
+    docs["updated_at"] = _iso(pd.Series([updated_at_micros] * len(docs), index=docs.index))
     if docs.empty:
         return []
     lines = docs.to_json(orient="records", lines=True, double_precision=15).splitlines()

@@ -13,7 +13,9 @@ from pyspark.sql import functions as F
 from lib.ingest.sources import with_line_source
 from lib.lake.batch import profiles_from_lake
 from lib.serve.online_store import SQLiteStore
-from lib.stream.query import InjectedFault, SessionBatchWriter, ensure_tables, run_available_now
+from lib.stream.live_batch import InjectedFault, LiveBatchWriter
+from lib.stream.query import ensure_tables, run_available_now
+from lib.stream.slow import SlowCadence
 from tests.helpers import (
     active_files,
     activity_writer,
@@ -100,8 +102,8 @@ def test_restarts_add_nothing_and_pick_up_new_files_and_purchases(spark, tmp_pat
 
 
 def test_batch_replayed_after_crashes_commits_each_write_once(spark, tmp_path):
-    """A crash between the Delta appends and the MERGEs, then a crash after the MERGEs, then
-    two full replays: every table is committed exactly once."""
+    """A crash between the store's transaction and the Delta appends, then a crash after the
+    appends, then two full replays and two slow passes: every write is applied exactly once."""
     cfg = make_config(tmp_path)
     write_purchases(cfg.paths.purchases, [(1, 1, 10.0, date(2023, 6, 1))])
     writer = activity_writer(cfg, users=6, items=20, bad_share=0.05)
@@ -109,24 +111,31 @@ def test_batch_replayed_after_crashes_commits_each_write_once(spark, tmp_path):
     ensure_tables(spark, cfg)
     batch = with_line_source(spark.read.text(cfg.paths.events_dir))
     initial = table_versions(spark, cfg)
+
+    def batch_writer(**options) -> LiveBatchWriter:
+        return LiveBatchWriter(spark, cfg, app_id="replay-test", **options)
+
     with pytest.raises(InjectedFault):
-        SessionBatchWriter(spark, cfg, app_id="replay-test", fail_after="enriched")(batch, 0)
-    after_first_crash = table_versions(spark, cfg)
-    assert after_first_crash["enriched_events"] == initial["enriched_events"] + 1
-    assert after_first_crash["live_sessions"] == initial["live_sessions"]  # the MERGE never ran
+        batch_writer(fail_after="store")(batch, 0)
+    assert table_versions(spark, cfg) == initial  # the store has the batch, no table has it yet
+    served = SQLiteStore(cfg.paths.online_store, readonly=True)
+    assert served.session(writer.manifest[-1].user_id) is not None
     with pytest.raises(InjectedFault):
-        SessionBatchWriter(spark, cfg, app_id="replay-test", fail_after="user_profiles")(batch, 0)
+        batch_writer(fail_after="enriched")(batch, 0)
     after_second_crash = table_versions(spark, cfg)
-    assert after_second_crash["enriched_events"] == after_first_crash["enriched_events"]  # not appended again
-    assert after_second_crash["user_profiles"] == initial["user_profiles"] + 1
-    assert after_second_crash["live_sessions"] == initial["live_sessions"] + 1
-    SessionBatchWriter(spark, cfg, app_id="replay-test")(batch, 0)
-    after_replay = table_versions(spark, cfg)
-    assert {t: after_replay[t] for t in ("enriched_events", "live_sessions", "user_profiles")} == {
-        t: after_second_crash[t] for t in ("enriched_events", "live_sessions", "user_profiles")
-    }  # neither the append nor the MERGEs were applied twice
-    SessionBatchWriter(spark, cfg, app_id="replay-test")(batch, 0)
-    assert table_versions(spark, cfg) == after_replay  # a second replay changes nothing at all
+    assert after_second_crash["enriched_events"] == initial["enriched_events"] + 1
+    assert after_second_crash["quarantine"] == initial["quarantine"] + 1
+    batch_writer()(batch, 0)
+    batch_writer()(batch, 0)
+    assert table_versions(spark, cfg) == after_second_crash  # neither append was applied twice
+    replayed = batch_writer()
+    slow = SlowCadence(spark, cfg, replayed.state, replayed.app_id)
+    assert slow.fold() == 0
+    after_fold = table_versions(spark, cfg)
+    assert after_fold["live_sessions"] == initial["live_sessions"] + 1
+    assert after_fold["user_profiles"] == initial["user_profiles"] + 1
+    assert slow.fold() == 0
+    assert table_versions(spark, cfg) == after_fold  # a second pass folds nothing again
 
     assert enriched_keys(spark, cfg) == manifest_keys(writer.manifest)
     assert read(spark, cfg, "quarantine").count() == sum(1 for r in writer.manifest if r.expected_reason)
@@ -136,9 +145,9 @@ def test_batch_replayed_after_crashes_commits_each_write_once(spark, tmp_path):
         == live.select("user_id").distinct().count()
         == len({r.user_id for r in writer.manifest if r.user_id})
     )
-    # The MERGE of the profiles was applied once: the table equals a rebuild from scratch.
+    # The profiles were folded once: the table equals a rebuild from scratch.
     assert_same_profiles(read(spark, cfg, "user_profiles"), profiles_from_lake(spark, cfg))
-    # The online store agrees with the tables (the replays did not fold the profiles in twice).
+    # The online store agrees with the tables (the replays changed nothing there).
     store = SQLiteStore(cfg.paths.online_store, readonly=True)
     for row in live.collect():
         served = store.session(row.user_id)

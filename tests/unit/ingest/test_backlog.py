@@ -1,27 +1,16 @@
-"""What the backlog counts as waiting: the names the file source reads, its log's entries, and
-the messages of a Kafka topic short of the offsets taken before the run."""
+"""What a checkpoint says was read: the file source log's entries and a Kafka batch's end offsets."""
 
 import json
 
 from lib.core.fs import LocalFS
 from lib.ingest.backlog import (
-    OFFSET_LOG,
-    KafkaBacklog,
     batch_end_offsets,
     batch_of_files,
     files_committed,
-    is_input_name,
     logged_files,
     path_key,
     read_by_source_log,
 )
-
-
-def test_the_names_the_file_source_skips_are_not_input():
-    assert is_input_name("activity-000001.csv")
-    assert not is_input_name(".activity-000001.csv")  # being written, renamed when complete
-    assert not is_input_name("_SUCCESS")
-    assert not is_input_name("activity-000001.csv._COPYING_")  # hdfs dfs -put in progress
 
 
 def test_a_log_file_and_a_listing_name_a_file_alike():
@@ -84,23 +73,3 @@ def test_each_file_is_of_the_batch_that_read_it_and_committed_once_that_batch_is
 def test_a_kafka_batch_end_offsets_come_from_its_offset_log_entry():
     assert batch_end_offsets(offset_log_entry({"activity": {"0": 120, "1": 80}})) == {0: 120, 1: 80}
     assert batch_end_offsets("v1\n{}") == {}  # an entry without the source's offsets
-
-
-def test_messages_wait_until_every_partition_reaches_the_offsets_taken_before_the_run(spark, tmp_path):
-    log_dir = tmp_path / OFFSET_LOG
-    log_dir.mkdir()
-    entries = [
-        {"activity": {"0": 100, "1": 0}},
-        {"activity": {"0": 150, "1": 90, "2": 5}},  # a partition added during the run does not count
-        {"activity": {"0": 150}},  # a partition missing from an entry counts as read
-    ]
-    for batch_id, offsets in enumerate(entries):
-        (log_dir / str(batch_id)).write_text(offset_log_entry(offsets))
-    backlog = KafkaBacklog(spark, str(tmp_path), {0: 150, 1: 100})
-    assert backlog.waiting_after(0) == 50 + 100
-    assert backlog.waiting_after(1) == 10
-    assert backlog.waiting_after(2) == 0
-    # Once nothing waits, nothing is read any more, and a missing entry ends the deferral.
-    assert backlog.waiting_after(7) == 0
-    assert KafkaBacklog(spark, str(tmp_path), {0: 500}).waiting_after(9) == 0
-    assert KafkaBacklog(spark, str(tmp_path), {}).waiting_after(0) == 0

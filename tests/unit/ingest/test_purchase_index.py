@@ -73,3 +73,11 @@ def test_an_empty_history_gives_no_purchases():
     count, avg = PurchaseIndex.empty().as_of(np.array([1, 2]), np.array([0, micros(datetime(2024, 1, 1))]))
     assert count.tolist() == [0, 0]
     assert np.isnan(avg).all()
+
+
+def test_items_of_lists_each_users_purchases():
+    index = PurchaseIndex.from_arrow(
+        purchases_table([(2, 5, 1.0, date(2024, 1, 1)), (1, 7, 1.0, date(2024, 1, 3)), (2, 6, None, date(2023, 1, 1))])
+    )
+    owners, items = index.items_of(np.array([2, 3, 1]))
+    assert sorted(zip(owners.tolist(), items.tolist())) == [(1, 7), (2, 5), (2, 6)]

@@ -1,0 +1,360 @@
+"""The main query's micro-batch: cheap, and the online store first.
+
+One Spark job takes the batch's input to the driver as Arrow (the raw lines of the watched
+folder, parsed there by ``lib.ingest.line_parsing``; or the Kafka messages parsed by Spark); the
+rest runs on the driver with numpy and pandas, then two Delta appends:
+
+1. the point-in-time purchases (``lib.ingest.purchase_index``, rebuilt when the history's files
+   change);
+2. the live fold (``lib.features.live_fold``) against the users' open sessions held in the store,
+   the live re-ranking (``lib.recommend.live.DriverRanker``), and one store transaction
+   (``lib.serve.live_state``) that records the batch id with everything it changes, so a replayed
+   batch changes nothing there;
+3. ``enriched_events`` and, when the batch has bad rows, ``quarantine``, appended side by side with
+   the exactly-once commit markers of ``lib.lake.sinks``.
+
+The Delta tables that need more than appends (``session_features``, ``user_profiles``, the
+mirrors of the live tables, ``stream_metrics``) are folded on a slow cadence from what each batch
+leaves in the store (``lib.stream.slow``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+
+from lib.core.config import STREAM_CHECKPOINT, Config, micros
+from lib.core.schemas import (
+    ENRICHED_EVENTS,
+    ENRICHED_EVENTS_SCHEMA,
+    EVENT_TS,
+    INGESTED_AT,
+    IS_OPEN,
+    ITEM_ID,
+    QUARANTINE,
+    QUARANTINE_SCHEMA,
+    SESSION_FEATURES_SCHEMA,
+    SESSION_ID,
+    SESSION_START,
+    STREAM_METRICS_SCHEMA,
+    USER_ID,
+)
+from lib.features.live_fold import EVENT_COLUMNS, FoldedBatch, fold_events, typed
+from lib.ingest.line_parsing import PARSED_COLUMNS, parse_lines, raw_lines_to_arrow, rejected_rows, valid_rows
+from lib.ingest.parsing import parse_activity_messages
+from lib.ingest.purchase_index import PurchaseIndex
+from lib.ingest.sources import read_purchases, unsafe_files
+from lib.lake.sinks import BatchSink
+from lib.recommend.live import DriverRanker
+from lib.recommend.model_store import ModelStore
+from lib.serve.live_state import BatchChanges, LiveState, session_documents, session_rows
+from lib.serve.online_store import iso_utc
+from lib.stream.gate import GatedBatchWriter
+
+log = logging.getLogger(__name__)
+
+_UTC_MICROS = pa.timestamp("us", tz="UTC")
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the fault-injection hook to simulate a crash inside a micro-batch."""
+
+
+@dataclass
+class BatchReport:
+    """What one micro-batch did; logged by the progress listener and kept in stream_metrics."""
+
+    batch_id: int
+    input_lines: int = 0
+    valid_rows: int = 0
+    quarantined_rows: int = 0
+    late_rows_dropped: int = 0
+    sessions_closed: int = 0
+    open_sessions: int = 0
+    watermark_micros: int | None = None
+    duration_s: float = 0.0
+    replayed: bool = False
+    stage_s: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str):
+        began = time.monotonic()
+        try:
+            yield
+        finally:
+            self.stage_s[name] = self.stage_s.get(name, 0.0) + time.monotonic() - began
+
+    @property
+    def stages_text(self) -> str:
+        return " ".join(f"{k}={v:.2f}" for k, v in self.stage_s.items())
+
+    @property
+    def watermark_text(self) -> str:
+        return format_micros(self.watermark_micros)
+
+    def metrics_row(self, started_at_micros: int) -> pa.Table:
+        """The batch's ``stream_metrics`` row."""
+        rows_per_s = self.input_lines / self.duration_s if self.duration_s > 0 else None
+        values = {
+            "batch_id": pa.array([self.batch_id], pa.int64()),
+            "started_at": pa.array([started_at_micros], _UTC_MICROS),
+            "input_lines": pa.array([self.input_lines], pa.int64()),
+            "valid_rows": pa.array([self.valid_rows], pa.int64()),
+            "quarantined_rows": pa.array([self.quarantined_rows], pa.int64()),
+            "late_rows_dropped": pa.array([self.late_rows_dropped], pa.int64()),
+            "sessions_closed": pa.array([self.sessions_closed], pa.int64()),
+            "open_sessions": pa.array([self.open_sessions], pa.int64()),
+            "watermark": pa.array([self.watermark_micros], _UTC_MICROS),
+            "duration_s": pa.array([self.duration_s], pa.float64()),
+            "rows_per_s": pa.array([rows_per_s], pa.float64()),
+            "stage_s": pa.array([list(self.stage_s.items())], pa.map_(pa.string(), pa.float64())),
+        }
+        return pa.table({name: values[name] for name in STREAM_METRICS_SCHEMA.fieldNames()})
+
+
+def format_micros(timestamp_micros: int | None) -> str:
+    """A UTC timestamp in microseconds since the epoch, as text (``-`` for none)."""
+    if timestamp_micros is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp_micros / 1_000_000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+class PurchaseHistory:
+    """The purchase history as a ``PurchaseIndex``, read again only when its files change."""
+
+    def __init__(self, spark: SparkSession, path: str):
+        self.spark, self.path = spark, path
+        self._index: PurchaseIndex | None = None
+
+    def current(self) -> PurchaseIndex:
+        purchases = read_purchases(self.spark, self.path)
+        files = tuple(sorted(purchases.inputFiles()))
+        if self._index is None or self._index.files != files:
+            self._index = PurchaseIndex.from_arrow(purchases.toArrow(), files)
+            log.info("purchase history: %d purchases from %d file(s)", len(self._index.keys), len(files))
+        return self._index
+
+
+class LiveBatchWriter(GatedBatchWriter):
+    """The ``foreachBatch`` function of the main query: ``writer(batch_df, batch_id)``."""
+
+    def __init__(
+        self,
+        spark: SparkSession,
+        cfg: Config,
+        stats=None,
+        app_id: str | None = None,
+        fail_after: str | None = None,
+    ):
+        """:param stats: a ``lib.stream.query.StreamStats`` the reports go to.
+        :param fail_after: fault injection for crash tests (off by default): raise ``InjectedFault``
+            right after the named write ("store" or "enriched")."""
+        super().__init__(spark, cfg.paths.checkpoint(STREAM_CHECKPOINT), app_id)
+        self.cfg = cfg
+        self.stats = stats
+        self.fail_after = fail_after
+        self.state = LiveState(cfg.paths.online_store)
+        self.purchases = PurchaseHistory(spark, cfg.paths.purchases)
+        self.gap = micros(cfg.sessions.gap_seconds)
+        self.delay = micros(cfg.sessions.watermark_seconds)
+        self._store_bound = False
+        self._ranker: tuple[str, DriverRanker] | None = None
+
+    def bind_store(self) -> None:
+        """Tie the online store to this stream once (a store of a former stream is reset)."""
+        if not self._store_bound:
+            self.state.store.bind(self.app_id())
+            self._store_bound = True
+
+    def current_ranker(self) -> tuple[str, DriverRanker] | None:
+        """The latest committed model's version and ranker, loaded again when ``jobs/train.py``
+        commits a new one."""
+        store = ModelStore.for_config(self.spark, self.cfg)
+        latest = store.latest_version()
+        if latest is not None and (self._ranker is None or self._ranker[0] != latest):
+            self._ranker = (latest, DriverRanker.from_model(store.load(latest), self.cfg.recommend))
+            log.info("live recommendations now use model %s", latest)
+        return self._ranker
+
+    def parse(self, batch_df: DataFrame) -> pa.Table:
+        """The batch's rows on the driver (``PARSED_COLUMNS``), in one Spark job."""
+        if self.cfg.source.kind == "kafka":
+            return parse_activity_messages(batch_df, self.cfg.stream.max_line_chars).select(*PARSED_COLUMNS).toArrow()
+        lines = raw_lines_to_arrow(batch_df)
+        files = lines.column("source_file").unique().to_pylist()
+        return parse_lines(lines, self.cfg.stream.max_line_chars, unsafe_files(files, self.cfg.paths.events_dir))
+
+    def write_batch(self, batch_df: DataFrame, batch_id: int) -> None:
+        started = time.monotonic()
+        started_at = micros(time.time())
+        report = BatchReport(batch_id)
+        self.bind_store()
+        with report.stage("parse"):
+            parsed = self.parse(batch_df)
+            valid, bad = valid_rows(parsed), rejected_rows(parsed)
+        report.input_lines = parsed.num_rows
+        report.valid_rows, report.quarantined_rows = valid.num_rows, bad.num_rows
+        with report.stage("fold"):
+            index = self.purchases.current()
+            events = valid.select(list(EVENT_COLUMNS)).to_pandas()
+            events[EVENT_TS] = valid.column(EVENT_TS).cast(pa.int64()).to_numpy()
+            changes, folded, past, avg = self._changes(events, index, started_at)
+        with report.stage("store"):
+            applied = self.state.apply(batch_id, folded, changes, self.gap)
+        self._maybe_fail("store", batch_id)
+        report.replayed = not applied
+        report.late_rows_dropped, report.watermark_micros = folded.late_rows, folded.watermark_micros
+        report.sessions_closed = 0 if changes.closed_sessions is None else changes.closed_sessions.num_rows
+        report.open_sessions = int(folded.sessions[IS_OPEN].sum())
+        with report.stage("delta"):
+            self._append(batch_id, valid, past, avg, bad, started_at)
+        self._maybe_fail("enriched", batch_id)
+        report.duration_s = time.monotonic() - started
+        self.state.record_report(batch_id, report.metrics_row(started_at), iso_utc(datetime.now(timezone.utc)))
+        if self.stats is not None:
+            self.stats.record(report)
+
+    def _maybe_fail(self, name: str, batch_id: int) -> None:
+        if name == self.fail_after:
+            raise InjectedFault(f"fault injected after the {name} write of batch {batch_id}")
+
+    def _changes(
+        self, events: pd.DataFrame, index: PurchaseIndex, now_micros: int
+    ) -> tuple[BatchChanges, FoldedBatch, np.ndarray, np.ndarray]:
+        """Fold the batch's valid ``events``; what it changes in the store, the fold, and each
+        event's purchase features."""
+        users = events[USER_ID].to_numpy(np.int64)
+        past, avg = index.as_of(users, events[EVENT_TS].to_numpy(np.int64))
+        open_sessions, open_recent, max_event = self.state.read_open(pd.unique(users))
+        folded = fold_events(open_sessions, open_recent, events, self.gap, max_event, self.delay)
+        touched = pd.unique(folded.sessions[USER_ID])
+        closing = self.state.closing(folded.watermark_micros, self.gap, touched).assign(**{IS_OPEN: False})
+        closed = typed(pd.concat([folded.sessions[~folded.sessions[IS_OPEN]], closing], ignore_index=True))
+        latest = folded.latest_per_user()
+        s_past, s_avg = index.as_of(latest[USER_ID].to_numpy(np.int64), latest[SESSION_START].to_numpy(np.int64))
+        c_past, c_avg = index.as_of(closed[USER_ID].to_numpy(np.int64), closed[SESSION_START].to_numpy(np.int64))
+        weights = events["event_type"].map(self.cfg.recommend.event_weights).fillna(0.0)
+        engagement = weights.groupby(events[ITEM_ID]).sum()
+        seen = events[[USER_ID, ITEM_ID]].drop_duplicates()
+        changes = BatchChanges(
+            session_docs=session_documents(latest, s_past, _nullable(s_avg), now_micros),
+            recommendation_docs=self._recommendations(folded, latest, index, seen, now_micros),
+            closed_sessions=_session_features(closed, c_past, c_avg) if len(closed) else None,
+            events=pa.Table.from_pandas(events[[USER_ID, ITEM_ID, "event_type"]], preserve_index=False).append_column(
+                EVENT_TS, pa.array(events[EVENT_TS].to_numpy(np.int64), pa.int64()).cast(_UTC_MICROS)
+            )
+            if len(events)
+            else None,
+            seen=list(seen.itertuples(index=False, name=None)),
+            engagement=[(int(i), float(w)) for i, w in engagement.items()],
+        )
+        return changes, folded, past, avg
+
+    def _recommendations(
+        self, folded: FoldedBatch, latest: pd.DataFrame, index: PurchaseIndex, seen: pd.DataFrame, now_micros: int
+    ) -> list[tuple[int, str]]:
+        """Live recommendations of the users whose open session got events this batch."""
+        model = self.current_ranker()
+        context = latest[latest[IS_OPEN]]
+        if model is None or context.empty:
+            return []
+        version, ranker = model
+        context = context.assign(
+            **{SESSION_ID: context[USER_ID].astype(str) + "-" + context[SESSION_START].astype(str)}
+        )
+        keys = context[[USER_ID, SESSION_START]]
+        recent = folded.recent.merge(keys, on=[USER_ID, SESSION_START])
+        users = context[USER_ID].to_numpy(np.int64)
+        owners, bought = index.items_of(users)
+        excluded = [pd.DataFrame({USER_ID: owners, ITEM_ID: bought})]
+        if self.cfg.recommend.exclude_seen:
+            interacted = pd.concat([self.state.seen_items(users), seen[seen[USER_ID].isin(users)]], ignore_index=True)
+            if self.cfg.recommend.live_repeats:
+                in_session = recent[[USER_ID, ITEM_ID]].drop_duplicates().assign(_in=True)
+                interacted = interacted.merge(in_session, on=[USER_ID, ITEM_ID], how="left")
+                interacted = interacted[interacted["_in"].isna()][[USER_ID, ITEM_ID]]
+            excluded.append(interacted)
+        ranked = ranker.rank(context, recent, pd.concat(excluded, ignore_index=True).astype(np.int64))
+        generated_at = iso_utc(datetime.fromtimestamp(now_micros / 1e6, tz=timezone.utc))
+        docs = []
+        for (user, session_id), rows in ranked.groupby([USER_ID, SESSION_ID], sort=False):
+            items = [
+                {"rank": int(r), "item_id": int(i), "score": float(s)}
+                for r, i, s in zip(rows["rank"], rows[ITEM_ID], rows["score"])
+            ]
+            doc = {
+                USER_ID: int(user),
+                SESSION_ID: session_id,
+                "model_version": version,
+                "generated_at": generated_at,
+                "items": items,
+            }
+            docs.append((int(user), json.dumps(doc)))
+        return docs
+
+    def _append(
+        self, batch_id: int, valid: pa.Table, past: np.ndarray, avg: np.ndarray, bad: pa.Table, now_micros: int
+    ) -> None:
+        """``enriched_events`` and (when the batch has bad rows) ``quarantine``, side by side: most
+        of a commit's time is the driver's."""
+        sink = BatchSink(self.spark, self.app_id())
+        appends = []
+        if valid.num_rows:
+            enriched = (
+                valid.select(["user_id", "item_id", "event_type", "event_ts", "source_file"])
+                .append_column("avg_purchase_amount", pa.array(_nullable(avg), pa.float64()))
+                .append_column("past_purchases", pa.array(past, pa.int64()))
+                .append_column(INGESTED_AT, pa.array([now_micros] * valid.num_rows, _UTC_MICROS))
+            )
+            appends.append(
+                (enriched.select(ENRICHED_EVENTS_SCHEMA.fieldNames()), ENRICHED_EVENTS_SCHEMA, ENRICHED_EVENTS)
+            )
+        if bad.num_rows:
+            quarantine = pa.table(
+                {
+                    "source_file": bad.column("source_file"),
+                    "raw": bad.column("value"),
+                    "reason": bad.column("reason"),
+                    INGESTED_AT: pa.array([now_micros] * bad.num_rows, _UTC_MICROS),
+                    "rejected_lines": bad.column("rejected_lines"),
+                }
+            )
+            appends.append((quarantine, QUARANTINE_SCHEMA, QUARANTINE))
+        if not appends:
+            return
+        context = self.spark.sparkContext
+        description = context.getLocalProperty("spark.job.description")
+
+        def append(rows: pa.Table, schema, table: str) -> None:
+            context.setLocalProperty("spark.job.description", description)
+            sink.append(self.spark.createDataFrame(rows, schema), self.cfg.paths.table(table), batch_id)
+
+        with ThreadPoolExecutor(len(appends), thread_name_prefix=f"batch-{batch_id}-append") as pool:
+            for done in [pool.submit(append, *a) for a in appends]:
+                done.result()
+
+
+def _nullable(values: np.ndarray) -> list:
+    """Floats with NaN as None (a null in Arrow and JSON)."""
+    return [None if np.isnan(v) else float(v) for v in values]
+
+
+def _session_features(closed: pd.DataFrame, past: np.ndarray, avg: np.ndarray) -> pa.Table:
+    """``session_features`` rows of closed sessions, as Arrow."""
+    rows = session_rows(closed, past, _nullable(avg))
+    table = pa.Table.from_pandas(rows, preserve_index=False)
+    for name in ("session_start", "session_end"):
+        table = table.set_column(
+            table.schema.get_field_index(name), name, pa.array(rows[name].to_numpy(np.int64)).cast(_UTC_MICROS)
+        )
+    return table.select(SESSION_FEATURES_SCHEMA.fieldNames())

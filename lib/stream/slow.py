@@ -1,0 +1,249 @@
+"""The slow cadence: what the stream's Delta side needs beyond appends, folded every
+``stream.slow_interval`` from what the micro-batches left in the online store.
+
+Each pass takes the batches the store has applied since a table last folded them (``upto`` is
+the store's last applied batch) and writes, each table on its own:
+
+- ``session_features``: the sessions those batches closed;
+- ``user_profiles``: the profiles of the users with new events or closed sessions (and of every
+  buyer when the purchase history changed), folded into the stored ones (MERGE), and put in the
+  store for the API;
+- ``live_sessions`` and ``live_recommendations``: the store's documents those batches changed (MERGE);
+- ``stream_metrics``: the batches' metrics rows;
+- every ``stream.compact_every`` passes the most fragmented table is compacted, every
+  ``lake.vacuum_every`` passes the tables are vacuumed.
+
+Exactly once per table: each commit carries the last batch it folded (``lib.lake.sinks``), and a
+table with nothing to write records its progress in the store; a pass after a crash starts from
+whichever is later. The store's per-batch rows are dropped once every table has folded them.
+
+Its Spark jobs run in the FAIR scheduler pool ``slow``, so a micro-batch's jobs never queue behind
+a long MERGE.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from lib.core.config import Config
+from lib.core.schemas import (
+    ENRICHED_EVENTS,
+    EVENT_TS,
+    EVENT_TYPE,
+    ITEM_ID,
+    LIVE_RECOMMENDATIONS,
+    LIVE_RECOMMENDATIONS_SCHEMA,
+    LIVE_SESSIONS,
+    LIVE_SESSIONS_SCHEMA,
+    PROFILE_COLUMNS,
+    QUARANTINE,
+    RANK,
+    SCORE,
+    SESSION_END,
+    SESSION_FEATURES,
+    SESSION_FEATURES_SCHEMA,
+    SESSION_START,
+    STREAM_METRICS,
+    STREAM_METRICS_SCHEMA,
+    USER_ID,
+    USER_PROFILES,
+)
+from lib.features.profiles import PROFILE_CHANGED, profile_totals, updated_profiles
+from lib.ingest.sources import read_purchases
+from lib.lake.sinks import BatchSink, compact, data_files, vacuum
+from lib.recommend.live import EMPTY_SLOT, with_rank_slots
+from lib.serve.live_state import LiveState
+from lib.serve.online_sink import user_docs
+
+log = logging.getLogger(__name__)
+
+SLOW_POOL = "slow"
+# The tables the stream compacts, in the order a tie is broken.
+COMPACTED_TABLES = (
+    ENRICHED_EVENTS,
+    LIVE_SESSIONS,
+    USER_PROFILES,
+    LIVE_RECOMMENDATIONS,
+    SESSION_FEATURES,
+    STREAM_METRICS,
+    QUARANTINE,
+)
+# The tables that fold the store's per-batch rows: those rows go once all have.
+_OUTBOX_READERS = (SESSION_FEATURES, USER_PROFILES, STREAM_METRICS)
+_JSON_OPTIONS = {"timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"}
+
+
+def due(count: int, every: int) -> bool:
+    """Whether pass ``count`` runs a task done one pass in ``every`` (0: never)."""
+    return every > 0 and count > 0 and count % every == 0
+
+
+def table_to_compact(file_counts: dict[str, int]) -> str | None:
+    """The stream table with the most data files (``file_counts``: table -> count), or None
+    when none has more than one."""
+    name, files = max(((t, file_counts.get(t, 0)) for t in COMPACTED_TABLES), key=lambda pair: pair[1])
+    return name if files > 1 else None
+
+
+class SlowCadence:
+    """The Delta side of the stream. ``fold()`` runs one pass; ``start()`` runs one every
+    ``stream.slow_interval`` in a thread of its own until ``stop()``."""
+
+    def __init__(self, spark: SparkSession, cfg: Config, state: LiveState, app_id: Callable[[], str]):
+        self.spark, self.cfg, self.state, self._app_id = spark, cfg, state, app_id
+        self.passes = 0
+        self._purchase_files: tuple[str, ...] | None = None  # as of the last profile fold
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.failure: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="slow-cadence", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 300.0) -> None:
+        """Stop after the running pass, if any."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _loop(self) -> None:
+        self.spark.sparkContext.setLocalProperty("spark.scheduler.pool", SLOW_POOL)
+        while not self._stop.wait(self.cfg.stream.slow_interval_seconds):
+            try:
+                self.fold()
+            except Exception as exc:  # the next pass retries: every table is exactly once on its own
+                if self._stop.is_set():
+                    return
+                self.failure = exc
+                log.exception("the slow cadence failed; it tries again in %s", self.cfg.stream.slow_interval)
+
+    def fold(self) -> int:
+        """One pass; returns the last batch it folded (-1: none yet)."""
+        # A batch counts once its appends are done too: the profiles then never hold events that
+        # enriched_events lacks.
+        upto = self.state.last_finished_batch()
+        if upto < 0:
+            return upto
+        began = time.monotonic()
+        sink = BatchSink(self.spark, self._app_id())
+        steps = {
+            SESSION_FEATURES: self._session_features,
+            USER_PROFILES: self._profiles,
+            LIVE_SESSIONS: self._live_sessions,
+            LIVE_RECOMMENDATIONS: self._live_recommendations,
+            STREAM_METRICS: self._metrics,
+        }
+        done = {}
+        for table, step in steps.items():
+            path = self.cfg.paths.table(table)
+            after = max(sink.last_committed_batch(path), self.state.folded_through(table))
+            if after < upto:
+                step(sink, path, after, upto)
+                self.state.record_folded(table, upto)
+            done[table] = max(after, upto)
+        self.state.forget_through(min(done[t] for t in _OUTBOX_READERS))
+        self.passes += 1
+        if due(self.passes, self.cfg.stream.compact_every):
+            name = table_to_compact({t: data_files(self.spark, self.cfg.paths.table(t)) for t in COMPACTED_TABLES})
+            if name:
+                compact(self.spark, self.cfg.paths.table(name))
+        if due(self.passes, self.cfg.lake.vacuum_every):
+            for name in COMPACTED_TABLES:
+                vacuum(self.spark, self.cfg.paths.table(name), self.cfg.lake.retention_hours)
+        log.info("slow cadence folded batches through %d in %.2f s", upto, time.monotonic() - began)
+        return upto
+
+    def _rows(self, outbox: str, after: int, upto: int, schema) -> DataFrame | None:
+        table = self.state.outbox(outbox, after, upto)
+        if table is None or not table.num_rows:
+            return None
+        return self.spark.createDataFrame(table.select(schema.fieldNames()), schema)
+
+    def _docs(self, table: str, after: int, upto: int, schema) -> DataFrame | None:
+        docs = self.state.changed_docs(table, after, upto)
+        if not docs:
+            return None
+        raw = self.spark.createDataFrame([(d,) for d in docs], "doc string")
+        return raw.select(F.from_json("doc", schema, _JSON_OPTIONS).alias("d")).select("d.*")
+
+    def _session_features(self, sink: BatchSink, path: str, after: int, upto: int) -> None:
+        closed = self._rows("closed_sessions", after, upto, SESSION_FEATURES_SCHEMA)
+        if closed is not None:
+            sink.append(closed, path, upto)
+
+    def _profiles(self, sink: BatchSink, path: str, after: int, upto: int) -> None:
+        events_schema = "user_id int, item_id int, event_type string, event_ts timestamp"
+        events_table = self.state.outbox("batch_events", after, upto)
+        events = self.spark.createDataFrame(
+            [] if events_table is None else events_table.select([USER_ID, ITEM_ID, EVENT_TYPE, EVENT_TS]),
+            events_schema,
+        )
+        closed = self._rows("closed_sessions", after, upto, SESSION_FEATURES_SCHEMA)
+        if closed is None:
+            closed = self.spark.createDataFrame([], SESSION_FEATURES_SCHEMA)
+        purchases = read_purchases(self.spark, self.cfg.paths.purchases).persist()
+        try:
+            files = tuple(sorted(purchases.inputFiles()))
+            if events_table is None and closed.isEmpty() and files == self._purchase_files:
+                return
+            increments = profile_totals(events, closed.select(USER_ID, SESSION_START, SESSION_END), self.cfg.recommend)
+            increments = increments.persist()
+            concerned = increments.select(USER_ID)
+            if files != self._purchase_files:
+                # Users without new activity need a new row only when the purchase history changed;
+                # the first fold of a run checks every buyer (a restart included).
+                concerned = concerned.unionByName(purchases.select(USER_ID))
+            stored = self.spark.read.format("delta").load(path)
+            rows = updated_profiles(
+                stored, increments, concerned.distinct(), purchases, self.cfg.recommend, F.current_timestamp()
+            ).localCheckpoint()
+            self.state.store.put_profiles(upto, user_docs(rows, PROFILE_COLUMNS))
+            sink.upsert(rows, path, [USER_ID], upto, update_condition=PROFILE_CHANGED)
+            self._purchase_files = files
+            increments.unpersist()
+        finally:
+            purchases.unpersist()
+
+    def _live_sessions(self, sink: BatchSink, path: str, after: int, upto: int) -> None:
+        live = self._docs(LIVE_SESSIONS, after, upto, LIVE_SESSIONS_SCHEMA)
+        if live is not None:
+            sink.upsert(live, path, [USER_ID], upto)
+
+    def _live_recommendations(self, sink: BatchSink, path: str, after: int, upto: int) -> None:
+        item = "struct<rank:int,item_id:int,score:double>"
+        schema = f"user_id int, session_id string, model_version string, generated_at timestamp, items array<{item}>"
+        docs = self._docs(LIVE_RECOMMENDATIONS, after, upto, schema)
+        if docs is None:
+            return
+        recs = docs.select("*", F.explode("items").alias("i")).select(
+            USER_ID,
+            F.col("i.rank").alias(RANK),
+            F.col("i.item_id").alias(ITEM_ID),
+            F.col("i.score").alias(SCORE),
+            "model_version",
+            "generated_at",
+            "session_id",
+        )
+        slots = with_rank_slots(docs.select(USER_ID), recs, self.cfg.recommend.top_k).select(
+            *LIVE_RECOMMENDATIONS_SCHEMA.fieldNames()
+        )
+        sink.upsert(
+            slots.localCheckpoint(),
+            path,
+            [USER_ID, RANK],
+            upto,
+            delete_condition=EMPTY_SLOT,
+            insert_condition=f"NOT ({EMPTY_SLOT})",
+        )
+
+    def _metrics(self, sink: BatchSink, path: str, after: int, upto: int) -> None:
+        metrics = self._rows("batch_reports", after, upto, STREAM_METRICS_SCHEMA)
+        if metrics is not None:
+            sink.append(metrics, path, upto)
