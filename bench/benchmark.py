@@ -65,8 +65,6 @@ class Scale:
     # No practical cap: under load each batch takes every file waiting (a cap below the backlog
     # makes the stream fall behind, and Spark then plans from its cached listing).
     fresh_files_per_trigger: int = 1000
-    # stream.separate_events_query of the freshness and soak runs (--events-query).
-    fresh_events_query: bool = False
     soak_seconds: int = 1800
     soak_rate: int = 2000
     soak_users: int = 100_000
@@ -482,10 +480,7 @@ def steady_load(
     """One file per second of ``rate`` events for ``seconds``; per-file freshness, and samples of
     memory, state and files while it runs. With ``drain`` the stream runs until it processed
     every file; without, it stops after the batch running when the load ends (the soak)."""
-    stream = {
-        "max_files_per_trigger": scale.fresh_files_per_trigger,
-        "separate_events_query": scale.fresh_events_query,
-    }
+    stream = {"max_files_per_trigger": scale.fresh_files_per_trigger}
     run = Workdir(root, name, stream=stream)
     run.generate("purchases", "--users", str(users), "--items", str(ITEMS), "--purchases", str(users * 5))
     if seed is not None:
@@ -899,11 +894,6 @@ def main() -> int:
     parser.add_argument(
         "--files-per-trigger", help="comma-separated max_files_per_trigger of the catch-up runs (default: the scale's)"
     )
-    parser.add_argument(
-        "--events-query",
-        action="store_true",
-        help="freshness and soak runs with stream.separate_events_query = true (enriched_events by a query of its own)",
-    )
     parser.add_argument("--root", default="/tmp/streamrec-bench", help="scratch folder for the runs")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="where bench.json/md/png go")
     args = parser.parse_args()
@@ -914,8 +904,6 @@ def main() -> int:
         scale = replace(scale, fresh_seconds=args.seconds)
     if args.repeats:
         scale = replace(scale, repeats=args.repeats)
-    if args.events_query:
-        scale = replace(scale, fresh_events_query=True)
     if args.files_per_trigger:
         scale = replace(scale, catchup_files_per_trigger=tuple(int(n) for n in args.files_per_trigger.split(",")))
     chosen = args.only.split(",") if args.only else list(SECTIONS)

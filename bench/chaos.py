@@ -426,12 +426,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small scale, for development")
     parser.add_argument("--only", help=f"comma-separated scenarios of {', '.join(SCENARIOS)}")
     parser.add_argument("--root", default="/tmp/streamrec-chaos")
-    parser.add_argument(
-        "--events-query", action="store_true", help="every scenario with stream.separate_events_query = true"
-    )
     args = parser.parse_args()
-    if args.events_query:
-        Run.stream_settings = {"separate_events_query": True}
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
     scale = QUICK if args.quick else FULL

@@ -24,11 +24,9 @@ import numpy as np
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from lib.core.config import EVENTS_CHECKPOINT, STREAM_CHECKPOINT, Config, load_config
-from lib.core.fs import LocalFS
+from lib.core.config import Config, load_config
 from lib.core.schemas import ENRICHED_EVENTS, LIVE_RECOMMENDATIONS, LIVE_SESSIONS
 from lib.core.spark import get_spark
-from lib.ingest.backlog import SOURCE_LOG, batch_of_files
 
 # The hops measured: from a file's arrival to its rows in each of these tables.
 TABLES = (ENRICHED_EVENTS, LIVE_SESSIONS, LIVE_RECOMMENDATIONS)
@@ -47,17 +45,8 @@ def commit_times(spark: SparkSession, path: str) -> dict[int, float]:
 def source_batches(spark: SparkSession, cfg: Config) -> dict[str, dict[str, int]]:
     """table -> {input source: the micro-batch of the query writing that table that read it}.
 
-    With an events query (``Config.has_events_query``), each query's file source log says which
-    of its batches read a file: ``enriched_events`` is the events query's, the live tables the
-    main query's. Else (one query; Kafka) the batch is found from the row's ``ingested_at``,
-    which is its batch's ``stream_metrics.started_at``.
+    The batch is found from the row's ``ingested_at``, which is its batch's ``stream_metrics.started_at``.
     """
-    if cfg.has_events_query:
-        read = {
-            name: batch_of_files(LocalFS(), f"{cfg.paths.checkpoint(name)}/{SOURCE_LOG}")
-            for name in (EVENTS_CHECKPOINT, STREAM_CHECKPOINT)
-        }
-        return {table: read[EVENTS_CHECKPOINT if table == ENRICHED_EVENTS else STREAM_CHECKPOINT] for table in TABLES}
     lake = cfg.paths.table
     batch_of_start = {
         r.started_at.timestamp(): r.batch_id

@@ -177,9 +177,9 @@ def store_docs(cfg, users) -> dict:
     return docs
 
 
-def assert_ends_as_every_batch(spark, deferring, every_batch, users: int) -> None:
-    """The lake and store of a run that deferred the live tables equal those of a run that updated
-    them every batch (``every_batch``), its profiles a rebuild, for at least ``users`` users."""
+def assert_same_end_state(spark, deferring, every_batch, users: int) -> None:
+    """The lake and store of one run (``deferring``) equal those of another of the same input
+    (``every_batch``), its profiles a rebuild, for at least ``users`` users."""
     from lib.lake.verify import check_profiles, compare_lakes
 
     for check in compare_lakes(spark, deferring, every_batch.paths.lake):

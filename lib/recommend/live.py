@@ -357,10 +357,12 @@ class DriverRanker:
 
     def __init__(self, arrays: ModelArrays, user_scores: pd.DataFrame, rec: RecommendConfig):
         self.arrays, self.rec = arrays, rec
-        ordered = user_scores.sort_values([USER_ID, SCORE], ascending=[True, False], kind="stable")
-        grouped = ordered.groupby(USER_ID, sort=False)
-        self._model_items = grouped[ITEM_ID].agg(lambda s: s.to_numpy(np.int64))
-        self._model_scores = grouped[SCORE].agg(lambda s: s.to_numpy(np.float64))
+        ordered = user_scores.dropna().sort_values([USER_ID, SCORE], ascending=[True, False], kind="stable")
+        users = ordered[USER_ID].to_numpy(np.int64)
+        cuts = np.flatnonzero(users[1:] != users[:-1]) + 1
+        owners = users[np.r_[0, cuts]].tolist() if len(users) else []
+        self._model_items = dict(zip(owners, np.split(ordered[ITEM_ID].to_numpy(np.int64), cuts)))
+        self._model_scores = dict(zip(owners, np.split(ordered[SCORE].to_numpy(np.float64), cuts)))
 
     @classmethod
     def from_model(cls, model, rec: RecommendConfig) -> "DriverRanker":
@@ -393,8 +395,8 @@ class DriverRanker:
         users = frame[USER_ID]
         frame[_EVENT_ITEMS] = users.map(per_user[ITEM_ID].agg(list)).to_numpy()
         frame[_VOTES] = users.map(per_user["_vote"].agg(list)).to_numpy()
-        frame[_MODEL_ITEMS] = users.map(self._model_items).to_numpy()
-        frame[_MODEL_SCORES] = users.map(self._model_scores).to_numpy()
+        frame[_MODEL_ITEMS] = [self._model_items.get(u) for u in users.tolist()]
+        frame[_MODEL_SCORES] = [self._model_scores.get(u) for u in users.tolist()]
         frame[_EXCLUDED] = users.map(excluded.groupby(USER_ID)[ITEM_ID].agg(list)).to_numpy()
         for column in (_EVENT_ITEMS, _VOTES, _MODEL_ITEMS, _MODEL_SCORES, _EXCLUDED):
             frame[column] = [v if isinstance(v, (list, np.ndarray)) else None for v in frame[column]]

@@ -263,9 +263,9 @@ class LiveBatchWriter(GatedBatchWriter):
     def _recommendations(
         self, folded: FoldedBatch, latest: pd.DataFrame, index: PurchaseIndex, seen: pd.DataFrame, now_micros: int
     ) -> list[tuple[int, str]]:
-        """Live recommendations of the users whose open session got events this batch."""
+        """Live recommendations of the users with on-time events this batch, from their latest session."""
         model = self.current_ranker()
-        context = latest[latest[IS_OPEN]]
+        context = latest
         if model is None or context.empty:
             return []
         version, ranker = model

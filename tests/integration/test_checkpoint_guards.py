@@ -11,7 +11,6 @@ import time
 import pytest
 
 from lib.lake.checkpoint import (
-    CONFIG_FILE,
     LOCK_FILE,
     CheckpointError,
     acquire_lock,
@@ -78,23 +77,3 @@ def test_session_gap_change_is_refused_other_changes_are_not(spark, tmp_path):
     )
     with pytest.raises(CheckpointError, match=r"sessions.gap is '20 minutes' .* gap of 1800 s.*start over"):
         check_compatible_config(spark, checkpoint, make_config(tmp_path, "sessions.gap=20 minutes"))
-
-
-def test_events_query_change_is_refused_either_way(spark, tmp_path):
-    """An events query taking over a checkpoint whose main query wrote the events (or the other
-    way round) would write again the events of every file the other had read."""
-    separate, inline = str(tmp_path / "separate"), str(tmp_path / "inline")
-    on = make_config(tmp_path, "stream.separate_events_query=true")
-    check_compatible_config(spark, separate, on)
-    check_compatible_config(spark, inline, make_config(tmp_path))
-    with pytest.raises(CheckpointError, match=r"separate_events_query = true and this config runs it false"):
-        check_compatible_config(spark, separate, make_config(tmp_path))
-    with pytest.raises(CheckpointError, match=r"separate_events_query = false and this config runs it true"):
-        check_compatible_config(spark, inline, on)
-    # A checkpoint from before the setting existed wrote the events in the main query.
-    old = tmp_path / "old"
-    old.mkdir()
-    (old / CONFIG_FILE).write_text(json.dumps({"sessions.gap_seconds": 1800.0, "source": "files"}))
-    check_compatible_config(spark, str(old), make_config(tmp_path))
-    with pytest.raises(CheckpointError, match=r"Set it back, or start over"):
-        check_compatible_config(spark, str(old), on)

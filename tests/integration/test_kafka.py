@@ -23,7 +23,7 @@ from lib.lake.checkpoint import CheckpointError
 from lib.lake.verify import read_manifest, verify
 from lib.stream.query import run_available_now, start_stream
 from tests.helpers import (
-    assert_ends_as_every_batch,
+    assert_same_end_state,
     batches_committed,
     generated_purchases,
     make_config,
@@ -116,35 +116,25 @@ def test_exactly_once_across_kill_9_and_a_broker_restart_with_bad_messages_quara
     assert counts["quarantine"] == sum(1 for r in writer.manifest if r.expected_reason) > 10
 
 
-def test_a_backlog_on_kafka_updates_the_live_tables_once_and_ends_as_with_updates_every_batch(spark, tmp_path, broker):
+def test_a_kafka_backlog_read_in_small_batches_ends_as_one_read_whole(spark, tmp_path, broker):
     topic = "activity-backlog"
     create_topic(broker.bootstrap, topic, partitions=2)
     writer = producer(broker, topic, users=12, items=30, bad_share=0.02)
     writer.write_batch(600)
     writer.close()
-    per_batch = "kafka.max_offsets_per_trigger=200"
-    deferring = kafka_config(tmp_path / "deferring", broker, topic, per_batch)
-    every_batch = kafka_config(tmp_path / "every_batch", broker, topic, per_batch, "stream.defer_live_in_backlog=false")
-    for cfg in (deferring, every_batch):
+    small = kafka_config(tmp_path / "small", broker, topic, "kafka.max_offsets_per_trigger=200")
+    whole = kafka_config(tmp_path / "whole", broker, topic)
+    for cfg in (small, whole):
         write_purchases(cfg.paths.purchases, generated_purchases(users=12, items=30, count=40))
 
-    deferred = run_available_now(spark, deferring)
-    every = run_available_now(spark, every_batch)
+    batched = run_available_now(spark, small)
+    run_available_now(spark, whole)
 
-    reports = [deferred.reports[b] for b in sorted(deferred.reports)]
-    assert len(reports) >= 3
-    # Each batch knows how many of the messages there before the run it has still to read.
-    read_so_far = 0
-    for report in reports:
-        read_so_far += report.input_lines
-        assert report.input_waiting == len(writer.manifest) - read_so_far
-    assert all("pending_updates" in r.stage_s for r in reports[:-1])
-    assert "user_profiles" in reports[-1].stage_s
-    assert all("user_profiles" in r.stage_s for r in every.reports.values())
+    assert len(batched.reports) >= 3
+    assert sum(r.input_lines for r in batched.reports.values()) == len(writer.manifest)
     # The benchmark's drain check: the committed batches' end offsets count every message.
-    assert messages_processed(Path(deferring.paths.checkpoint("stream"))) == len(writer.manifest)
-
-    assert_ends_as_every_batch(spark, deferring, every_batch, users=12)
+    assert messages_processed(Path(small.paths.checkpoint("stream"))) == len(writer.manifest)
+    assert_same_end_state(spark, small, whole, users=12)
 
 
 def test_no_broker_or_no_topic_refuses_to_start_with_the_fix(spark, tmp_path, broker):

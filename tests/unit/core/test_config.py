@@ -28,12 +28,6 @@ def test_overrides_and_uris():
     assert cfg.recommend.exclude_seen is False
 
 
-def test_the_events_have_a_query_of_their_own_with_the_file_source_only():
-    assert not load_config().has_events_query
-    assert load_config(None, ["stream.separate_events_query=true"]).has_events_query
-    assert not load_config(None, ["stream.separate_events_query=true", "source.kind=kafka"]).has_events_query
-
-
 @pytest.mark.parametrize(
     "text, seconds",
     [("30 minutes", 1800), ("1 second", 1), ("500 ms", 0.5), ("2h", 7200), ("1.5 min", 90), ("1 day", 86400)],
@@ -71,9 +65,9 @@ def test_unknown_section_in_file(tmp_path):
         load_config(tmp_path / "missing.toml")
 
 
-def test_compaction_takes_the_most_fragmented_stream_table_every_n_batches_and_can_be_off():
+def test_compaction_takes_the_most_fragmented_stream_table_every_n_slow_passes_and_can_be_off():
     from lib.core.schemas import STREAM_TABLES
-    from lib.stream.query import COMPACTED_TABLES, due, table_to_compact
+    from lib.stream.slow import COMPACTED_TABLES, due, table_to_compact
 
     assert [b for b in range(0, 10) if due(b, 3)] == [3, 6, 9]
     assert not any(due(b, 0) for b in range(0, 10))
@@ -107,8 +101,8 @@ def test_a_config_written_as_toml_loads_back_with_its_values(tmp_path):
     path = tmp_path / "pipeline.toml"
     lake = tmp_path / 'a "quoted" lake'
     path.write_text(
-        config_toml({"paths": {"lake": lake}, "stream": {"max_files_per_trigger": 3, "defer_live_in_backlog": False}})
+        config_toml({"paths": {"lake": lake}, "stream": {"max_files_per_trigger": 3, "slow_interval": "5 seconds"}})
     )
     cfg = load_config(path)
     assert cfg.paths.lake == str(lake)
-    assert cfg.stream.max_files_per_trigger == 3 and cfg.stream.defer_live_in_backlog is False
+    assert cfg.stream.max_files_per_trigger == 3 and cfg.stream.slow_interval_seconds == 5
