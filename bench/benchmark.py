@@ -18,6 +18,7 @@ import os
 import platform
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -262,13 +263,15 @@ def active_files(table: Path) -> int:
     return len(files)
 
 
-def state_rows(checkpoints: Path) -> int | None:
-    """Open sessions in the newest complete session-state folder."""
-    folders = [f for f in checkpoints.glob("session_state/*/batch=*") if (f / "_SUCCESS").exists()]
-    if not folders:
+def state_rows(store: Path) -> int | None:
+    """Open sessions in the online store's live state."""
+    if not store.is_file():
         return None
-    newest = max(folders, key=lambda f: int(f.name.split("=")[1]))
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in newest.glob("*.parquet"))
+    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+        try:
+            return db.execute("SELECT count(*) FROM open_sessions").fetchone()[0]
+        except sqlite3.OperationalError:  # no batch yet
+            return None
 
 
 def folder_mb(path: Path) -> float:
@@ -304,7 +307,7 @@ def sample(work: Workdir, stream: subprocess.Popen, started: float) -> dict:
         "t_s": round(time.monotonic() - started, 1),
         "jvm_rss_mb": rss_mb(processes.get("jvm", -1)),
         "driver_rss_mb": rss_mb(processes.get("driver", -1)),
-        "state_rows": state_rows(work.checkpoints),
+        "state_rows": state_rows(Path(f"{work.lake}-online.sqlite")),
         "checkpoint_mb": folder_mb(work.checkpoints),
         "lake_mb": folder_mb(work.lake),
         "active_files": {

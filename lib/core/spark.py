@@ -75,11 +75,16 @@ def is_local(master: str) -> bool:
     return master == "local" or master.startswith("local[")
 
 
+FAIR_POOLS = PROJECT_ROOT / "conf" / "fairscheduler.xml"
+
+
 def driver_settings(master: str) -> dict[str, str]:
     """The driver's class path (the metastore's JDBC driver, which the application class loader must
-    see) and, on a local master, the forkless local file system (``FORKLESS_LOCAL_FS``)."""
+    see), the FAIR scheduler's pools (``conf/fairscheduler.xml``: the stream's slow pass weighs
+    less than its micro-batches) and, on a local master, the forkless local file system
+    (``FORKLESS_LOCAL_FS``)."""
     class_path = [metastore.client_jar()]
-    settings = {}
+    settings = {"spark.scheduler.allocation.file": f"file:{FAIR_POOLS}"}
     if is_local(master):
         class_path.append(jvm_jar())
         settings.update(FORKLESS_LOCAL_FS)

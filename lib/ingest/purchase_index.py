@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from lib.core.schemas import ITEM_ID, PURCHASE_AMOUNT, PURCHASE_DATE, USER_ID
@@ -37,7 +38,7 @@ class PurchaseIndex:
 
     keys: np.ndarray  # int64 (user, day), ascending
     running_count: np.ndarray  # purchases before each position (len(keys) + 1)
-    running_amounts: np.ndarray  # the non-null amounts' running count and sum (len(keys) + 1, 2)
+    running_amounts: np.ndarray  # per user, the non-null amounts' running count and sum (len(keys) + 1, 2)
     items: np.ndarray  # the item of each purchase (-1 where null)
     files: tuple[str, ...] = ()
 
@@ -56,9 +57,12 @@ class PurchaseIndex:
         keys, amounts, items = keys[order], amounts[order], items[order]
         has_amount = ~np.isnan(amounts)
         running_count = np.concatenate([[0], np.arange(1, len(keys) + 1)])
+        # Sums restart at each user's first purchase and add in date order, as an aggregate over
+        # the user's rows would: a difference of global running sums would lose precision.
+        owner = pd.Series(keys >> 32)
         running_amounts = np.zeros((len(keys) + 1, 2))
-        running_amounts[1:, 0] = np.cumsum(has_amount)
-        running_amounts[1:, 1] = np.cumsum(np.where(has_amount, amounts, 0.0))
+        running_amounts[1:, 0] = pd.Series(has_amount.astype(np.int64)).groupby(owner).cumsum().to_numpy()
+        running_amounts[1:, 1] = pd.Series(np.where(has_amount, amounts, 0.0)).groupby(owner).cumsum().to_numpy()
         return cls(keys, running_count, running_amounts, items, tuple(files))
 
     @classmethod
@@ -82,7 +86,8 @@ class PurchaseIndex:
         first = np.searchsorted(self.keys, _keys(users, np.full(len(users), -_DAY_OFFSET)), side="left")
         before = np.searchsorted(self.keys, _keys(users, days), side="left")
         count = self.running_count[before] - self.running_count[first]
-        amounts = self.running_amounts[before] - self.running_amounts[first]
+        # Each user's running totals start at their first purchase: the totals before ``before``.
+        amounts = np.where((before > first)[:, None], self.running_amounts[before], 0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
             avg = np.where(amounts[:, 0] > 0, amounts[:, 1] / amounts[:, 0], np.nan)
         return count.astype(np.int64), avg

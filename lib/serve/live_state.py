@@ -78,6 +78,7 @@ class BatchChanges:
     events: pa.Table | None = None  # the batch's valid events, for the profiles of the slow cadence
     seen: list[tuple[int, int]] = field(default_factory=list)  # (user, item) interactions
     engagement: list[tuple[int, float]] = field(default_factory=list)  # (item, engagement) of the batch
+    outcome: dict = field(default_factory=dict)  # what the batch counted, kept for a replay's report
 
 
 class LiveState:
@@ -96,6 +97,22 @@ class LiveState:
         row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else row[0]
 
+    def bind(self, stream_id: str) -> None:
+        """Tie the store to a stream (``SQLiteStore.bind``); the live state of another stream goes too."""
+        self.store.bind(stream_id)
+        with self._db() as db:
+            if self._meta(db, "live_stream_id") != stream_id:
+                for table in ("open_sessions", "recent_events", "seen_items", *OUTBOXES):
+                    db.execute(f"DELETE FROM {table}")
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('live_stream_id', ?)", (stream_id,))
+
+    def forget_live(self) -> None:
+        """Drop the open sessions, the items seen and the items' popularity (before they are
+        rebuilt from the lake)."""
+        with self._db() as db:
+            for table in ("open_sessions", "recent_events", "seen_items", "item_popularity"):
+                db.execute(f"DELETE FROM {table}")
+
     def last_applied_batch(self) -> int:
         """The last batch applied (-1: none)."""
         value = self._meta(self._db(), "live_batch_id")
@@ -105,6 +122,13 @@ class LiveState:
         """The last batch whose Delta appends are done too (``record_report``; -1: none)."""
         value = self._meta(self._db(), "last_batch_id")
         return -1 if value is None else int(value)
+
+    def applied_outcome(self, batch_id: int) -> dict | None:
+        """What batch ``batch_id`` counted when it was applied (``BatchChanges.outcome``), if it
+        is the last one applied; None otherwise."""
+        if self.last_applied_batch() != batch_id:
+            return None
+        return json.loads(self._meta(self._db(), "live_batch_outcome") or "{}")
 
     def read_open(self, users: Iterable[int]) -> tuple[pd.DataFrame, pd.DataFrame, int | None]:
         """The open sessions of ``users`` and their latest events, and the latest event time admitted."""
@@ -243,7 +267,7 @@ class LiveState:
             for name, rows in (("closed_sessions", changes.closed_sessions), ("batch_events", changes.events)):
                 if rows is not None and rows.num_rows:
                     db.execute(f"INSERT INTO {name} (batch_id, data) VALUES (?, ?)", (batch_id, to_ipc(rows)))
-            settings = {"live_batch_id": str(batch_id)}
+            settings = {"live_batch_id": str(batch_id), "live_batch_outcome": json.dumps(changes.outcome)}
             if folded.max_event_micros is not None:
                 settings["max_event_micros"] = str(folded.max_event_micros)
             db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", settings.items())

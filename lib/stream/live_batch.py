@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -32,6 +34,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from lib.core.config import STREAM_CHECKPOINT, Config, micros
 from lib.core.schemas import (
@@ -40,7 +43,10 @@ from lib.core.schemas import (
     EVENT_TS,
     INGESTED_AT,
     IS_OPEN,
+    ITEM_ENGAGEMENT,
     ITEM_ID,
+    LIVE_RECOMMENDATIONS,
+    PROFILE_COLUMNS,
     QUARANTINE,
     QUARANTINE_SCHEMA,
     SESSION_FEATURES_SCHEMA,
@@ -48,7 +54,9 @@ from lib.core.schemas import (
     SESSION_START,
     STREAM_METRICS_SCHEMA,
     USER_ID,
+    USER_PROFILES,
 )
+from lib.features.interactions import event_weight
 from lib.features.live_fold import EVENT_COLUMNS, FoldedBatch, fold_events, typed
 from lib.ingest.line_parsing import PARSED_COLUMNS, parse_lines, raw_lines_to_arrow, rejected_rows, valid_rows
 from lib.ingest.parsing import parse_activity_messages
@@ -58,12 +66,14 @@ from lib.lake.sinks import BatchSink
 from lib.recommend.live import DriverRanker
 from lib.recommend.model_store import ModelStore
 from lib.serve.live_state import BatchChanges, LiveState, session_documents, session_rows
+from lib.serve.online_sink import recommendation_docs, user_docs
 from lib.serve.online_store import iso_utc
 from lib.stream.gate import GatedBatchWriter
 
 log = logging.getLogger(__name__)
 
 _UTC_MICROS = pa.timestamp("us", tz="UTC")
+KILL_AFTER_ENV = "STREAMREC_KILL_AFTER"
 
 
 class InjectedFault(RuntimeError):
@@ -170,11 +180,62 @@ class LiveBatchWriter(GatedBatchWriter):
         self._store_bound = False
         self._ranker: tuple[str, DriverRanker] | None = None
 
-    def bind_store(self) -> None:
-        """Tie the online store to this stream once (a store of a former stream is reset)."""
-        if not self._store_bound:
-            self.state.store.bind(self.app_id())
-            self._store_bound = True
+    def bind_store(self, batch_id: int) -> None:
+        """Tie the online store to this stream once (a store of a former stream is reset), and
+        rebuild its live state when it is behind the checkpoint (deleted, or restored from an
+        older copy): batch ``batch_id`` must find the state of every batch before it."""
+        if self._store_bound:
+            return
+        self.state.bind(self.app_id())
+        applied = self.state.last_applied_batch()
+        if applied < batch_id - 1:
+            self._rebuild_state(applied, batch_id - 1)
+        self._store_bound = True
+
+    def _rebuild_state(self, applied: int, through: int) -> None:
+        """The open sessions from ``enriched_events``'s last ``sessions.gap + sessions.watermark``
+        of event time, folded as batch ``through``. Sessions that closed before are in
+        ``session_features`` already and are not emitted again; events the stream had dropped as
+        late may now count in the sessions they fall in."""
+        events = self.spark.read.format("delta").load(self.cfg.paths.table(ENRICHED_EVENTS))
+        latest = events.agg(F.max(F.unix_micros(EVENT_TS))).first()[0]
+        rows = pd.DataFrame(columns=list(EVENT_COLUMNS))
+        if latest is not None:
+            window = events.where(F.unix_micros(EVENT_TS) >= F.lit(latest - self.gap - self.delay))
+            rows = window.select(USER_ID, ITEM_ID, "event_type", F.unix_micros(EVENT_TS).alias(EVENT_TS), "source_file")
+            rows = rows.toPandas()
+            rows["file_block_start"], rows["line_id"] = 0, np.arange(len(rows))
+        self.state.forget_live()
+        empty_sessions, empty_recent, _ = self.state.read_open([])
+        folded = fold_events(empty_sessions, empty_recent, rows, self.gap, None, self.delay)
+        index = self.purchases.current()
+        last = folded.latest_per_user()
+        past, avg = index.as_of(last[USER_ID].to_numpy(np.int64), last[SESSION_START].to_numpy(np.int64))
+        docs = session_documents(last, past, _nullable(avg), micros(time.time()))
+        # What else lived only in the store comes back from the Delta side: the profiles (and the
+        # items each user interacted with), the live recommendations, the items' popularity.
+        profiles = self.spark.read.format("delta").load(self.cfg.paths.table(USER_PROFILES))
+        seen = profiles.select(USER_ID, F.explode(F.map_keys(ITEM_ENGAGEMENT)).alias(ITEM_ID)).toPandas()
+        weight = event_weight(self.cfg.recommend)
+        popularity = events.groupBy(ITEM_ID).agg(F.sum(weight).alias("engagement")).toPandas()
+        changes = BatchChanges(
+            session_docs=docs,
+            seen=list(seen.itertuples(index=False, name=None)),
+            engagement=[(int(i), float(w)) for i, w in popularity.itertuples(index=False, name=None)],
+        )
+        self.state.store.put_profiles(through, user_docs(profiles, PROFILE_COLUMNS))
+        live = self.spark.read.format("delta").load(self.cfg.paths.table(LIVE_RECOMMENDATIONS))
+        self.state.store.put_live_recommendations(through, recommendation_docs(live))
+        self.state.apply(through, folded, changes, self.gap)
+        log.warning(
+            "the online store %s had the live state of batch %d, the checkpoint is at batch %d: rebuilt it from "
+            "%d events of enriched_events (%d open sessions)",
+            self.cfg.paths.online_store,
+            applied,
+            through,
+            len(rows),
+            int(folded.sessions[IS_OPEN].sum()),
+        )
 
     def current_ranker(self) -> tuple[str, DriverRanker] | None:
         """The latest committed model's version and ranker, loaded again when ``jobs/train.py``
@@ -198,7 +259,7 @@ class LiveBatchWriter(GatedBatchWriter):
         started = time.monotonic()
         started_at = micros(time.time())
         report = BatchReport(batch_id)
-        self.bind_store()
+        self.bind_store(batch_id)
         with report.stage("parse"):
             parsed = self.parse(batch_df)
             valid, bad = valid_rows(parsed), rejected_rows(parsed)
@@ -208,14 +269,19 @@ class LiveBatchWriter(GatedBatchWriter):
             index = self.purchases.current()
             events = valid.select(list(EVENT_COLUMNS)).to_pandas()
             events[EVENT_TS] = valid.column(EVENT_TS).cast(pa.int64()).to_numpy()
-            changes, folded, past, avg = self._changes(events, index, started_at)
+            past, avg = index.as_of(events[USER_ID].to_numpy(np.int64), events[EVENT_TS].to_numpy(np.int64))
+            # A batch replayed after a crash that the store has applied already is not folded
+            # again (its state moved on): its appends are redone, its counts read back.
+            report.replayed = self.state.last_applied_batch() >= batch_id
+            if not report.replayed:
+                changes, folded = self._changes(events, index, started_at)
         with report.stage("store"):
-            applied = self.state.apply(batch_id, folded, changes, self.gap)
+            if not report.replayed:
+                self.state.apply(batch_id, folded, changes, self.gap)
         self._maybe_fail("store", batch_id)
-        report.replayed = not applied
-        report.late_rows_dropped, report.watermark_micros = folded.late_rows, folded.watermark_micros
-        report.sessions_closed = 0 if changes.closed_sessions is None else changes.closed_sessions.num_rows
-        report.open_sessions = int(folded.sessions[IS_OPEN].sum())
+        outcome = self.state.applied_outcome(batch_id) if report.replayed else changes.outcome
+        for name, value in (outcome or {}).items():
+            setattr(report, name, value)
         with report.stage("delta"):
             self._append(batch_id, valid, past, avg, bad, started_at)
         self._maybe_fail("enriched", batch_id)
@@ -225,16 +291,20 @@ class LiveBatchWriter(GatedBatchWriter):
             self.stats.record(report)
 
     def _maybe_fail(self, name: str, batch_id: int) -> None:
+        """The crash tests' fault injection (off by default): ``fail_after`` raises after the
+        named write; ``STREAMREC_KILL_AFTER=<write>:<batch id>`` kills the driver there (kill -9),
+        as a crash between the store's transaction and the Delta appends would."""
         if name == self.fail_after:
             raise InjectedFault(f"fault injected after the {name} write of batch {batch_id}")
+        if os.environ.get(KILL_AFTER_ENV) == f"{name}:{batch_id}":
+            log.warning("%s: killing the driver after the %s write of batch %d", KILL_AFTER_ENV, name, batch_id)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _changes(
         self, events: pd.DataFrame, index: PurchaseIndex, now_micros: int
-    ) -> tuple[BatchChanges, FoldedBatch, np.ndarray, np.ndarray]:
-        """Fold the batch's valid ``events``; what it changes in the store, the fold, and each
-        event's purchase features."""
+    ) -> tuple[BatchChanges, FoldedBatch]:
+        """Fold the batch's valid ``events``: what it changes in the store, and the fold."""
         users = events[USER_ID].to_numpy(np.int64)
-        past, avg = index.as_of(users, events[EVENT_TS].to_numpy(np.int64))
         open_sessions, open_recent, max_event = self.state.read_open(pd.unique(users))
         folded = fold_events(open_sessions, open_recent, events, self.gap, max_event, self.delay)
         touched = pd.unique(folded.sessions[USER_ID])
@@ -257,8 +327,14 @@ class LiveBatchWriter(GatedBatchWriter):
             else None,
             seen=list(seen.itertuples(index=False, name=None)),
             engagement=[(int(i), float(w)) for i, w in engagement.items()],
+            outcome={
+                "late_rows_dropped": folded.late_rows,
+                "watermark_micros": folded.watermark_micros,
+                "sessions_closed": len(closed),
+                "open_sessions": int(folded.sessions[IS_OPEN].sum()),
+            },
         )
-        return changes, folded, past, avg
+        return changes, folded
 
     def _recommendations(
         self, folded: FoldedBatch, latest: pd.DataFrame, index: PurchaseIndex, seen: pd.DataFrame, now_micros: int

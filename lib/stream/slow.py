@@ -10,8 +10,8 @@ the store's last applied batch) and writes, each table on its own:
   store for the API;
 - ``live_sessions`` and ``live_recommendations``: the store's documents those batches changed (MERGE);
 - ``stream_metrics``: the batches' metrics rows;
-- every ``stream.compact_every`` passes the most fragmented table is compacted, every
-  ``lake.vacuum_every`` passes the tables are vacuumed.
+- every ``stream.compact_every`` passes that folded something the most fragmented table is
+  compacted, every ``lake.vacuum_every`` such passes the tables are vacuumed.
 
 Exactly once per table: each commit carries the last batch it folded (``lib.lake.sinks``), and a
 table with nothing to write records its progress in the store; a pass after a crash starts from
@@ -140,15 +140,18 @@ class SlowCadence:
             LIVE_RECOMMENDATIONS: self._live_recommendations,
             STREAM_METRICS: self._metrics,
         }
-        done = {}
+        done, folded = {}, False
         for table, step in steps.items():
             path = self.cfg.paths.table(table)
             after = max(sink.last_committed_batch(path), self.state.folded_through(table))
             if after < upto:
                 step(sink, path, after, upto)
                 self.state.record_folded(table, upto)
+                folded = True
             done[table] = max(after, upto)
         self.state.forget_through(min(done[t] for t in _OUTBOX_READERS))
+        if not folded:
+            return upto  # nothing new: no maintenance either, so a restart with no input commits nothing
         self.passes += 1
         if due(self.passes, self.cfg.stream.compact_every):
             name = table_to_compact({t: data_files(self.spark, self.cfg.paths.table(t)) for t in COMPACTED_TABLES})

@@ -24,8 +24,9 @@ def test_duckdb_baseline_and_observers_agree_with_the_stream(spark, tmp_path):
     enriched = read(spark, cfg, "enriched_events")
     assert counts["events"] == enriched.count() == 300
 
-    # Point-in-time features row by row, and every session the stream closed, equal in DuckDB.
-    columns = ["user_id", "item_id", "event_type", "event_ts", "past_purchases", "avg_purchase_amount"]
+    # Point-in-time features row by row, and every session the stream closed, equal in DuckDB (a
+    # mean of several amounts to 9 decimals: the engines add them up in different orders).
+    columns = ["user_id", "item_id", "event_type", "event_ts", "past_purchases", F.round("avg_purchase_amount", 9)]
     duck_enriched = spark.read.parquet(str(tmp_path / "duckdb" / "enriched_events.parquet")).select(*columns)
     assert duck_enriched.exceptAll(enriched.select(*columns)).count() == 0
     # (last_event is left out: DuckDB breaks a same-second tie arbitrarily, the stream by line.)
@@ -40,7 +41,7 @@ def test_duckdb_baseline_and_observers_agree_with_the_stream(spark, tmp_path):
         assert active_files(Path(cfg.paths.table(table))) == detail.numFiles, table
     history = spark.sql(f"DESCRIBE HISTORY delta.`{cfg.paths.table('enriched_events')}`")
     assert history.where(F.col("operation") == "OPTIMIZE").count() == 1  # compacted: removes were replayed
-    assert state_rows(Path(cfg.paths.checkpoints)) == read(spark, cfg, "live_sessions").where("is_open").count()
+    assert state_rows(Path(cfg.paths.online_store)) == read(spark, cfg, "live_sessions").where("is_open").count()
 
     # The drain check reads the checkpoint's logs; the batch figures come from stream_metrics.
     checkpoint = Path(cfg.paths.checkpoint("stream"))
@@ -49,4 +50,4 @@ def test_duckdb_baseline_and_observers_agree_with_the_stream(spark, tmp_path):
     assert not has_processed(checkpoint, [*landed, Path(cfg.paths.events_dir) / "not-yet.csv"])
     figures = batch_figures(read(spark, cfg, "stream_metrics").orderBy("batch_id").collect())
     assert figures["batches"] == 2 and figures["batch_s"] > 0
-    assert {"parse", "enriched", "sessionize", "state"} <= set(figures["stages_s"])
+    assert {"parse", "fold", "store", "delta"} == set(figures["stages_s"])

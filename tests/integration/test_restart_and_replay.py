@@ -23,6 +23,7 @@ from tests.helpers import (
     make_config,
     parquet_files,
     read,
+    store_docs,
     write_lines,
     write_purchases,
 )
@@ -76,11 +77,11 @@ def test_restarts_add_nothing_and_pick_up_new_files_and_purchases(spark, tmp_pat
         "user_id,item_id,event_type,timestamp,note\n2,6,view,2024-01-02 00:00:00,caf\xe9\n".encode("latin-1")
     )
     (tmp_path / "incoming" / "empty.csv").write_bytes(b"")
-    # Two batches, not five; the second (batch 2) vacuums the tables with a retention of ~0.
+    # Two batches, not five; the run's slow pass vacuums the tables with a retention of ~0.
     run_available_now(
-        spark, make_config(tmp_path, "stream.max_files_per_trigger=3", "lake.vacuum_every=2", "lake.retention=1 ms")
+        spark, make_config(tmp_path, "stream.max_files_per_trigger=3", "lake.vacuum_every=1", "lake.retention=1 ms")
     )
-    profiles = cfg.paths.table("user_profiles")  # rewritten by a MERGE in every batch
+    profiles = cfg.paths.table("user_profiles")  # rewritten by a MERGE in every slow pass
     assert parquet_files(profiles) == active_files(spark, profiles)
 
     expected = manifest_keys(writer.manifest)
@@ -158,3 +159,22 @@ def test_batch_replayed_after_crashes_commits_each_write_once(spark, tmp_path):
         )
     for row in read(spark, cfg, "user_profiles").collect():
         assert store.profile(row.user_id)["num_events"] == row.num_events
+
+
+def test_a_lost_online_store_is_rebuilt_from_the_lake_before_the_next_batch(spark, tmp_path):
+    """The store deleted between two runs: the next run rebuilds the open sessions from
+    enriched_events, and ends with the store a run that never lost it has."""
+    lost, kept = make_config(tmp_path / "lost"), make_config(tmp_path / "kept")
+    writers = [activity_writer(cfg, users=8, items=20) for cfg in (lost, kept)]
+    for writer in writers:
+        writer.write_file(150)
+    run_available_now(spark, lost)
+    run_available_now(spark, kept)
+    os.remove(lost.paths.online_store)
+    for writer in writers:
+        writer.write_file(150)
+    run_available_now(spark, lost)
+    run_available_now(spark, kept)
+    users = {r.user_id for r in writers[0].manifest if r.user_id}
+    assert store_docs(lost, users) == store_docs(kept, users)
+    assert read(spark, lost, "enriched_events").count() == read(spark, kept, "enriched_events").count() == 300

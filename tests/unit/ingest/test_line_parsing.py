@@ -7,10 +7,9 @@ import pyarrow as pa
 import pytest
 from pyspark.sql import functions as F
 
-from lib.core.schemas import RAW_LINES_SCHEMA
 from lib.ingest.line_parsing import csv_split, parse_lines, raw_lines_to_arrow, rejected_rows, valid_rows
 from lib.ingest.parsing import parse_activity_lines
-from tests.unit.ingest.test_parsing import HEADER, INVALID_LINES
+from tests.unit.ingest.test_parsing import HEADER, INVALID_LINES, lines_df
 
 COLUMNS = ["value", "source_file", "user_id", "item_id", "event_type", "event_ts", "reason", "rejected_lines"]
 
@@ -39,15 +38,6 @@ FILES = {
     "wide.csv": [",".join(f"c{i}" for i in range(300)), "1"],
     "long.csv": [HEADER + ",note", "1,2,view,2024-01-01 00:00:00," + "x" * 200, "1,2,view,2024-01-01 00:00:00,y"],
 }
-
-
-def lines_df(spark, files):
-    rows, line_id = [], 0
-    for name, lines in files.items():
-        for line in lines:
-            rows.append((line, name, 0, line_id))
-            line_id += 1
-    return spark.createDataFrame(rows, RAW_LINES_SCHEMA)
 
 
 def lines_table(files) -> pa.Table:
