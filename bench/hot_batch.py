@@ -3,9 +3,9 @@ watched folder with the stream's own ``foreachBatch``, its Spark jobs counted pe
 moments its store transaction and its Delta appends ended recorded per input file.
 
 A generator thread lands one file of ``--rate`` events a second (``--users`` users, 1% bad rows,
-no model: no live re-ranking); the script prints, per batch, its stages and its Spark jobs, and
-at the end how long after a file's rename the store served its sessions and ``enriched_events``
-held its rows (p50/p95/max). The slow cadence does not run (``make bench`` runs the whole job).
+no model: no live re-ranking; the slow cadence beside it); the script prints, per batch, its
+stages and its Spark jobs, and at the end how long after a file's rename the store served its
+sessions and ``enriched_events`` held its rows (p50/p95/max).
 
 Usage: .venv/bin/python bench/hot_batch.py [--rate 2000] [--seconds 120] [--root /tmp/hot-batch]
 """
@@ -13,6 +13,7 @@ Usage: .venv/bin/python bench/hot_batch.py [--rate 2000] [--seconds 120] [--root
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 import sys
 import threading
@@ -26,6 +27,7 @@ from lib.core.spark import get_spark
 from lib.ingest.sources import activity_lines_stream
 from lib.stream.live_batch import LiveBatchWriter
 from lib.stream.query import StreamStats, ensure_tables, start_query
+from lib.stream.slow import SlowCadence
 
 # The tests' helpers write generated input exactly as the tests do (the project root, for tests/).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -82,12 +84,21 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--root", default="/tmp/hot-batch")
+    parser.add_argument(
+        "--files-per-trigger",
+        type=int,
+        default=1000,
+        help="stream.max_files_per_trigger (make bench's freshness: 1000)",
+    )
     args = parser.parse_args()
     root = Path(args.root)
     shutil.rmtree(root, ignore_errors=True)
-    cfg = make_config(root)
+    cfg = make_config(root, f"stream.max_files_per_trigger={args.files_per_trigger}")
     spark = get_spark("streamrec-hot-batch", {"spark.sql.shuffle.partitions": "2"})
     spark.sparkContext.setLogLevel("WARN")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lib.stream.slow").setLevel(logging.INFO)  # each slow pass and its duration
+    logging.getLogger("lib.lake.sinks").setLevel(logging.INFO)
     purchases = generated_purchases(users=args.users, items=5000, count=200_000)
     write_purchases(cfg.paths.purchases, purchases)
     ensure_tables(spark, cfg)
@@ -103,6 +114,8 @@ def main() -> None:
             landed[path.name] = time.time()
 
     query = start_query(activity_lines_stream(spark, cfg), writer, "hot-batch", cfg, available_now=False)
+    slow = SlowCadence(spark, cfg, writer.state, writer.app_id)
+    slow.start()
     while not writer.reports:
         time.sleep(0.2)
     thread = threading.Thread(target=land, daemon=True)
@@ -110,6 +123,7 @@ def main() -> None:
     time.sleep(args.seconds)
     stop.set()
     time.sleep(5)
+    slow.stop()
     query.stop()
     settled = [name for name in landed if name in writer.stored_at]
     print(f"files landed {len(landed)}, processed {len(settled)}")

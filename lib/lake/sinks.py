@@ -221,3 +221,22 @@ def vacuum(spark: SparkSession, path: str, retention_hours: float) -> None:
         spark.conf.set(_RETENTION_CHECK, "false")
     DeltaTable.forPath(spark, path).vacuum(retention_hours)
     log.info("vacuumed %s (retention %.4g hours)", path, retention_hours)
+
+
+def commits_since_checkpoint(spark: SparkSession, path: str) -> int:
+    """How many commits the table's Delta log has after its last checkpoint (read on the driver)."""
+    fs = HadoopFS(spark)
+    log_dir = f"{path}/_delta_log"
+    versions = _commit_versions(fs, log_dir)
+    if not versions:
+        return 0
+    last = fs.read_text(f"{log_dir}/_last_checkpoint")
+    checkpointed = json.loads(last)["version"] if last else -1
+    return versions[0] - checkpointed
+
+
+def checkpoint_log(spark: SparkSession, path: str) -> None:
+    """Write a checkpoint of the table's Delta log at its newest version, so that readers replay
+    no more than the commits after it. It changes no data; a writer may commit meanwhile."""
+    spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path).checkpoint()
+    log.info("checkpointed the Delta log of %s", path)

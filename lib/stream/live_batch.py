@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 
 _UTC_MICROS = pa.timestamp("us", tz="UTC")
 KILL_AFTER_ENV = "STREAMREC_KILL_AFTER"
+_BATCH_PROPERTIES = ("spark.job.description", "spark.jobGroup.id", "spark.scheduler.pool")
 
 
 class InjectedFault(RuntimeError):
@@ -300,9 +301,7 @@ class LiveBatchWriter(GatedBatchWriter):
             log.warning("%s: killing the driver after the %s write of batch %d", KILL_AFTER_ENV, name, batch_id)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def _changes(
-        self, events: pd.DataFrame, index: PurchaseIndex, now_micros: int
-    ) -> tuple[BatchChanges, FoldedBatch]:
+    def _changes(self, events: pd.DataFrame, index: PurchaseIndex, now_micros: int) -> tuple[BatchChanges, FoldedBatch]:
         """Fold the batch's valid ``events``: what it changes in the store, and the fold."""
         users = events[USER_ID].to_numpy(np.int64)
         open_sessions, open_recent, max_event = self.state.read_open(pd.unique(users))
@@ -409,10 +408,13 @@ class LiveBatchWriter(GatedBatchWriter):
         if not appends:
             return
         context = self.spark.sparkContext
-        description = context.getLocalProperty("spark.job.description")
+        # The threads' jobs belong to the batch: its description and job group (local properties
+        # are per thread).
+        inherited = {key: context.getLocalProperty(key) for key in _BATCH_PROPERTIES}
 
         def append(rows: pa.Table, schema, table: str) -> None:
-            context.setLocalProperty("spark.job.description", description)
+            for key, value in inherited.items():
+                context.setLocalProperty(key, value)
             sink.append(self.spark.createDataFrame(rows, schema), self.cfg.paths.table(table), batch_id)
 
         with ThreadPoolExecutor(len(appends), thread_name_prefix=f"batch-{batch_id}-append") as pool:

@@ -29,7 +29,7 @@ from lib.lake.catalog import register_tables
 from lib.lake.checkpoint import CheckpointLock, acquire_lock, check_compatible_config
 from lib.lake.sinks import ensure_delta_table
 from lib.stream.live_batch import BatchReport, InjectedFault, LiveBatchWriter
-from lib.stream.slow import SlowCadence
+from lib.stream.slow import HOT_CHECKPOINT_INTERVAL, HOT_TABLES, SlowCadence
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,15 @@ def activity_stream(spark: SparkSession, cfg: Config) -> DataFrame:
 
 
 def ensure_tables(spark: SparkSession, cfg: Config) -> None:
-    """Create every output table (empty) so that readers and MERGE targets exist from the start;
-    the stream's own tables checkpoint their Delta log every ``lake.checkpoint_interval`` commits."""
-    checkpoints = {"delta.checkpointInterval": str(cfg.lake.checkpoint_interval)}
+    """Create every output table (empty) so that readers and MERGE targets exist from the start.
+
+    The stream's tables checkpoint their Delta log every ``lake.checkpoint_interval`` commits,
+    except the ones every micro-batch appends to (``HOT_TABLES``): a log checkpoint costs its
+    commit seconds, so the slow pass writes theirs (``lib.stream.slow``), never a micro-batch."""
     for name, schema in TABLE_SCHEMAS.items():
-        ensure_delta_table(spark, cfg.paths.table(name), schema, checkpoints if name in STREAM_TABLES else None)
+        interval = HOT_CHECKPOINT_INTERVAL if name in HOT_TABLES else cfg.lake.checkpoint_interval
+        properties = {"delta.checkpointInterval": str(interval)} if name in STREAM_TABLES else None
+        ensure_delta_table(spark, cfg.paths.table(name), schema, properties)
 
 
 class ProgressLogger(StreamingQueryListener):

@@ -10,6 +10,8 @@ the store's last applied batch) and writes, each table on its own:
   store for the API;
 - ``live_sessions`` and ``live_recommendations``: the store's documents those batches changed (MERGE);
 - ``stream_metrics``: the batches' metrics rows;
+- ``enriched_events`` and ``quarantine`` get a Delta log checkpoint every
+  ``lake.checkpoint_interval`` commits (their micro-batches never write one);
 - every ``stream.compact_every`` passes that folded something the most fragmented table is
   compacted, every ``lake.vacuum_every`` such passes the tables are vacuumed.
 
@@ -56,7 +58,7 @@ from lib.core.schemas import (
 )
 from lib.features.profiles import PROFILE_CHANGED, profile_totals, updated_profiles
 from lib.ingest.sources import read_purchases
-from lib.lake.sinks import BatchSink, compact, data_files, vacuum
+from lib.lake.sinks import BatchSink, checkpoint_log, commits_since_checkpoint, compact, data_files, vacuum
 from lib.recommend.live import EMPTY_SLOT, with_rank_slots
 from lib.serve.live_state import LiveState
 from lib.serve.online_sink import user_docs
@@ -74,6 +76,11 @@ COMPACTED_TABLES = (
     STREAM_METRICS,
     QUARANTINE,
 )
+# The tables every micro-batch appends to: Delta never checkpoints their log on its own (a
+# checkpoint makes its commit seconds longer); the slow pass does, every lake.checkpoint_interval
+# commits.
+HOT_TABLES = (ENRICHED_EVENTS, QUARANTINE)
+HOT_CHECKPOINT_INTERVAL = 1_000_000
 # The tables that fold the store's per-batch rows: those rows go once all have.
 _OUTBOX_READERS = (SESSION_FEATURES, USER_PROFILES, STREAM_METRICS)
 _JSON_OPTIONS = {"timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"}
@@ -150,6 +157,10 @@ class SlowCadence:
                 folded = True
             done[table] = max(after, upto)
         self.state.forget_through(min(done[t] for t in _OUTBOX_READERS))
+        for table in HOT_TABLES:
+            path = self.cfg.paths.table(table)
+            if commits_since_checkpoint(self.spark, path) >= self.cfg.lake.checkpoint_interval:
+                checkpoint_log(self.spark, path)
         if not folded:
             return upto  # nothing new: no maintenance either, so a restart with no input commits nothing
         self.passes += 1
