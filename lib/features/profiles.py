@@ -196,21 +196,6 @@ def with_profile_metrics(
     ).select(*USER_PROFILES_SCHEMA.fieldNames())
 
 
-def sum_profile_totals(totals: DataFrame) -> DataFrame:
-    """One row of ``TOTALS_COLUMNS`` per user: the sum of the user's rows of ``totals``
-    (``TOTALS_COLUMNS``, any number of rows per user, e.g. the increments of several batches)."""
-    per_user = totals.groupBy(USER_ID).agg(
-        *[F.sum(c).cast("long").alias(c) for c in _COUNTS],
-        F.min(FIRST_SEEN).alias(FIRST_SEEN),
-        F.max(LAST_SEEN).alias(LAST_SEEN),
-    )
-    engagement = _engagement_map(totals.select(USER_ID, F.explode(ITEM_ENGAGEMENT).alias(ITEM_ID, "_w")), "_w")
-    return per_user.join(engagement, USER_ID, "left").select(
-        *TOTALS_COLUMNS[:-1],
-        F.coalesce(F.col(ITEM_ENGAGEMENT), F.create_map().cast(_ENGAGEMENT_TYPE)).alias(ITEM_ENGAGEMENT),
-    )
-
-
 def updated_profiles(
     stored: DataFrame,
     increments: DataFrame,

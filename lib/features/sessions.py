@@ -127,9 +127,3 @@ def is_closed(watermark_micros: int | None, gap_seconds: float):
     if watermark_micros is None:
         return F.lit(False)
     return _micros(SESSION_END) + micros(gap_seconds) < F.lit(watermark_micros)
-
-
-def latest_session_per_user(sessions: DataFrame) -> DataFrame:
-    """The session with the latest start for each user."""
-    newest_first = Window.partitionBy(USER_ID).orderBy(F.col(SESSION_START).desc())
-    return sessions.withColumn("_rank", F.row_number().over(newest_first)).where("_rank = 1").drop("_rank")

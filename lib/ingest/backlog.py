@@ -65,15 +65,6 @@ def batch_of_files(fs: HadoopFS | LocalFS, log_dir: str) -> dict[str, int]:
     }
 
 
-def files_committed(fs: HadoopFS | LocalFS, checkpoint: str, through_batch: int | None = None) -> set[str]:
-    """Path keys of the files a file-source query has read in its committed micro-batches up to
-    ``through_batch`` (default: all of them); a batch planned but not committed is left out."""
-    checkpoint = checkpoint.rstrip("/")
-    if through_batch is None:
-        through_batch = max((int(n) for n in fs.list_names(f"{checkpoint}/{COMMIT_LOG}") if n.isdigit()), default=-1)
-    return {path for path, batch in batch_of_files(fs, f"{checkpoint}/{SOURCE_LOG}").items() if batch <= through_batch}
-
-
 def batch_end_offsets(text: str) -> dict[int, int]:
     """Per partition, the offset a Kafka batch read up to (exclusive), from its entry in the
     query's offset log: a version line, the batch's metadata, then the source's offsets as

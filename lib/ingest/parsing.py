@@ -1,10 +1,9 @@
-"""Parse raw activity lines into typed events, and say why a line or a file is rejected.
+"""Parse Kafka messages into typed events in Spark, and say why a message is rejected; the rules
+are those of the CSV lines (``lib.ingest.line_parsing``, which parses them on the driver).
 
-Input is one row per line of a CSV file (``RAW_LINES_SCHEMA``), or one row per Kafka message
-(``parse_activity_messages``). CSV columns are matched by header name, so every line is
-interpreted with the header of its own file; a message is a JSON object keyed by column name. Every check produces a
-reason ``"<code>: <detail>"``; a row is valid when it has none. Nothing here raises on bad
-input: Spark 4's ANSI mode is respected by using ``try_*`` functions throughout.
+Input is one row per Kafka message (``RAW_LINES_SCHEMA``): a JSON object keyed by column name.
+Every check produces a reason ``"<code>: <detail>"``; a row is valid when it has none. Nothing
+here raises on bad input: Spark 4's ANSI mode is respected by using ``try_*`` functions throughout.
 
 Reason codes: ``missing_columns``, ``duplicate_columns`` (file rejected whole),
 ``invalid_utf8``, ``line_too_long``, ``field_count``, ``missing_<field>``, ``bad_<field>``,
@@ -21,9 +20,7 @@ from lib.core.schemas import (
     EVENT_TS,
     EVENT_TYPE,
     EVENT_TYPES,
-    INGESTED_AT,
     ITEM_ID,
-    RAW,
     REASON,
     REJECTED_LINES,
     REQUIRED_EVENT_COLUMNS,
@@ -34,77 +31,8 @@ from lib.core.schemas import (
 
 # A header with more columns than this rejects its file.
 MAX_FIELDS = 256
-# One CSV field: RFC 4180 quoted (a quote inside is doubled) or unquoted up to the next comma.
-_CSV_FIELD = r'(?:^|,)("(?:[^"]|"")*"|[^,]*)'
 TIMESTAMP_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?$"
 _INTEGER_PATTERN = r"^[+-]?[0-9]+$"
-_BOM = "\ufeff"
-
-
-def _unquote(field: Column) -> Column:
-    return F.when(
-        field.startswith('"') & field.endswith('"') & (F.length(field) >= 2),
-        F.regexp_replace(F.substring(field, 2, F.length(field) - 2), '""', '"'),
-    ).otherwise(field)
-
-
-def csv_fields(line: Column) -> Column:
-    """The fields of a CSV line as ``array<string>``, quotes removed.
-
-    Lines without a quote take the fast path (a plain split); others are tokenized with an
-    RFC 4180 regular expression. An empty line has one empty field.
-    """
-    return F.when(F.instr(line, '"') == 0, F.split(line, ",", -1)).otherwise(
-        F.transform(F.regexp_extract_all(line, F.lit(_CSV_FIELD), 1), _unquote)
-    )
-
-
-def file_headers(lines: DataFrame) -> DataFrame:
-    """One row per file: its header (first line), the position of every required column,
-    the header's width, the count of non-blank data lines, and ``file_reason`` when the
-    header rejects the file. The first line of a file is the lowest ``line_id`` of the block
-    starting at offset 0.
-    """
-    # The lowest line id by a hash aggregate, then its text by a broadcast join: a minimum over a
-    # struct of (line id, text) would make Spark sort every line of the batch.
-    per_file = lines.groupBy(SOURCE_FILE).agg(
-        F.min(F.when(F.col("file_block_start") == 0, F.col("line_id"))).alias("header_line_id"),
-        (F.count(F.when(F.trim("value") != "", 1)) - 1).alias("file_data_lines"),
-    )
-    first_lines = lines.select(SOURCE_FILE, F.col("line_id").alias("header_line_id"), F.col("value").alias("header"))
-    with_header = first_lines.join(F.broadcast(per_file), [SOURCE_FILE, "header_line_id"])
-    header_text = F.regexp_replace(F.col("header"), f"^{_BOM}", "")
-    header_fields = F.transform(csv_fields(header_text), lambda h: F.lower(F.trim(h)))
-    with_fields = with_header.select(
-        SOURCE_FILE,
-        "header_line_id",
-        "header",
-        header_fields.alias("header_fields"),
-        "file_data_lines",
-    )
-    return with_fields.select(
-        SOURCE_FILE,
-        "header_line_id",
-        "header",
-        F.size("header_fields").alias("header_width"),
-        *[F.array_position("header_fields", name).cast("int").alias(f"pos_{name}") for name in REQUIRED_EVENT_COLUMNS],
-        _header_reason(F.col("header_fields")).alias("file_reason"),
-        "file_data_lines",
-    )
-
-
-def _header_reason(header_fields: Column) -> Column:
-    required = F.array(*[F.lit(c) for c in REQUIRED_EVENT_COLUMNS])
-    missing = F.filter(required, lambda c: ~F.array_contains(header_fields, c))
-    duplicated = F.filter(required, lambda c: F.size(F.filter(header_fields, lambda h: h == c)) > 1)
-    return (
-        F.when(
-            F.size(header_fields) > MAX_FIELDS,
-            F.format_string("too_many_columns: %d, at most %d", F.size(header_fields), F.lit(MAX_FIELDS)),
-        )
-        .when(F.size(missing) > 0, F.concat(F.lit("missing_columns: "), F.array_join(missing, ", ")))
-        .when(F.size(duplicated) > 0, F.concat(F.lit("duplicate_columns: "), F.array_join(duplicated, ", ")))
-    )
 
 
 def _id_reason(raw: Column, value: Column, name: str) -> Column:
@@ -194,55 +122,6 @@ def _parsed(fields: DataFrame, value: Column, row_reason: Column, rejected_lines
     )
 
 
-def parse_activity_lines(
-    lines: DataFrame, max_line_chars: int = 4096, unsafe_files: dict[str, str] | None = None
-) -> DataFrame:
-    """Parse raw lines into events with a rejection ``reason`` (null when the row is valid).
-
-    Returns one row per data line of an accepted file and one row per rejected file (its header
-    line, with ``rejected_lines`` = its number of data lines); header lines of accepted files
-    and blank lines are dropped. Columns: the raw line columns, ``user_id, item_id,
-    event_type, event_ts, reason, rejected_lines``.
-
-    :param unsafe_files: files rejected whole for where they are (path -> reason), such as a
-        symbolic link out of the watched folder; their content is not kept (``value`` null).
-    """
-    headers = file_headers(lines)
-    unsafe = F.lit(False)
-    if unsafe_files:
-        unsafe = F.col(SOURCE_FILE).isin(list(unsafe_files))
-        reasons = F.create_map(*[F.lit(x) for pair in unsafe_files.items() for x in pair])
-        headers = headers.withColumn(
-            "file_reason", F.when(unsafe, reasons[F.col(SOURCE_FILE)]).otherwise(F.col("file_reason"))
-        )
-    joined = lines.join(F.broadcast(headers), SOURCE_FILE, "left")
-    is_header = (F.col("file_block_start") == 0) & (F.col("line_id") == F.col("header_line_id"))
-    rejected_file = F.col("file_reason").isNotNull()
-    # Header lines of accepted files are not data; the data lines of a rejected file are
-    # represented by its header's single quarantine row.
-    kept = joined.where(F.when(rejected_file, is_header).otherwise(~is_header & (F.trim("value") != "")))
-    too_long = F.length("value") > max_line_chars
-    tokenized = kept.withColumn("_fields", F.when(~rejected_file & ~too_long, csv_fields(F.col("value"))))
-    raw = {name: F.try_element_at(F.col("_fields"), F.col(f"pos_{name}")) for name in REQUIRED_EVENT_COLUMNS}
-    line_reason = (
-        F.when(~F.is_valid_utf8("value"), F.lit("invalid_utf8"))
-        .when(
-            too_long,
-            F.format_string("line_too_long: %d characters, at most %d", F.length("value"), F.lit(max_line_chars)),
-        )
-        .when(
-            F.size("_fields") != F.col("header_width"),
-            F.format_string("field_count: expected %d fields, got %d", F.col("header_width"), F.size("_fields")),
-        )
-    )
-    return _parsed(
-        _with_fields(tokenized, raw),
-        F.when(~unsafe, F.col("value")),
-        F.coalesce(F.col("file_reason"), line_reason),
-        F.when(rejected_file, F.col("file_data_lines")),
-    )
-
-
 def _json_field(document: Column, name: str) -> Column:
     # A string value as it is, any other value (number, object, list) as its JSON text, so that
     # 42 and "42" both parse and {"a": 1} is reported as what it is; a JSON null is missing.
@@ -251,7 +130,7 @@ def _json_field(document: Column, name: str) -> Column:
 
 def parse_activity_messages(messages: DataFrame, max_message_chars: int = 4096) -> DataFrame:
     """Parse Kafka messages (``RAW_LINES_SCHEMA`` rows, the value as text) into events with a
-    rejection ``reason``, in the shape of ``parse_activity_lines``.
+    rejection ``reason``, in the shape of ``lib.ingest.line_parsing.parse_lines``.
 
     A message must be a JSON object (duplicate keys reject it) with the keys
     ``user_id``, ``item_id``, ``event_type``, ``timestamp``; extra keys are ignored. Values follow
@@ -272,24 +151,6 @@ def parse_activity_messages(messages: DataFrame, max_message_chars: int = 4096) 
         .when(~is_object, F.lit("not_a_json_object"))
     )
     return _parsed(_with_fields(documents, raw), F.col("value"), message_reason, F.lit(None).cast("long"))
-
-
-def valid_events(parsed: DataFrame) -> DataFrame:
-    """Rows of ``parse_activity_lines`` that passed every check, typed."""
-    return parsed.where(F.col(REASON).isNull()).select(
-        USER_ID, ITEM_ID, EVENT_TYPE, EVENT_TS, SOURCE_FILE, "file_block_start", "line_id"
-    )
-
-
-def quarantine_rows(parsed: DataFrame, ingested_at: Column) -> DataFrame:
-    """Rows of ``parse_activity_lines`` that were rejected, in the quarantine table's shape."""
-    return parsed.where(F.col(REASON).isNotNull()).select(
-        SOURCE_FILE,
-        F.make_valid_utf8("value").alias(RAW),
-        REASON,
-        ingested_at.alias(INGESTED_AT),
-        REJECTED_LINES,
-    )
 
 
 def reason_code(reason: Column) -> Column:

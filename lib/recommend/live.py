@@ -11,10 +11,9 @@ signal and the user's model scores are each scaled to [0, 1] per user and blende
 the session signal alone; popular items fill any remaining places. Excluded items (purchased,
 and seen when ``exclude_seen``) are never recommended. Ties rank the smaller ``item_id`` first.
 
-The scoring runs in numpy, in one ``mapInPandas`` pass over the active users. The model's
-neighbour lists, past sessions and popularity order are broadcast once per model version (``LiveRanker``),
-so a micro-batch does not join (recent events x neighbours) rows in Spark: that join, its
-aggregation and the ranking windows were 64% of the stream's time under steady load.
+The scoring runs in numpy on the driver (``DriverRanker``, ``rank_users``): the model's
+neighbour lists, past sessions, popularity order and user scores are loaded once per model
+version, so a micro-batch runs no Spark job to re-rank.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
@@ -31,18 +30,14 @@ from lib.core.config import RecommendConfig
 from lib.core.schemas import (
     EVENT_TS,
     EVENT_TYPE,
-    GENERATED_AT,
     ITEM_ID,
     LIVE_RECOMMENDATIONS_SCHEMA,
-    MODEL_VERSION,
     RANK,
-    RECENT_EVENTS,
     SCORE,
     SESSION_END,
     SESSION_ID,
     USER_ID,
 )
-from lib.features.interactions import event_weight
 from lib.recommend.models import NEIGHBOUR_ID, WEIGHT
 from lib.recommend.session_knn import ITEMS, SESSIONS_SCHEMA, SessionIndex, sequences_from, session_scores
 
@@ -173,7 +168,7 @@ def _session_signal(frame: pd.DataFrame, model: ModelArrays, rec: RecommendConfi
 
 def rank_users(frame: pd.DataFrame, model: ModelArrays, rec: RecommendConfig) -> pd.DataFrame:
     """``_RANKED_SCHEMA`` rows for the users of ``frame`` (one row per user, columns as
-    prepared by ``LiveRanker.recommend``)."""
+    prepared by ``DriverRanker.rank``)."""
     n, rows, k = len(model.item_ids), len(frame), rec.top_k
     if not n or not rows:
         return pd.DataFrame({f.name: pd.Series(dtype=_PANDAS_TYPES[f.name]) for f in _RANKED_SCHEMA})
@@ -224,21 +219,6 @@ def rank_users(frame: pd.DataFrame, model: ModelArrays, rec: RecommendConfig) ->
     )
 
 
-def live_exclusions(context: DataFrame, purchases: DataFrame, seen: DataFrame, rec: RecommendConfig) -> DataFrame:
-    """``user_id, item_id`` pairs the live recommendations of ``context``'s users must not hold:
-    what they bought, and with ``exclude_seen`` what they interacted with (``seen``), except,
-    with ``live_repeats``, the items among their live session's recent events."""
-    users = context.select(USER_ID)
-    excluded = purchases.select(USER_ID, ITEM_ID).join(users, USER_ID, "left_semi")
-    if not rec.exclude_seen:
-        return excluded
-    seen = seen.select(USER_ID, ITEM_ID).join(users, USER_ID, "left_semi")
-    if rec.live_repeats:
-        in_session = context.select(USER_ID, F.inline(RECENT_EVENTS)).select(USER_ID, ITEM_ID)
-        seen = seen.join(in_session, [USER_ID, ITEM_ID], "left_anti")
-    return excluded.unionByName(seen)
-
-
 # A rank slot whose new item is null (``with_rank_slots``) is deleted by the MERGE (alias ``s``).
 EMPTY_SLOT = f"s.{ITEM_ID} IS NULL"
 
@@ -251,103 +231,9 @@ def with_rank_slots(users: DataFrame, recommendations: DataFrame, top_k: int) ->
     return slots.join(recommendations, [USER_ID, RANK], "left")
 
 
-class LiveRanker:
-    """A model prepared for live re-ranking; build it once per model version.
-
-    Example::
-
-        ranker = LiveRanker(
-            spark, model.user_scores, model.item_neighbours, model.popularity, cfg.recommend, model.sessions
-        )
-        rows = ranker.recommend(context, excluded, model.version, F.current_timestamp())
-        ranker.close()
-    """
-
-    def __init__(
-        self,
-        spark: SparkSession,
-        user_scores: DataFrame,
-        neighbours: DataFrame,
-        popularity: DataFrame,
-        rec: RecommendConfig,
-        sessions: DataFrame | None = None,
-    ):
-        """:param sessions: past sessions (``lib.recommend.session_knn.SESSIONS_SCHEMA``) for the session
-        neighbourhood; without them the session's items vote for their neighbours."""
-        self._rec = rec
-        scored_items = np.array([r[0] for r in user_scores.select(ITEM_ID).distinct().collect()], dtype=np.int64)
-        arrays = ModelArrays.build(
-            neighbours.select(ITEM_ID, NEIGHBOUR_ID, WEIGHT).toPandas(),
-            popularity.select(ITEM_ID, SCORE).toPandas(),
-            scored_items,
-            None if sessions is None else sessions.select(*SESSIONS_SCHEMA.fieldNames()).toPandas(),
-            rec.neighbours,
-        )
-        self._arrays = spark.sparkContext.broadcast(arrays)
-        pairs = F.array_sort(F.collect_list(F.struct(ITEM_ID, SCORE)))
-        self._user_scores = (
-            user_scores.groupBy(USER_ID)
-            .agg(pairs.alias("_pairs"))
-            .select(
-                USER_ID,
-                F.transform("_pairs", lambda p: p[ITEM_ID]).alias(_MODEL_ITEMS),
-                F.transform("_pairs", lambda p: p[SCORE]).alias(_MODEL_SCORES),
-            )
-            .persist()
-        )
-
-    def close(self) -> None:
-        self._user_scores.unpersist()
-        self._arrays.unpersist()
-
-    def recommend(self, context: DataFrame, excluded: DataFrame, model_version: str, generated_at: Column) -> DataFrame:
-        """``LIVE_RECOMMENDATIONS_SCHEMA`` rows: ``top_k`` per user of ``context``.
-
-        :param context: one row per user: ``user_id, session_id, recent_events``.
-        :param excluded: ``user_id, item_id`` pairs never to recommend.
-        """
-        rec, shared = self._rec, self._arrays
-        events = F.filter(RECENT_EVENTS, lambda e: e[ITEM_ID].isNotNull() & e[EVENT_TS].isNotNull())
-        latest = F.array_max(F.transform(events, lambda e: F.unix_micros(e[EVENT_TS])))
-
-        def vote(e):
-            age_micros = latest - F.unix_micros(e[EVENT_TS])
-            return event_weight(rec, e[EVENT_TYPE]) * F.pow(
-                F.lit(0.5), age_micros / F.lit(1_000_000.0 * rec.session_half_life_seconds)
-            )
-
-        excluded_items = (
-            excluded.where(F.col(ITEM_ID).isNotNull()).groupBy(USER_ID).agg(F.collect_set(ITEM_ID).alias(_EXCLUDED))
-        )
-        inputs = (
-            context.select(
-                USER_ID,
-                SESSION_ID,
-                F.transform(events, lambda e: e[ITEM_ID]).alias(_EVENT_ITEMS),
-                F.transform(events, vote).alias(_VOTES),
-            )
-            .join(self._user_scores, USER_ID, "left")
-            .join(excluded_items, USER_ID, "left")
-        )
-
-        def rank_partition(frames):
-            model = shared.value
-            chunk = max(1, _CELLS_PER_CHUNK // (len(model.item_ids) + 1))
-            for frame in frames:
-                for start in range(0, len(frame), chunk):
-                    yield rank_users(frame.iloc[start : start + chunk], model, rec)
-
-        return (
-            inputs.mapInPandas(rank_partition, _RANKED_SCHEMA)
-            .withColumn(MODEL_VERSION, F.lit(model_version))
-            .withColumn(GENERATED_AT, generated_at)
-            .select(*LIVE_RECOMMENDATIONS_SCHEMA.fieldNames())
-        )
-
-
 class DriverRanker:
-    """A model held on the driver for the hot micro-batch: the same scoring as ``LiveRanker``
-    (``rank_users``), with no Spark job. Build it once per model version (``from_model``).
+    """A model held on the driver for the hot micro-batch (``rank_users``), with no Spark job.
+    Build it once per model version (``from_model``).
 
     Example::
 

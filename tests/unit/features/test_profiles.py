@@ -12,7 +12,6 @@ from lib.features.profiles import (
     TOUCHED,
     add_profile_totals,
     profile_totals,
-    sum_profile_totals,
     updated_profiles,
     with_profile_metrics,
 )
@@ -113,19 +112,6 @@ def test_adding_totals_batch_by_batch_equals_building_from_everything(spark):
 
 def test_no_input_gives_no_profiles(spark):
     assert build(spark, [], [], []).count() == 0
-
-
-def test_summing_the_totals_of_several_batches_equals_the_totals_of_all(spark):
-    per_batch = [
-        profile_totals(events(spark, EVENT_ROWS[:3]), sessions(spark, []), REC),
-        profile_totals(events(spark, []), sessions(spark, SESSION_ROWS[:1]), REC),  # sessions only: no first_seen
-        profile_totals(events(spark, []), sessions(spark, []), REC),  # an empty batch
-        profile_totals(events(spark, EVENT_ROWS[3:]), sessions(spark, SESSION_ROWS[1:]), REC),
-    ]
-    stacked = per_batch[0].unionByName(per_batch[1]).unionByName(per_batch[2]).unionByName(per_batch[3])
-    whole = profile_totals(events(spark, EVENT_ROWS), sessions(spark, SESSION_ROWS), REC)
-    assert_df_equality(sum_profile_totals(stacked).orderBy("user_id"), whole.orderBy("user_id"), ignore_nullable=True)
-    assert sum_profile_totals(per_batch[2]).count() == 0
 
 
 def test_updated_profiles_add_increments_to_the_stored_rows_of_the_users_concerned_only(spark):

@@ -8,7 +8,6 @@ from lib.core.schemas import SESSION_STATE_SCHEMA, VALID_EVENTS_SCHEMA
 from lib.features.sessions import (
     event_fragments,
     is_closed,
-    latest_session_per_user,
     merge_sessions,
     sessionize,
     with_session_metrics,
@@ -115,7 +114,7 @@ def test_merging_state_fragments_equals_sessionizing_all_events(spark):
     assert (merged.session_start, merged.session_end, merged.num_events) == (T0, T0 + timedelta(minutes=90), 6)
 
 
-def test_is_closed_and_latest_session(spark):
+def test_is_closed(spark):
     sessions = spark.createDataFrame(
         [
             (8, T0, T0, 1, 1, 0, 0, "view", None, None),
@@ -127,8 +126,6 @@ def test_is_closed_and_latest_session(spark):
     flags = sessions.withColumn("closed", is_closed(watermark, GAP)).orderBy("session_start").collect()
     assert [r.closed for r in flags] == [True, False]
     assert sessions.withColumn("closed", is_closed(None, GAP)).where("closed").count() == 0
-    [latest] = latest_session_per_user(sessions).collect()
-    assert latest.session_start == T0 + timedelta(hours=2)
 
 
 def test_empty_input(spark):

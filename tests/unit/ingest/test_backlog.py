@@ -6,7 +6,6 @@ from lib.core.fs import LocalFS
 from lib.ingest.backlog import (
     batch_end_offsets,
     batch_of_files,
-    files_committed,
     logged_files,
     path_key,
     read_by_source_log,
@@ -48,26 +47,18 @@ def test_the_source_log_read_whole_gives_every_file_read_and_the_last_batch(tmp_
     assert last == 10
 
 
-def test_each_file_is_of_the_batch_that_read_it_and_committed_once_that_batch_is(tmp_path):
+def test_each_file_is_of_the_batch_that_read_it(tmp_path):
     def entry(path, batch_id):
         return json.dumps({"path": f"file://{path}", "timestamp": 1, "batchId": batch_id})
 
     checkpoint = tmp_path / "stream"
     assert batch_of_files(LocalFS(), str(checkpoint / "sources" / "0")) == {}
-    assert files_committed(LocalFS(), str(checkpoint)) == set()  # no batch planned yet
     log_dir = checkpoint / "sources" / "0"
     log_dir.mkdir(parents=True)
     # A compacted entry holds the files of every batch up to its id, each with its own batch.
     (log_dir / "9.compact").write_text("\n".join(["v1", entry("/in/a.csv", 0), entry("/in/b.csv", 9)]))
     (log_dir / "10").write_text("\n".join(["v1", entry("/in/c.csv", 10)]))
     assert batch_of_files(LocalFS(), str(log_dir)) == {"/in/a.csv": 0, "/in/b.csv": 9, "/in/c.csv": 10}
-
-    (checkpoint / "commits").mkdir()
-    for batch_id in (8, 9):  # batch 10 is planned, not committed
-        (checkpoint / "commits" / str(batch_id)).write_text("v1\n{}")
-    assert files_committed(LocalFS(), str(checkpoint)) == {"/in/a.csv", "/in/b.csv"}
-    assert files_committed(LocalFS(), str(checkpoint), through_batch=8) == {"/in/a.csv"}
-    assert files_committed(LocalFS(), str(checkpoint), through_batch=10) == {"/in/a.csv", "/in/b.csv", "/in/c.csv"}
 
 
 def test_a_kafka_batch_end_offsets_come_from_its_offset_log_entry():
