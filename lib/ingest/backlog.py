@@ -15,7 +15,6 @@ log = logging.getLogger(__name__)
 
 SOURCE_LOG = "sources/0"
 OFFSET_LOG = "offsets"
-COMMIT_LOG = "commits"
 _LOG_FILE = re.compile(r"^(\d+)(\.compact)?$")
 
 
