@@ -94,6 +94,12 @@ class FoldedBatch:
         return self.sessions.groupby(USER_ID, sort=False).tail(1)
 
 
+def session_ids(sessions: pd.DataFrame) -> pd.Series:
+    """The stable id of each session (``SESSION_COLUMNS`` rows): its user and start, as
+    ``lib.features.sessions.with_session_metrics`` gives it in Spark."""
+    return sessions[USER_ID].astype(str) + "-" + sessions[SESSION_START].astype(str)
+
+
 def event_fragments(events: pd.DataFrame) -> pd.DataFrame:
     """One single-event session per event (``SESSION_COLUMNS``)."""
     event_type = events[EVENT_TYPE]

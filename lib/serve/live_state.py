@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lib.core.schemas import IS_OPEN, SESSION_END, USER_ID
-from lib.features.live_fold import RECENT_COLUMNS, SESSION_COLUMNS, FoldedBatch
+from lib.features.live_fold import RECENT_COLUMNS, SESSION_COLUMNS, FoldedBatch, session_ids
 from lib.serve.online_store import SQLiteStore
 
 _STATE_SCHEMA = [
@@ -286,7 +286,7 @@ def session_rows(sessions: pd.DataFrame, past_purchases, avg_purchase_amount) ->
     length = (end - start) / 1e6
     return pd.DataFrame(
         {
-            "session_id": sessions[USER_ID].astype(str) + "-" + start.astype(str),
+            "session_id": session_ids(sessions),
             USER_ID: sessions[USER_ID].astype("int32"),
             "session_start": start,
             SESSION_END: end,

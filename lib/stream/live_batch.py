@@ -57,7 +57,7 @@ from lib.core.schemas import (
     USER_PROFILES,
 )
 from lib.features.interactions import event_weight
-from lib.features.live_fold import EVENT_COLUMNS, FoldedBatch, fold_events, typed
+from lib.features.live_fold import EVENT_COLUMNS, FoldedBatch, fold_events, session_ids, typed
 from lib.ingest.line_parsing import PARSED_COLUMNS, parse_lines, raw_lines_to_arrow, rejected_rows, valid_rows
 from lib.ingest.parsing import parse_activity_messages
 from lib.ingest.purchase_index import PurchaseIndex
@@ -275,7 +275,7 @@ class LiveBatchWriter(GatedBatchWriter):
             # again (its state moved on): its appends are redone, its counts read back.
             report.replayed = self.state.last_applied_batch() >= batch_id
             if not report.replayed:
-                changes, folded = self._changes(events, index, started_at)
+                changes, folded = self._changes(valid, events, index, started_at)
         with report.stage("store"):
             if not report.replayed:
                 self.state.apply(batch_id, folded, changes, self.gap)
@@ -301,8 +301,11 @@ class LiveBatchWriter(GatedBatchWriter):
             log.warning("%s: killing the driver after the %s write of batch %d", KILL_AFTER_ENV, name, batch_id)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def _changes(self, events: pd.DataFrame, index: PurchaseIndex, now_micros: int) -> tuple[BatchChanges, FoldedBatch]:
-        """Fold the batch's valid ``events``: what it changes in the store, and the fold."""
+    def _changes(
+        self, valid: pa.Table, events: pd.DataFrame, index: PurchaseIndex, now_micros: int
+    ) -> tuple[BatchChanges, FoldedBatch]:
+        """Fold the batch's valid rows (``valid``, and ``events`` as pandas with times in micros):
+        what it changes in the store, and the fold."""
         users = events[USER_ID].to_numpy(np.int64)
         open_sessions, open_recent, max_event = self.state.read_open(pd.unique(users))
         folded = fold_events(open_sessions, open_recent, events, self.gap, max_event, self.delay)
@@ -319,11 +322,7 @@ class LiveBatchWriter(GatedBatchWriter):
             session_docs=session_documents(latest, s_past, _nullable(s_avg), now_micros),
             recommendation_docs=self._recommendations(folded, latest, index, seen, now_micros),
             closed_sessions=_session_features(closed, c_past, c_avg) if len(closed) else None,
-            events=pa.Table.from_pandas(events[[USER_ID, ITEM_ID, "event_type"]], preserve_index=False).append_column(
-                EVENT_TS, pa.array(events[EVENT_TS].to_numpy(np.int64), pa.int64()).cast(_UTC_MICROS)
-            )
-            if len(events)
-            else None,
+            events=valid.select([USER_ID, ITEM_ID, "event_type", EVENT_TS]),  # the profiles' increments
             seen=list(seen.itertuples(index=False, name=None)),
             engagement=[(int(i), float(w)) for i, w in engagement.items()],
             outcome={
@@ -340,13 +339,10 @@ class LiveBatchWriter(GatedBatchWriter):
     ) -> list[tuple[int, str]]:
         """Live recommendations of the users with on-time events this batch, from their latest session."""
         model = self.current_ranker()
-        context = latest
-        if model is None or context.empty:
+        if model is None or latest.empty:
             return []
         version, ranker = model
-        context = context.assign(
-            **{SESSION_ID: context[USER_ID].astype(str) + "-" + context[SESSION_START].astype(str)}
-        )
+        context = latest.assign(**{SESSION_ID: session_ids(latest)})
         keys = context[[USER_ID, SESSION_START]]
         recent = folded.recent.merge(keys, on=[USER_ID, SESSION_START])
         users = context[USER_ID].to_numpy(np.int64)
