@@ -10,9 +10,9 @@ A profile is built from three sources:
 
 ``top_items`` are the items with the highest engagement, best first (ties: lower id first).
 
-The event and session parts are *running totals* (``profile_totals``) that add up exactly
-(``add_profile_totals``), so the stream folds each micro-batch into the stored profiles and
-gets the same table as a rebuild from scratch (``jobs/profiles.py``). The purchase part is
+This module is the rebuild from the lake (``jobs/profiles.py``). The stream keeps the same
+event and session parts as running totals in the online store and builds its rows on the driver
+(``lib.features.profile_fold``); the tests hold the two to the same rows. The purchase part is
 recomputed from the whole purchase history each time, since that history changes on its own.
 """
 
@@ -121,23 +121,6 @@ def profile_totals(events: DataFrame, closed_sessions: DataFrame, rec: Recommend
     )
 
 
-def add_profile_totals(stored: DataFrame, increments: DataFrame) -> DataFrame:
-    """Totals of ``stored`` plus ``increments`` (both ``TOTALS_COLUMNS``), per user."""
-    s, i = stored.select(*TOTALS_COLUMNS).alias("s"), increments.select(*TOTALS_COLUMNS).alias("i")
-    return s.join(i, F.col(f"s.{USER_ID}") == F.col(f"i.{USER_ID}"), "full").select(
-        F.coalesce(F.col(f"s.{USER_ID}"), F.col(f"i.{USER_ID}")).alias(USER_ID),
-        *[
-            (F.coalesce(F.col(f"s.{c}"), F.lit(0)) + F.coalesce(F.col(f"i.{c}"), F.lit(0))).cast("long").alias(c)
-            for c in _COUNTS
-        ],
-        F.least(F.col(f"s.{FIRST_SEEN}"), F.col(f"i.{FIRST_SEEN}")).alias(FIRST_SEEN),
-        F.greatest(F.col(f"s.{LAST_SEEN}"), F.col(f"i.{LAST_SEEN}")).alias(LAST_SEEN),
-        _add_maps(F.col(f"s.{ITEM_ENGAGEMENT}"), F.col(f"i.{ITEM_ENGAGEMENT}"))
-        .cast(_ENGAGEMENT_TYPE)
-        .alias(ITEM_ENGAGEMENT),
-    )
-
-
 def _ratio(numerator: str, denominator: str) -> Column:
     return F.when(F.col(denominator) > 0, F.col(numerator) / F.col(denominator))
 
@@ -194,28 +177,3 @@ def with_profile_metrics(
         F.coalesce(F.col(TOTAL_SESSION_MICROS), F.lit(0)).cast("long").alias(TOTAL_SESSION_MICROS),
         F.coalesce(F.col(ITEM_ENGAGEMENT), F.create_map().cast(_ENGAGEMENT_TYPE)).alias(ITEM_ENGAGEMENT),
     ).select(*USER_PROFILES_SCHEMA.fieldNames())
-
-
-def updated_profiles(
-    stored: DataFrame,
-    increments: DataFrame,
-    concerned: DataFrame,
-    purchases: DataFrame,
-    rec: RecommendConfig,
-    updated_at: Column,
-) -> DataFrame:
-    """The new ``user_profiles`` rows of the users in ``concerned`` (``user_id``), plus ``TOUCHED``:
-    whether ``increments`` had a row for the user.
-
-    :param stored: the stored profiles (at least those of the users concerned).
-    :param increments: ``TOTALS_COLUMNS``, at most one row per user, to add to the stored totals.
-    """
-    # with_profile_metrics has a row for every buyer; a buyer not concerned has no stored totals
-    # here, and its row (purchases only) would overwrite the stored one.
-    summed = add_profile_totals(stored.join(concerned, USER_ID, "left_semi"), increments)
-    return (
-        with_profile_metrics(summed, purchases, rec, updated_at)
-        .join(concerned, USER_ID, "left_semi")
-        .join(increments.select(USER_ID, F.lit(True).alias(TOUCHED)), USER_ID, "left")
-        .fillna(False, [TOUCHED])
-    )

@@ -5,7 +5,7 @@ user's purchases with ``purchase_date < to_date(t)`` (UTC) and ``avg_purchase_am
 non-null amount of exactly those (null when there is none). The purchase history is held as arrays
 sorted by (user, date) with running counts and sums, so a batch's lookups are two binary searches
 each (numpy ``searchsorted``), with no Spark join and no broadcast per batch. It is built again only
-when the history's files change (``PurchaseIndex.files``).
+when the history's files change (``PurchaseHistory``).
 
 Example::
 
@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,10 @@ import pandas as pd
 import pyarrow as pa
 
 from lib.core.schemas import ITEM_ID, PURCHASE_AMOUNT, PURCHASE_DATE, USER_ID
+from lib.features.profile_fold import PurchaseTotals
+from lib.ingest.sources import read_purchases
+
+log = logging.getLogger(__name__)
 
 _MICROS_PER_DAY = 86_400_000_000
 # (user, day) packed in one int64: the user in the high 32 bits, the day (offset to be >= 0) below.
@@ -91,3 +96,33 @@ class PurchaseIndex:
         with np.errstate(invalid="ignore", divide="ignore"):
             avg = np.where(amounts[:, 0] > 0, amounts[:, 1] / amounts[:, 0], np.nan)
         return count.astype(np.int64), avg
+
+
+class PurchaseHistory:
+    """The purchase history at ``path`` on the driver, read again only when its files change:
+    as a ``PurchaseIndex`` (point-in-time lookups) and as ``PurchaseTotals`` (the profiles'
+    purchase part)."""
+
+    def __init__(self, spark, path: str, purchase_weight: float):
+        self.spark, self.path, self.purchase_weight = spark, path, purchase_weight
+        self.files: tuple[str, ...] | None = None
+        self._index: PurchaseIndex | None = None
+        self._totals: PurchaseTotals | None = None
+
+    def _refresh(self) -> None:
+        purchases = read_purchases(self.spark, self.path)
+        files = tuple(sorted(purchases.inputFiles()))
+        if files != self.files:
+            table = purchases.toArrow()
+            self._index = PurchaseIndex.from_arrow(table, files)
+            self._totals = PurchaseTotals.from_arrow(table, self.purchase_weight)
+            self.files = files
+            log.info("purchase history: %d purchases from %d file(s)", table.num_rows, len(files))
+
+    def current(self) -> PurchaseIndex:
+        self._refresh()
+        return self._index
+
+    def totals(self) -> PurchaseTotals:
+        self._refresh()
+        return self._totals

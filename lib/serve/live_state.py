@@ -22,11 +22,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from lib.core.schemas import IS_OPEN, SESSION_END, USER_ID
 from lib.features.live_fold import RECENT_COLUMNS, SESSION_COLUMNS, FoldedBatch, session_ids
+from lib.features.profile_fold import COUNTS, ENGAGEMENT_COLUMNS, TOTALS_COLUMNS
 from lib.serve.online_store import SQLiteStore
 
 _STATE_SCHEMA = [
@@ -38,18 +40,39 @@ _STATE_SCHEMA = [
     "CREATE TABLE IF NOT EXISTS recent_events (user_id INTEGER NOT NULL, session_start INTEGER NOT NULL, "
     "event_ts INTEGER NOT NULL, item_id INTEGER, event_type TEXT)",
     "CREATE INDEX IF NOT EXISTS recent_events_by_user ON recent_events (user_id)",
-    # Every item a user interacted with (the live recommendations never bring it back).
-    "CREATE TABLE IF NOT EXISTS seen_items (user_id INTEGER NOT NULL, item_id INTEGER NOT NULL, "
-    "PRIMARY KEY (user_id, item_id)) WITHOUT ROWID",
-    # What the slow cadence folds into the Delta tables, per micro-batch (``OUTBOXES``), as Arrow
-    # IPC: the sessions it closed (session_features rows), its valid events (the profiles'
-    # increments) and its stream_metrics row.
+    # The profiles' running totals (``lib.features.profile_fold``), each row with the last batch
+    # that changed it; and every item a user interacted with, with its summed weight (the live
+    # recommendations never bring such an item back).
+    "CREATE TABLE IF NOT EXISTS profile_totals (user_id INTEGER PRIMARY KEY, batch_id INTEGER NOT NULL, "
+    "num_sessions INTEGER, num_events INTEGER, num_views INTEGER, num_clicks INTEGER, num_add_to_cart INTEGER, "
+    "total_session_micros INTEGER, first_seen INTEGER, last_seen INTEGER)",
+    "CREATE INDEX IF NOT EXISTS profile_totals_by_batch ON profile_totals (batch_id)",
+    "CREATE TABLE IF NOT EXISTS user_engagement (user_id INTEGER NOT NULL, item_id INTEGER NOT NULL, "
+    "weight REAL NOT NULL, PRIMARY KEY (user_id, item_id)) WITHOUT ROWID",
+    # What the slow cadence appends to the Delta tables, per micro-batch (``OUTBOXES``), as Arrow
+    # IPC: the sessions it closed (session_features rows) and its stream_metrics row.
     *(
         f"CREATE TABLE IF NOT EXISTS {name} (batch_id INTEGER NOT NULL, data BLOB NOT NULL)"
-        for name in ("closed_sessions", "batch_events", "batch_reports")
+        for name in ("closed_sessions", "batch_reports")
     ),
 ]
-OUTBOXES = ("closed_sessions", "batch_events", "batch_reports")
+OUTBOXES = ("closed_sessions", "batch_reports")
+# The live state proper: rebuilt from the lake when the store lacks it or is behind.
+_LIVE_TABLES = ("open_sessions", "recent_events", "profile_totals", "user_engagement")
+# Tables of an older store layout: a store that has one is rebuilt from the lake.
+_RETIRED_TABLES = ("seen_items", "batch_events")
+_TOTALS_COLUMNS = ", ".join(TOTALS_COLUMNS)
+_ADD_TOTALS = (
+    f"INSERT INTO profile_totals (batch_id, {_TOTALS_COLUMNS}) VALUES (?, {', '.join('?' * len(TOTALS_COLUMNS))}) "
+    "ON CONFLICT (user_id) DO UPDATE SET batch_id = excluded.batch_id, "
+    + ", ".join(f"{c} = {c} + excluded.{c}" for c in COUNTS)
+    + ", first_seen = COALESCE(MIN(first_seen, excluded.first_seen), first_seen, excluded.first_seen)"
+    ", last_seen = COALESCE(MAX(last_seen, excluded.last_seen), last_seen, excluded.last_seen)"
+)
+_ADD_ENGAGEMENT = (
+    "INSERT INTO user_engagement VALUES (?, ?, ?) "
+    "ON CONFLICT (user_id, item_id) DO UPDATE SET weight = weight + excluded.weight"
+)
 
 
 def to_ipc(table: pa.Table) -> bytes:
@@ -75,8 +98,9 @@ class BatchChanges:
     session_docs: list[tuple[int, str]] = field(default_factory=list)  # live_sessions documents
     recommendation_docs: list[tuple[int, str]] = field(default_factory=list)  # live_recommendations
     closed_sessions: pa.Table | None = None  # session_features rows, for the slow cadence
-    events: pa.Table | None = None  # the batch's valid events, for the profiles of the slow cadence
-    seen: list[tuple[int, int]] = field(default_factory=list)  # (user, item) interactions
+    # What the batch adds to its users' profile totals (``profile_fold.profile_increments``).
+    profile_totals: pd.DataFrame | None = None
+    user_engagement: pd.DataFrame | None = None
     engagement: list[tuple[int, float]] = field(default_factory=list)  # (item, engagement) of the batch
     outcome: dict = field(default_factory=dict)  # what the batch counted, kept for a replay's report
 
@@ -87,6 +111,14 @@ class LiveState:
     def __init__(self, path: str | Path):
         self.store = SQLiteStore(path)
         with self._db() as db:
+            retired = db.execute(
+                f"SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ({_USERS})",
+                (json.dumps(_RETIRED_TABLES),),
+            ).fetchall()
+            for (name,) in retired:
+                db.execute(f"DROP TABLE {name}")
+            if retired:
+                db.execute("DELETE FROM meta WHERE key = 'live_batch_id'")
             for statement in _STATE_SCHEMA:
                 db.execute(statement)
 
@@ -102,15 +134,14 @@ class LiveState:
         self.store.bind(stream_id)
         with self._db() as db:
             if self._meta(db, "live_stream_id") != stream_id:
-                for table in ("open_sessions", "recent_events", "seen_items", *OUTBOXES):
+                for table in (*_LIVE_TABLES, *OUTBOXES):
                     db.execute(f"DELETE FROM {table}")
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('live_stream_id', ?)", (stream_id,))
 
     def forget_live(self) -> None:
-        """Drop the open sessions, the items seen and the items' popularity (before they are
-        rebuilt from the lake)."""
+        """Drop the live state and the items' popularity (before they are rebuilt from the lake)."""
         with self._db() as db:
-            for table in ("open_sessions", "recent_events", "seen_items", "item_popularity"):
+            for table in (*_LIVE_TABLES, "item_popularity"):
                 db.execute(f"DELETE FROM {table}")
 
     def last_applied_batch(self) -> int:
@@ -163,10 +194,62 @@ class LiveState:
     def seen_items(self, users: Iterable[int]) -> pd.DataFrame:
         """``user_id, item_id`` of every item ``users`` interacted with."""
         rows = self._db().execute(
-            f"SELECT user_id, item_id FROM seen_items WHERE user_id IN ({_USERS})",
+            f"SELECT user_id, item_id FROM user_engagement WHERE user_id IN ({_USERS})",
             (json.dumps([int(u) for u in users]),),
         )
         return pd.DataFrame(rows.fetchall(), columns=[USER_ID, "item_id"])
+
+    def load_profile_totals(self, totals: pd.DataFrame, engagement: pd.DataFrame) -> None:
+        """Profile totals of users that ``user_profiles`` holds already (as of no batch: no slow
+        pass writes them again until a batch changes them)."""
+        with self._db() as db:
+            self._add_profile_totals(db, -1, totals, engagement)
+
+    @staticmethod
+    def _add_profile_totals(db, batch_id: int, totals: pd.DataFrame | None, engagement: pd.DataFrame | None) -> None:
+        if totals is not None:
+            rows = totals[list(TOTALS_COLUMNS)].astype(object).where(totals.notna(), None)
+            db.executemany(_ADD_TOTALS, ((batch_id, *row) for row in rows.itertuples(index=False, name=None)))
+        if engagement is not None:
+            db.executemany(_ADD_ENGAGEMENT, engagement[list(ENGAGEMENT_COLUMNS)].itertuples(index=False, name=None))
+
+    def profile_totals(
+        self, after: int, upto: int, also: Iterable[int] = ()
+    ) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray]:
+        """The totals (``TOTALS_COLUMNS``) and engagement (``ENGAGEMENT_COLUMNS``) of the users a
+        batch after ``after`` up to ``upto`` changed last, and of the users ``also`` unless a later
+        batch changed them (the next pass takes those); with the users concerned and those changed."""
+        db = self._db()
+        changed = [
+            row[0]
+            for row in db.execute(
+                "SELECT user_id FROM profile_totals WHERE batch_id > ? AND batch_id <= ? ORDER BY user_id",
+                (after, upto),
+            ).fetchall()
+        ]
+        later = {row[0] for row in db.execute("SELECT user_id FROM profile_totals WHERE batch_id > ?", (upto,))}
+        users = np.union1d(np.array(changed, np.int64), np.array([u for u in also if u not in later], np.int64))
+        listed = json.dumps(users.tolist())
+        query = f"SELECT {_TOTALS_COLUMNS} FROM profile_totals WHERE user_id IN ({_USERS})"
+        totals = pd.DataFrame(db.execute(query, (listed,)).fetchall(), columns=list(TOTALS_COLUMNS))
+        engagement = pd.DataFrame(
+            db.execute(
+                f"SELECT {', '.join(ENGAGEMENT_COLUMNS)} FROM user_engagement WHERE user_id IN ({_USERS})", (listed,)
+            ).fetchall(),
+            columns=list(ENGAGEMENT_COLUMNS),
+        )
+        return totals, engagement, users, np.array(changed, np.int64)
+
+    def profiled_purchase_files(self) -> tuple[str, ...] | None:
+        """The purchase history's files as of the profiles last written (None: never)."""
+        value = self._meta(self._db(), "profiled_purchase_files")
+        return None if value is None else tuple(json.loads(value))
+
+    def record_profiled_purchase_files(self, files: tuple[str, ...]) -> None:
+        with self._db() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('profiled_purchase_files', ?)", (json.dumps(files),)
+            )
 
     def outbox(self, name: str, after: int, upto: int) -> pa.Table | None:
         """The rows of outbox ``name`` from the batches after ``after`` up to ``upto`` (None: none)."""
@@ -258,15 +341,17 @@ class LiveState:
                 "DO UPDATE SET batch_id = excluded.batch_id, doc = excluded.doc",
                 ((int(user), batch_id, doc) for user, doc in changes.recommendation_docs),
             )
-            db.executemany("INSERT OR IGNORE INTO seen_items VALUES (?, ?)", changes.seen)
+            self._add_profile_totals(db, batch_id, changes.profile_totals, changes.user_engagement)
             db.executemany(
                 "INSERT INTO item_popularity (item_id, score) VALUES (?, ?) "
                 "ON CONFLICT (item_id) DO UPDATE SET score = score + excluded.score",
                 changes.engagement,
             )
-            for name, rows in (("closed_sessions", changes.closed_sessions), ("batch_events", changes.events)):
-                if rows is not None and rows.num_rows:
-                    db.execute(f"INSERT INTO {name} (batch_id, data) VALUES (?, ?)", (batch_id, to_ipc(rows)))
+            if changes.closed_sessions is not None and changes.closed_sessions.num_rows:
+                db.execute(
+                    "INSERT INTO closed_sessions (batch_id, data) VALUES (?, ?)",
+                    (batch_id, to_ipc(changes.closed_sessions)),
+                )
             settings = {"live_batch_id": str(batch_id), "live_batch_outcome": json.dumps(changes.outcome)}
             if folded.max_event_micros is not None:
                 settings["max_event_micros"] = str(folded.max_event_micros)

@@ -41,10 +41,12 @@ from lib.core.schemas import (
     ENRICHED_EVENTS,
     ENRICHED_EVENTS_SCHEMA,
     EVENT_TS,
+    FIRST_SEEN,
     INGESTED_AT,
     IS_OPEN,
     ITEM_ENGAGEMENT,
     ITEM_ID,
+    LAST_SEEN,
     LIVE_RECOMMENDATIONS,
     PROFILE_COLUMNS,
     QUARANTINE,
@@ -58,10 +60,11 @@ from lib.core.schemas import (
 )
 from lib.features.interactions import event_weight
 from lib.features.live_fold import EVENT_COLUMNS, FoldedBatch, fold_events, session_ids, typed
+from lib.features.profile_fold import COUNTS, WEIGHT, profile_increments
 from lib.ingest.line_parsing import PARSED_COLUMNS, parse_lines, raw_lines_to_arrow, rejected_rows, valid_rows
 from lib.ingest.parsing import parse_activity_messages
-from lib.ingest.purchase_index import PurchaseIndex
-from lib.ingest.sources import read_purchases, unsafe_files
+from lib.ingest.purchase_index import PurchaseHistory, PurchaseIndex
+from lib.ingest.sources import unsafe_files
 from lib.lake.sinks import BatchSink
 from lib.recommend.live import DriverRanker
 from lib.recommend.model_store import ModelStore
@@ -140,22 +143,6 @@ def format_micros(timestamp_micros: int | None) -> str:
     return datetime.fromtimestamp(timestamp_micros / 1_000_000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
-class PurchaseHistory:
-    """The purchase history as a ``PurchaseIndex``, read again only when its files change."""
-
-    def __init__(self, spark: SparkSession, path: str):
-        self.spark, self.path = spark, path
-        self._index: PurchaseIndex | None = None
-
-    def current(self) -> PurchaseIndex:
-        purchases = read_purchases(self.spark, self.path)
-        files = tuple(sorted(purchases.inputFiles()))
-        if self._index is None or self._index.files != files:
-            self._index = PurchaseIndex.from_arrow(purchases.toArrow(), files)
-            log.info("purchase history: %d purchases from %d file(s)", len(self._index.keys), len(files))
-        return self._index
-
-
 class LiveBatchWriter(GatedBatchWriter):
     """The ``foreachBatch`` function of the main query: ``writer(batch_df, batch_id)``."""
 
@@ -175,7 +162,7 @@ class LiveBatchWriter(GatedBatchWriter):
         self.stats = stats
         self.fail_after = fail_after
         self.state = LiveState(cfg.paths.online_store)
-        self.purchases = PurchaseHistory(spark, cfg.paths.purchases)
+        self.purchases = PurchaseHistory(spark, cfg.paths.purchases, cfg.recommend.purchase_weight)
         self.gap = micros(cfg.sessions.gap_seconds)
         self.delay = micros(cfg.sessions.watermark_seconds)
         self._store_bound = False
@@ -216,12 +203,15 @@ class LiveBatchWriter(GatedBatchWriter):
         # What else lived only in the store comes back from the Delta side: the profiles (and the
         # items each user interacted with), the live recommendations, the items' popularity.
         profiles = self.spark.read.format("delta").load(self.cfg.paths.table(USER_PROFILES))
-        seen = profiles.select(USER_ID, F.explode(F.map_keys(ITEM_ENGAGEMENT)).alias(ITEM_ID)).toPandas()
+        totals = profiles.select(
+            USER_ID, *COUNTS, *(F.unix_micros(c).alias(c) for c in (FIRST_SEEN, LAST_SEEN))
+        ).toPandas()
+        engagement = profiles.select(USER_ID, F.explode(ITEM_ENGAGEMENT).alias(ITEM_ID, WEIGHT)).toPandas()
+        self.state.load_profile_totals(totals.astype({FIRST_SEEN: "Int64", LAST_SEEN: "Int64"}), engagement)
         weight = event_weight(self.cfg.recommend)
         popularity = events.groupBy(ITEM_ID).agg(F.sum(weight).alias("engagement")).toPandas()
         changes = BatchChanges(
             session_docs=docs,
-            seen=list(seen.itertuples(index=False, name=None)),
             engagement=[(int(i), float(w)) for i, w in popularity.itertuples(index=False, name=None)],
         )
         self.state.store.put_profiles(through, user_docs(profiles, PROFILE_COLUMNS))
@@ -275,7 +265,7 @@ class LiveBatchWriter(GatedBatchWriter):
             # again (its state moved on): its appends are redone, its counts read back.
             report.replayed = self.state.last_applied_batch() >= batch_id
             if not report.replayed:
-                changes, folded = self._changes(valid, events, index, started_at)
+                changes, folded = self._changes(events, index, started_at)
         with report.stage("store"):
             if not report.replayed:
                 self.state.apply(batch_id, folded, changes, self.gap)
@@ -301,11 +291,9 @@ class LiveBatchWriter(GatedBatchWriter):
             log.warning("%s: killing the driver after the %s write of batch %d", KILL_AFTER_ENV, name, batch_id)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def _changes(
-        self, valid: pa.Table, events: pd.DataFrame, index: PurchaseIndex, now_micros: int
-    ) -> tuple[BatchChanges, FoldedBatch]:
-        """Fold the batch's valid rows (``valid``, and ``events`` as pandas with times in micros):
-        what it changes in the store, and the fold."""
+    def _changes(self, events: pd.DataFrame, index: PurchaseIndex, now_micros: int) -> tuple[BatchChanges, FoldedBatch]:
+        """Fold the batch's valid rows (``events``, times in micros): what it changes in the
+        store, and the fold."""
         users = events[USER_ID].to_numpy(np.int64)
         open_sessions, open_recent, max_event = self.state.read_open(pd.unique(users))
         folded = fold_events(open_sessions, open_recent, events, self.gap, max_event, self.delay)
@@ -315,16 +303,15 @@ class LiveBatchWriter(GatedBatchWriter):
         latest = folded.latest_per_user()
         s_past, s_avg = index.as_of(latest[USER_ID].to_numpy(np.int64), latest[SESSION_START].to_numpy(np.int64))
         c_past, c_avg = index.as_of(closed[USER_ID].to_numpy(np.int64), closed[SESSION_START].to_numpy(np.int64))
-        weights = events["event_type"].map(self.cfg.recommend.event_weights).fillna(0.0)
-        engagement = weights.groupby(events[ITEM_ID]).sum()
-        seen = events[[USER_ID, ITEM_ID]].drop_duplicates()
+        totals, user_engagement = profile_increments(events, closed, self.cfg.recommend.event_weights)
+        popularity = user_engagement.groupby(ITEM_ID)[WEIGHT].sum()
         changes = BatchChanges(
             session_docs=session_documents(latest, s_past, _nullable(s_avg), now_micros),
-            recommendation_docs=self._recommendations(folded, latest, index, seen, now_micros),
+            recommendation_docs=self._recommendations(folded, latest, index, user_engagement, now_micros),
             closed_sessions=_session_features(closed, c_past, c_avg) if len(closed) else None,
-            events=valid.select([USER_ID, ITEM_ID, "event_type", EVENT_TS]),  # the profiles' increments
-            seen=list(seen.itertuples(index=False, name=None)),
-            engagement=[(int(i), float(w)) for i, w in engagement.items()],
+            profile_totals=totals,
+            user_engagement=user_engagement,
+            engagement=[(int(i), float(w)) for i, w in popularity.items()],
             outcome={
                 "late_rows_dropped": folded.late_rows,
                 "watermark_micros": folded.watermark_micros,
@@ -335,7 +322,12 @@ class LiveBatchWriter(GatedBatchWriter):
         return changes, folded
 
     def _recommendations(
-        self, folded: FoldedBatch, latest: pd.DataFrame, index: PurchaseIndex, seen: pd.DataFrame, now_micros: int
+        self,
+        folded: FoldedBatch,
+        latest: pd.DataFrame,
+        index: PurchaseIndex,
+        engaged: pd.DataFrame,
+        now_micros: int,
     ) -> list[tuple[int, str]]:
         """Live recommendations of the users with on-time events this batch, from their latest session."""
         model = self.current_ranker()
@@ -349,7 +341,8 @@ class LiveBatchWriter(GatedBatchWriter):
         owners, bought = index.items_of(users)
         excluded = [pd.DataFrame({USER_ID: owners, ITEM_ID: bought})]
         if self.cfg.recommend.exclude_seen:
-            interacted = pd.concat([self.state.seen_items(users), seen[seen[USER_ID].isin(users)]], ignore_index=True)
+            engaged = engaged[engaged[USER_ID].isin(users)][[USER_ID, ITEM_ID]]
+            interacted = pd.concat([self.state.seen_items(users), engaged], ignore_index=True)
             if self.cfg.recommend.live_repeats:
                 in_session = recent[[USER_ID, ITEM_ID]].drop_duplicates().assign(_in=True)
                 interacted = interacted.merge(in_session, on=[USER_ID, ITEM_ID], how="left")

@@ -30,38 +30,34 @@ import threading
 import time
 from collections.abc import Callable
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lib.core.config import Config
+from lib.core.config import Config, micros
 from lib.core.schemas import (
     ENRICHED_EVENTS,
-    EVENT_TS,
-    EVENT_TYPE,
     ITEM_ID,
     LIVE_RECOMMENDATIONS,
     LIVE_RECOMMENDATIONS_SCHEMA,
     LIVE_SESSIONS,
     LIVE_SESSIONS_SCHEMA,
-    PROFILE_COLUMNS,
     QUARANTINE,
     RANK,
     SCORE,
-    SESSION_END,
     SESSION_FEATURES,
     SESSION_FEATURES_SCHEMA,
-    SESSION_START,
     STREAM_METRICS,
     STREAM_METRICS_SCHEMA,
     USER_ID,
     USER_PROFILES,
 )
-from lib.features.profiles import PROFILE_CHANGED, profile_totals, updated_profiles
-from lib.ingest.sources import read_purchases
+from lib.features.profile_fold import profile_documents, profile_rows
+from lib.features.profiles import PROFILE_CHANGED
+from lib.ingest.purchase_index import PurchaseHistory
 from lib.lake.sinks import BatchSink, checkpoint_log, commits_since_checkpoint, compact, data_files, vacuum
 from lib.recommend.live import EMPTY_SLOT, with_rank_slots
 from lib.serve.live_state import LiveState
-from lib.serve.online_sink import user_docs
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +101,7 @@ class SlowCadence:
     def __init__(self, spark: SparkSession, cfg: Config, state: LiveState, app_id: Callable[[], str]):
         self.spark, self.cfg, self.state, self._app_id = spark, cfg, state, app_id
         self.passes = 0
-        self._purchase_files: tuple[str, ...] | None = None  # as of the last profile fold
+        self.purchases = PurchaseHistory(spark, cfg.paths.purchases, cfg.recommend.purchase_weight)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failure: BaseException | None = None
@@ -147,21 +143,22 @@ class SlowCadence:
             LIVE_RECOMMENDATIONS: self._live_recommendations,
             STREAM_METRICS: self._metrics,
         }
-        done, folded = {}, False
+        done, took = {}, {}
         for table, step in steps.items():
             path = self.cfg.paths.table(table)
             after = max(sink.last_committed_batch(path), self.state.folded_through(table))
             if after < upto:
+                started = time.monotonic()
                 step(sink, path, after, upto)
                 self.state.record_folded(table, upto)
-                folded = True
+                took[table] = time.monotonic() - started
             done[table] = max(after, upto)
         self.state.forget_through(min(done[t] for t in _OUTBOX_READERS))
         for table in HOT_TABLES:
             path = self.cfg.paths.table(table)
             if commits_since_checkpoint(self.spark, path) >= self.cfg.lake.checkpoint_interval:
                 checkpoint_log(self.spark, path)
-        if not folded:
+        if not took:
             return upto  # nothing new: no maintenance either, so a restart with no input commits nothing
         self.passes += 1
         if due(self.passes, self.cfg.stream.compact_every):
@@ -171,7 +168,12 @@ class SlowCadence:
         if due(self.passes, self.cfg.lake.vacuum_every):
             for name in COMPACTED_TABLES:
                 vacuum(self.spark, self.cfg.paths.table(name), self.cfg.lake.retention_hours)
-        log.info("slow cadence folded batches through %d in %.2f s", upto, time.monotonic() - began)
+        log.info(
+            "slow cadence folded batches through %d in %.2f s (%s)",
+            upto,
+            time.monotonic() - began,
+            ", ".join(f"{table} {seconds:.2f} s" for table, seconds in took.items()),
+        )
         return upto
 
     def _rows(self, outbox: str, after: int, upto: int, schema) -> DataFrame | None:
@@ -184,7 +186,7 @@ class SlowCadence:
         docs = self.state.changed_docs(table, after, upto)
         if not docs:
             return None
-        raw = self.spark.createDataFrame([(d,) for d in docs], "doc string")
+        raw = self.spark.createDataFrame(pa.table({"doc": pa.array(docs, pa.string())}))
         return raw.select(F.from_json("doc", schema, _JSON_OPTIONS).alias("d")).select("d.*")
 
     def _session_features(self, sink: BatchSink, path: str, after: int, upto: int) -> None:
@@ -193,37 +195,20 @@ class SlowCadence:
             sink.append(closed, path, upto)
 
     def _profiles(self, sink: BatchSink, path: str, after: int, upto: int) -> None:
-        events_schema = "user_id int, item_id int, event_type string, event_ts timestamp"
-        events_table = self.state.outbox("batch_events", after, upto)
-        events = self.spark.createDataFrame(
-            [] if events_table is None else events_table.select([USER_ID, ITEM_ID, EVENT_TYPE, EVENT_TS]),
-            events_schema,
-        )
-        closed = self._rows("closed_sessions", after, upto, SESSION_FEATURES_SCHEMA)
-        if closed is None:
-            closed = self.spark.createDataFrame([], SESSION_FEATURES_SCHEMA)
-        purchases = read_purchases(self.spark, self.cfg.paths.purchases).persist()
-        try:
-            files = tuple(sorted(purchases.inputFiles()))
-            if events_table is None and closed.isEmpty() and files == self._purchase_files:
-                return
-            increments = profile_totals(events, closed.select(USER_ID, SESSION_START, SESSION_END), self.cfg.recommend)
-            increments = increments.persist()
-            concerned = increments.select(USER_ID)
-            if files != self._purchase_files:
-                # Users without new activity need a new row only when the purchase history changed;
-                # the first fold of a run checks every buyer (a restart included).
-                concerned = concerned.unionByName(purchases.select(USER_ID))
-            stored = self.spark.read.format("delta").load(path)
-            rows = updated_profiles(
-                stored, increments, concerned.distinct(), purchases, self.cfg.recommend, F.current_timestamp()
-            ).localCheckpoint()
-            self.state.store.put_profiles(upto, user_docs(rows, PROFILE_COLUMNS))
-            sink.upsert(rows, path, [USER_ID], upto, update_condition=PROFILE_CHANGED)
-            self._purchase_files = files
-            increments.unpersist()
-        finally:
-            purchases.unpersist()
+        purchases = self.purchases.totals()
+        # Users without new activity need a new row only when the purchase history changed (its
+        # files as of the last profiles are kept in the store, so a restart does not redo them all).
+        files = self.purchases.files
+        purchases_changed = files != self.state.profiled_purchase_files()
+        also = purchases.buyers if purchases_changed else ()
+        totals, engagement, users, changed = self.state.profile_totals(after, upto, also=also)
+        if len(users):
+            now = micros(time.time())
+            rows = profile_rows(totals, engagement, purchases, self.cfg.recommend, now, users, changed)
+            self.state.store.put_profiles(upto, profile_documents(rows))
+            sink.upsert(self.spark.createDataFrame(rows), path, [USER_ID], upto, update_condition=PROFILE_CHANGED)
+        if purchases_changed:
+            self.state.record_profiled_purchase_files(files)
 
     def _live_sessions(self, sink: BatchSink, path: str, after: int, upto: int) -> None:
         live = self._docs(LIVE_SESSIONS, after, upto, LIVE_SESSIONS_SCHEMA)

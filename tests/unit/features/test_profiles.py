@@ -1,4 +1,4 @@
-"""User profiles: aggregation, edge rows, and incremental totals equal to a rebuild."""
+"""User profiles rebuilt from the lake: aggregation and edge rows."""
 
 from datetime import date, datetime, timedelta
 
@@ -8,13 +8,7 @@ from pyspark.sql.types import IntegerType, StringType, StructField, StructType, 
 
 from lib.core.config import load_config
 from lib.core.schemas import PURCHASES_SCHEMA, USER_PROFILES_SCHEMA
-from lib.features.profiles import (
-    TOUCHED,
-    add_profile_totals,
-    profile_totals,
-    updated_profiles,
-    with_profile_metrics,
-)
+from lib.features.profiles import profile_totals, with_profile_metrics
 
 T0 = datetime(2024, 1, 1, 10, 0, 0)
 NOW = datetime(2024, 6, 1)
@@ -101,27 +95,5 @@ def test_profile_columns_from_events_sessions_and_purchases(spark):
     assert_df_equality(actual.orderBy("user_id"), expected.orderBy("user_id"), ignore_nullable=True)
 
 
-def test_adding_totals_batch_by_batch_equals_building_from_everything(spark):
-    first = profile_totals(events(spark, EVENT_ROWS[:3]), sessions(spark, SESSION_ROWS[:1]), REC)
-    second = profile_totals(events(spark, EVENT_ROWS[3:]), sessions(spark, SESSION_ROWS[1:]), REC)
-    empty = profile_totals(events(spark, []), sessions(spark, []), REC)
-    stepwise = add_profile_totals(add_profile_totals(empty, first), second)
-    whole = profile_totals(events(spark, EVENT_ROWS), sessions(spark, SESSION_ROWS), REC)
-    assert_df_equality(stepwise.orderBy("user_id"), whole.orderBy("user_id"), ignore_nullable=True)
-
-
 def test_no_input_gives_no_profiles(spark):
     assert build(spark, [], [], []).count() == 0
-
-
-def test_updated_profiles_add_increments_to_the_stored_rows_of_the_users_concerned_only(spark):
-    purchases = spark.createDataFrame(PURCHASE_ROWS, PURCHASES_SCHEMA)
-    first = profile_totals(events(spark, EVENT_ROWS[:3]), sessions(spark, SESSION_ROWS[:1]), REC)
-    stored = with_profile_metrics(first, purchases, REC, F.lit(NOW))
-    increments = profile_totals(events(spark, EVENT_ROWS[3:]), sessions(spark, SESSION_ROWS[1:]), REC)
-    # User 3 (a buyer, no events) is concerned; user 5 has nothing anywhere; user 2 is not concerned.
-    concerned = spark.createDataFrame([(1,), (3,), (4,), (5,)], "user_id int")
-    rows = updated_profiles(stored, increments.where("user_id != 2"), concerned, purchases, REC, F.lit(NOW))
-    whole = build(spark, EVENT_ROWS, SESSION_ROWS, PURCHASE_ROWS).where("user_id IN (1, 3, 4)")
-    assert_df_equality(rows.drop(TOUCHED).orderBy("user_id"), whole.orderBy("user_id"), ignore_nullable=True)
-    assert {r.user_id: r[TOUCHED] for r in rows.collect()} == {1: True, 3: False, 4: True}

@@ -7,9 +7,13 @@ from datetime import datetime, timedelta
 
 import pyarrow as pa
 
+from lib.core.config import load_config
 from lib.features.live_fold import empty_recent, empty_sessions, fold_events
+from lib.features.profile_fold import profile_increments
 from lib.serve.live_state import BatchChanges, LiveState, session_documents
 from tests.unit.features.test_live_fold import DELAY, GAP, T0, events_frame, micros
+
+WEIGHTS = load_config(None, []).recommend.event_weights
 
 
 def fold_batch(state: LiveState, batch_id: int, rows, file="f.csv") -> bool:
@@ -19,7 +23,8 @@ def fold_batch(state: LiveState, batch_id: int, rows, file="f.csv") -> bool:
     latest = folded.latest_per_user()
     docs = session_documents(latest, [0] * len(latest), [None] * len(latest), micros(T0))
     closed = pa.table({"batch": [batch_id]}) if batch_id == 0 else None
-    changes = BatchChanges(session_docs=docs, closed_sessions=closed, seen=[(r[0], r[1]) for r in rows])
+    totals, engagement = profile_increments(events, events.iloc[:0].assign(session_start=0, session_end=0), WEIGHTS)
+    changes = BatchChanges(session_docs=docs, closed_sessions=closed, profile_totals=totals, user_engagement=engagement)
     return state.apply(batch_id, folded, changes, GAP)
 
 
@@ -33,6 +38,24 @@ def test_a_replayed_batch_changes_nothing(tmp_path):
     assert state.store.session(1)["num_events"] == 2
     assert state.last_applied_batch() == 0
     assert sorted(map(tuple, state.seen_items([1]).values.tolist())) == [(1, 5), (1, 6)]
+    totals, engagement, users, changed = state.profile_totals(-1, 0)
+    assert totals.num_events.tolist() == [2] and users.tolist() == changed.tolist() == [1]
+    assert totals.first_seen.tolist() == [micros(T0)] and len(engagement) == 2
+
+
+def test_profile_totals_add_up_batch_by_batch_and_a_pass_takes_the_users_its_batches_changed_last(tmp_path):
+    state = LiveState(tmp_path / "s.sqlite")
+    fold_batch(state, 0, [(1, 5, "view", T0 + timedelta(minutes=1)), (2, 5, "click", T0)])
+    fold_batch(state, 1, [(1, 5, "click", T0), (3, 6, "view", T0)])
+    fold_batch(state, 2, [(3, 6, "view", T0 + timedelta(minutes=2))])
+    totals, engagement, users, changed = state.profile_totals(-1, 1, also=[3, 4])
+    # User 3 changed again in batch 2, after the pass's last batch: the next pass takes it.
+    assert users.tolist() == [1, 2, 4] and changed.tolist() == [1, 2]
+    one = totals[totals.user_id == 1].iloc[0]
+    assert (one.num_events, one.num_views, one.num_clicks) == (2, 1, 1)
+    assert (one.first_seen, one.last_seen) == (micros(T0), micros(T0 + timedelta(minutes=1)))
+    assert engagement[engagement.user_id == 1].weight.tolist() == [WEIGHTS["view"] + WEIGHTS["click"]]
+    assert state.profile_totals(1, 2)[2].tolist() == [3]
 
 
 def test_the_watermark_closes_the_sessions_of_users_without_events(tmp_path):
@@ -72,3 +95,14 @@ def test_session_documents_carry_the_contract_columns_as_iso_text():
     assert user == 3
     assert '"session_start":"2024-01-01T00:00:00.000000Z"' in doc and '"avg_time_gap_s":90.0' in doc
     assert '"past_purchases":2' in doc and '"is_open":true' in doc and '"updated_at":"2024-05-01T' in doc
+
+
+def test_a_store_of_the_older_layout_is_left_to_be_rebuilt_from_the_lake(tmp_path):
+    state = LiveState(tmp_path / "s.sqlite")
+    fold_batch(state, 0, [(1, 5, "view", T0)])
+    with state._db() as db:
+        db.execute("CREATE TABLE seen_items (user_id INTEGER, item_id INTEGER)")
+    reopened = LiveState(tmp_path / "s.sqlite")
+    assert reopened.last_applied_batch() == -1  # behind any checkpoint: the stream rebuilds it
+    tables = {row[0] for row in reopened._db().execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "seen_items" not in tables and "user_engagement" in tables
