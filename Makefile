@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 AIRFLOW_VENV := .venv-airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 
-.PHONY: setup airflow demo test lint serve chaos bench movielens sessions shell clean
+.PHONY: setup airflow browser demo test lint serve chaos bench movielens sessions shell clean
 
 setup: $(STAMP) .cache/jars/.fetched .cache/jvm/streamrec.jar
 
@@ -43,8 +43,12 @@ $(AIRFLOW_STAMP): requirements-airflow.txt
 demo: setup
 	$(PY) scripts/demo.py
 
-test: setup lint airflow
+test: setup lint airflow browser
 	$(PY) -m pytest -n 2 --dist loadfile
+
+# Debian's chromium and chromium-driver, for the console's browser test.
+browser:
+	scripts/install_browser.sh
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -2,8 +2,10 @@
 
 Usage: .venv/bin/python jobs/serve.py [--config PATH] [--set serve.port=N]   (or: make serve)
 
-Needs no Spark: it reads the store (paths.online_store) that jobs/stream.py writes. Then e.g.
+Needs no Spark: it reads the store (paths.online_store) that jobs/stream.py writes, and hands
+events POSTed to it to the stream's source (a CSV file in paths.events_dir, or Kafka). Then e.g.
   curl http://127.0.0.1:8000/users/42/recommendations?k=5
+  curl -X POST http://127.0.0.1:8000/users/42/events -d '{"item_id": 7, "event_type": "click"}'
 """
 
 import logging
@@ -15,6 +17,7 @@ import uvicorn
 
 from lib.core.cli import base_parser, config_from_args, setup_logging
 from lib.serve.api import create_app
+from lib.serve.event_intake import event_sink
 from lib.serve.online_store import SQLiteStore
 
 log = logging.getLogger("serve")
@@ -25,8 +28,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     cfg = config_from_args(args)
-    app = create_app(partial(SQLiteStore, cfg.paths.online_store, readonly=True), cfg.recommend.top_k)
-    log.info("serving %s on http://%s:%d", cfg.paths.online_store, cfg.serve.host, cfg.serve.port)
+    intake = event_sink(cfg)
+    app = create_app(partial(SQLiteStore, cfg.paths.online_store, readonly=True), cfg.recommend.top_k, intake)
+    log.info(
+        "serving %s on http://%s:%d; events sent to it go to %s",
+        cfg.paths.online_store,
+        cfg.serve.host,
+        cfg.serve.port,
+        intake.destination,
+    )
     # One worker: a request is a key lookup in SQLite; uvicorn stops cleanly on SIGINT/SIGTERM.
     uvicorn.run(app, host=cfg.serve.host, port=cfg.serve.port, log_level="warning", access_log=False)
     return 0

@@ -5,6 +5,7 @@ readers of their results."""
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import json
 import os
 import subprocess
@@ -184,6 +185,7 @@ class ApiServer:
     on a free port of 127.0.0.1, stopped by pid on exit."""
 
     def __init__(self, cfg, folder: Path):
+        self.cfg = cfg
         self.config = write_config_file(cfg, folder / "serve.toml")
         self.log = folder / "serve.log"
 
@@ -197,6 +199,17 @@ class ApiServer:
     def get(self, path: str) -> tuple[int | None, dict | None]:
         """(status, JSON body) of ``GET path``."""
         return get(self.process.port, path)
+
+    def post(self, path: str, body) -> tuple[int, dict]:
+        """(status, JSON body) of ``POST path`` with ``body`` as JSON (a connection of its own)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.process.port, timeout=60)
+        try:
+            payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+            connection.request("POST", path, payload, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            connection.close()
 
 
 def parquet_files(table: str) -> set[str]:

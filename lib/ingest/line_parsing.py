@@ -139,12 +139,18 @@ def _typed_line(fields: list[str], positions: dict[str, int]) -> tuple:
         pos = positions[name]
         return fields[pos] if 0 <= pos < len(fields) else None
 
-    user, user_reason = _id_field(raw(USER_ID), USER_ID)
-    item, item_reason = _id_field(raw(ITEM_ID), ITEM_ID)
-    event_type, type_reason = _event_type_field(raw(EVENT_TYPE))
-    moment, time_reason = _timestamp_field(raw(TIMESTAMP))
+    return check_event(raw(USER_ID), raw(ITEM_ID), raw(EVENT_TYPE), raw(TIMESTAMP))
+
+
+def check_event(user_id: str | None, item_id: str | None, event_type: str | None, timestamp: str | None) -> tuple:
+    """(user_id, item_id, event_type, event_ts micros, reason) of one event's field texts, by the
+    contract's rules; ``reason`` is None when the event is valid."""
+    user, user_reason = _id_field(user_id, USER_ID)
+    item, item_reason = _id_field(item_id, ITEM_ID)
+    kind, type_reason = _event_type_field(event_type)
+    moment, time_reason = _timestamp_field(timestamp)
     reasons = [r for r in (user_reason, item_reason, type_reason, time_reason) if r]
-    return user, item, event_type, moment, "; ".join(reasons) or None
+    return user, item, kind, moment, "; ".join(reasons) or None
 
 
 def parse_lines(lines: pa.Table, max_line_chars: int = 4096, unsafe_files: dict[str, str] | None = None) -> pa.Table:

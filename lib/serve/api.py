@@ -6,28 +6,41 @@ request costs a primary-key lookup in SQLite. ``jobs/serve.py`` runs it with uvi
 - ``GET /users/{user_id}/recommendations?k=N``: live recommendations when the user has them,
   else the batch model's, else the most popular items; ``source`` says which.
 - ``GET /users/{user_id}/session``, ``GET /users/{user_id}/profile``: the row, 404 when none.
+- ``GET /users/{user_id}/events``: the latest events of the user's open session, newest first.
 - ``GET /health``: the last micro-batch the store has seen.
+- ``GET /stream``: the recent micro-batches, rates, delays and popular items (for the console).
+- ``GET /``: the live console (``console.html``, one page over these endpoints).
+- ``POST /users/{user_id}/events`` (one JSON event) and ``POST /events`` (a JSON list of events,
+  each with its ``user_id``): 202 once the events are handed durably to the stream's source
+  (``lib.serve.event_intake``); 422 with the reason code of the first bad event, and nothing of
+  that request written.
 
 A ``user_id`` that is not a positive integer gets 422; a missing or unreadable store 503.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from datetime import datetime, timezone
+from pathlib import Path as FilePath
 from typing import Annotated
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 
+from lib.serve.event_intake import EventRejected, validated_events
 from lib.serve.online_store import OnlineStore, StoreUnavailable, iso_utc
 
+CONSOLE_PAGE = FilePath(__file__).with_name("console.html")
 UserId = Annotated[int, Path(gt=0, le=2**31 - 1, description="a positive user id")]
 
 
-def create_app(open_store, top_k: int) -> FastAPI:
+def create_app(open_store, top_k: int, intake=None) -> FastAPI:
     """The API reading the store that ``open_store()`` returns (called once per request until it
-    succeeds, so the API may start before the stream has created the store).
+    succeeds, so the API may start before the stream has created the store), and handing events
+    to ``intake`` (``event_intake.event_sink``; None: no event endpoints).
 
     The handlers run on the event loop itself, not each in a worker thread: a request is one
     primary-key lookup in SQLite, and the hand-off to a thread and back cost more (README,
@@ -77,6 +90,11 @@ def create_app(open_store, top_k: int) -> FastAPI:
         doc = store().session(user_id)
         return doc if doc is not None else not_found("session", user_id)
 
+    @app.get("/users/{user_id}/events")
+    async def session_events(user_id: UserId):
+        """The latest events of the user's open session, newest first (empty when none is open)."""
+        return {"user_id": user_id, "events": store().session_events(user_id)}
+
     @app.get("/users/{user_id}/profile")
     async def profile(user_id: UserId):
         doc = store().profile(user_id)
@@ -86,7 +104,77 @@ def create_app(open_store, top_k: int) -> FastAPI:
     async def health():
         return {"status": "ok", **store().health()}
 
+    @app.get("/stream")
+    async def stream(minutes: Annotated[int, Query(gt=0, le=60)] = 5):
+        """The stream as the console shows it: its recent micro-batches (the last ``minutes``),
+        its rates over the last minute, the delay from a file's landing to the store, and the
+        items most popular now."""
+        current = store()
+        now = time.time()
+        batches = current.recent_batches(now - 60 * minutes)
+        last_minute = [b for b in batches if b["finished_at"] > now - 60]
+        delays = sorted(b["store_delay_s"] for b in batches if b["store_delay_s"] is not None)
+        return {
+            **current.health(),
+            "minutes": minutes,
+            "batches_per_minute": len(last_minute),
+            "events_per_minute": sum(b["input_rows"] for b in last_minute),
+            "quarantined_rows": sum(b["quarantined_rows"] for b in batches),
+            "store_delay_s": {"p50": _percentile(delays, 0.50), "p95": _percentile(delays, 0.95)},
+            "batches": [
+                {**b, "finished_at": iso_utc(datetime.fromtimestamp(b["finished_at"], timezone.utc))} for b in batches
+            ],
+            "popular": [{"item_id": item, "score": score} for item, score in current.popular_items(10)],
+        }
+
+    @app.get("/", response_class=HTMLResponse)
+    async def console():
+        return HTMLResponse(CONSOLE_PAGE.read_text(encoding="utf-8"))
+
+    if intake is not None:
+
+        async def accept(request: Request, user_id: int | None) -> JSONResponse:
+            try:
+                body = await request.json()
+            except ValueError:
+                return JSONResponse(status_code=422, content={"detail": "bad_json: the body is not JSON"})
+            expected = dict if user_id is not None else list
+            if not isinstance(body, expected):
+                what = "a JSON object" if user_id is not None else "a JSON list of events"
+                return JSONResponse(status_code=422, content={"detail": f"bad_event: the body must be {what}"})
+            try:
+                events = validated_events([body] if user_id is not None else body, user_id)
+            except EventRejected as exc:
+                return JSONResponse(
+                    status_code=422, content={"detail": str(exc), "reason": exc.code, "index": exc.index}
+                )
+            if not events:
+                return JSONResponse(status_code=202, content={"accepted": 0, "destination": None})
+            try:
+                destination = await intake.submit(events)
+            except Exception as exc:  # nothing was acknowledged: the client may send again
+                return JSONResponse(
+                    status_code=503,
+                    content={"detail": f"the events could not be handed to {intake.destination}: {exc}"},
+                )
+            return JSONResponse(status_code=202, content={"accepted": len(events), "destination": destination})
+
+        @app.post("/users/{user_id}/events", status_code=202)
+        async def user_events(user_id: UserId, request: Request):
+            return await accept(request, user_id)
+
+        @app.post("/events", status_code=202)
+        async def events(request: Request):
+            return await accept(request, None)
+
     return app
+
+
+def _percentile(ordered: list[float], share: float) -> float | None:
+    """The nearest-rank percentile of sorted values (None when there are none)."""
+    if not ordered:
+        return None
+    return round(ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))], 3)
 
 
 def _recommendations(user_id: int, source: str, doc: dict, k: int) -> dict:

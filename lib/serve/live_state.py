@@ -29,7 +29,7 @@ import pyarrow as pa
 from lib.core.schemas import IS_OPEN, SESSION_END, USER_ID
 from lib.features.live_fold import RECENT_COLUMNS, SESSION_COLUMNS, FoldedBatch, session_ids
 from lib.features.profile_fold import COUNTS, ENGAGEMENT_COLUMNS, TOTALS_COLUMNS
-from lib.serve.online_store import SQLiteStore
+from lib.serve.online_store import RECENT_BATCH_COLUMNS, RECENT_BATCHES_KEPT_S, SQLiteStore
 
 _STATE_SCHEMA = [
     "CREATE TABLE IF NOT EXISTS open_sessions (user_id INTEGER NOT NULL, session_start INTEGER NOT NULL, "
@@ -278,11 +278,19 @@ class LiveState:
             for name in OUTBOXES:
                 db.execute(f"DELETE FROM {name} WHERE batch_id <= ?", (batch_id,))
 
-    def record_report(self, batch_id: int, report: pa.Table, finished_at: str) -> None:
-        """The batch's metrics row (for ``stream_metrics``) and the health of the stream."""
+    def record_report(self, batch_id: int, report: pa.Table, finished_at: str, recent: dict) -> None:
+        """The batch's metrics row (for ``stream_metrics``), its line in ``recent_batches``
+        (``RECENT_BATCH_COLUMNS``) and the health of the stream."""
         with self._db() as db:
             db.execute("DELETE FROM batch_reports WHERE batch_id = ?", (batch_id,))
             db.execute("INSERT INTO batch_reports (batch_id, data) VALUES (?, ?)", (batch_id, to_ipc(report)))
+            db.execute(
+                f"INSERT OR REPLACE INTO recent_batches VALUES ({', '.join('?' * len(RECENT_BATCH_COLUMNS))})",
+                tuple(recent[c] for c in RECENT_BATCH_COLUMNS),
+            )
+            db.execute(
+                "DELETE FROM recent_batches WHERE finished_at < ?", (recent["finished_at"] - RECENT_BATCHES_KEPT_S,)
+            )
             db.executemany(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                 (("last_batch_id", str(batch_id)), ("last_batch_at", finished_at)),

@@ -101,7 +101,23 @@ _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS item_popularity (item_id INTEGER PRIMARY KEY, score REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS item_popularity_by_score ON item_popularity (score DESC, item_id)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
+    # The stream's recent micro-batches (the last hour), for the console: when each finished
+    # (epoch seconds), its rows, and how long after its oldest input file landed the store had it.
+    "CREATE TABLE IF NOT EXISTS recent_batches (batch_id INTEGER PRIMARY KEY, finished_at REAL NOT NULL, "
+    "input_rows INTEGER, valid_rows INTEGER, quarantined_rows INTEGER, late_rows INTEGER, duration_s REAL, "
+    "store_delay_s REAL)",
 ]
+RECENT_BATCH_COLUMNS = (
+    "batch_id",
+    "finished_at",
+    "input_rows",
+    "valid_rows",
+    "quarantined_rows",
+    "late_rows",
+    "duration_s",
+    "store_delay_s",
+)
+RECENT_BATCHES_KEPT_S = 3600
 
 
 def iso_utc(moment: datetime) -> str:
@@ -239,6 +255,32 @@ class SQLiteStore(OnlineStore):
     def popular_items(self, k):
         rows = self._read("SELECT item_id, score FROM item_popularity ORDER BY score DESC, item_id LIMIT ?", (int(k),))
         return [(int(item), float(score)) for item, score in rows]
+
+    def session_events(self, user_id: int) -> list[dict]:
+        """The latest events of the user's open session (the live fold keeps its last 20), newest first."""
+        try:
+            rows = (
+                self._connection()
+                .execute(
+                    "SELECT event_ts, item_id, event_type FROM recent_events WHERE user_id = ? ORDER BY event_ts DESC",
+                    (int(user_id),),
+                )
+                .fetchall()
+            )
+        except sqlite3.OperationalError:  # a store no stream has folded into yet
+            return []
+        return [
+            {"event_ts": iso_utc(datetime.fromtimestamp(ts / 1e6, timezone.utc)), "item_id": item, "event_type": kind}
+            for ts, item, kind in rows
+        ]
+
+    def recent_batches(self, since: float) -> list[dict]:
+        """The micro-batches that finished after ``since`` (epoch seconds), oldest first."""
+        rows = self._read(
+            f"SELECT {', '.join(RECENT_BATCH_COLUMNS)} FROM recent_batches WHERE finished_at > ? ORDER BY batch_id",
+            (since,),
+        )
+        return [dict(zip(RECENT_BATCH_COLUMNS, row)) for row in rows]
 
     def health(self):
         meta = dict(self._read("SELECT key, value FROM meta"))

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
@@ -54,6 +55,7 @@ from lib.core.schemas import (
     SESSION_FEATURES_SCHEMA,
     SESSION_ID,
     SESSION_START,
+    SOURCE_FILE,
     STREAM_METRICS_SCHEMA,
     USER_ID,
     USER_PROFILES,
@@ -269,6 +271,8 @@ class LiveBatchWriter(GatedBatchWriter):
         with report.stage("store"):
             if not report.replayed:
                 self.state.apply(batch_id, folded, changes, self.gap)
+        landed = landed_at(parsed.column(SOURCE_FILE).unique().to_pylist())
+        store_delay_s = None if landed is None or report.replayed else time.time() - landed
         self._maybe_fail("store", batch_id)
         outcome = self.state.applied_outcome(batch_id) if report.replayed else changes.outcome
         for name, value in (outcome or {}).items():
@@ -277,7 +281,18 @@ class LiveBatchWriter(GatedBatchWriter):
             self._append(batch_id, valid, past, avg, bad, started_at)
         self._maybe_fail("enriched", batch_id)
         report.duration_s = time.monotonic() - started
-        self.state.record_report(batch_id, report.metrics_row(started_at), iso_utc(datetime.now(timezone.utc)))
+        finished = datetime.now(timezone.utc)
+        recent = {
+            "batch_id": batch_id,
+            "finished_at": finished.timestamp(),
+            "input_rows": report.input_lines,
+            "valid_rows": report.valid_rows,
+            "quarantined_rows": report.quarantined_rows,
+            "late_rows": report.late_rows_dropped,
+            "duration_s": report.duration_s,
+            "store_delay_s": store_delay_s,
+        }
+        self.state.record_report(batch_id, report.metrics_row(started_at), iso_utc(finished), recent)
         if self.stats is not None:
             self.stats.record(report)
 
@@ -409,6 +424,20 @@ class LiveBatchWriter(GatedBatchWriter):
         with ThreadPoolExecutor(len(appends), thread_name_prefix=f"batch-{batch_id}-append") as pool:
             for done in [pool.submit(append, *a) for a in appends]:
                 done.result()
+
+
+def landed_at(files: list[str]) -> float | None:
+    """When the oldest of a batch's local input files landed (its modification time: files are
+    renamed into the folder whole), in epoch seconds; None for other sources (Kafka, HDFS)."""
+    times = []
+    for file in files:
+        location = urlparse(file)
+        if location.scheme in ("", "file"):
+            try:
+                times.append(os.stat(unquote(location.path)).st_mtime)
+            except OSError:
+                continue
+    return min(times) if times else None
 
 
 def _nullable(values: np.ndarray) -> list:

@@ -3,8 +3,11 @@ real SQLite store; no Spark."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +46,17 @@ def api(tmp_path_factory):
         store.put_sessions(1, [(1, json.dumps(session))])
         store.put_profiles(1, [(2, json.dumps({"user_id": 2, "top_items": [21]}))])
         store.finish_batch(1, datetime(2024, 1, 1, tzinfo=timezone.utc))
+        now = time.time()
+        with store._connection() as db:
+            db.executemany(
+                "INSERT INTO recent_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (0, now - 400, 900, 900, 0, 0, 2.0, 9.0),  # before the 5 minutes shown
+                    (1, now - 90, 1000, 990, 10, 0, 1.0, 1.5),
+                    (2, now - 30, 2000, 1995, 5, 1, 1.2, 2.5),
+                    (3, now - 10, 1000, 1000, 0, 0, 0.9, None),  # Kafka input: no landing time
+                ],
+            )
         yield server
 
 
@@ -86,3 +100,48 @@ def test_session_profile_and_health(api):
 def test_bad_ids_and_parameters_get_422_with_a_json_error(api, path):
     status, body = api.get(path)
     assert status == 422 and body["detail"]
+
+
+def test_stream_sums_up_the_recent_batches_and_popular_items(api):
+    status, body = api.get("/stream")
+    assert status == 200 and body["last_batch_id"] == 1 and body["minutes"] == 5
+    assert [b["batch_id"] for b in body["batches"]] == [1, 2, 3]
+    assert body["batches_per_minute"] == 2 and body["events_per_minute"] == 3000
+    assert body["quarantined_rows"] == 15
+    assert body["store_delay_s"] == {"p50": 1.5, "p95": 2.5}
+    assert [p["item_id"] for p in body["popular"]] == [31, 30, 32]
+    assert api.get("/stream?minutes=61")[0] == 422
+
+
+def test_the_console_page_and_a_users_open_session_events(api):
+    connection = http.client.HTTPConnection("127.0.0.1", api.process.port, timeout=10)
+    connection.request("GET", "/")
+    response = connection.getresponse()
+    page = response.read().decode()
+    assert response.status == 200 and response.getheader("content-type").startswith("text/html")
+    assert "<title>streamrec console</title>" in page and 'fetch("/stream"' not in page and "/stream" in page
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")  # nothing fetched from elsewhere
+    assert api.get("/users/1/events") == (200, {"user_id": 1, "events": []})
+
+
+def test_posted_events_land_in_the_watched_folder_and_bad_ones_write_nothing(api):
+    incoming = Path(api.cfg.paths.events_dir)
+    status, body = api.post("/users/3/events", {"item_id": 8, "event_type": "view", "timestamp": "2024-05-01 10:00:00"})
+    assert status == 202 and body["accepted"] == 1
+    landed = Path(body["destination"])
+    assert landed.parent == incoming and landed.read_text() == (
+        "user_id,item_id,event_type,timestamp\n3,8,view,2024-05-01 10:00:00\n"
+    )
+    for path, payload, reason in [
+        ("/users/3/events", {"item_id": 0, "event_type": "view"}, "non_positive_item_id"),
+        (
+            "/events",
+            [{"user_id": 1, "item_id": 2, "event_type": "view"}, {"item_id": 2, "event_type": "view"}],
+            "missing_user_id",
+        ),
+        ("/events", {"user_id": 1}, None),
+        ("/users/3/events", [{"item_id": 8, "event_type": "view"}], None),
+    ]:
+        status, body = api.post(path, payload)
+        assert status == 422 and (reason is None or body["reason"] == reason), body
+    assert sorted(incoming.iterdir()) == [landed]
