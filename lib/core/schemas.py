@@ -45,7 +45,6 @@ NUM_ADD_TO_CART = "num_add_to_cart"
 SESSION_LENGTH_S = "session_length_s"
 AVG_TIME_GAP_S = "avg_time_gap_s"
 LAST_EVENT = "last_event"
-LAST_EVENT_KEY = "last_event_key"
 IS_OPEN = "is_open"
 UPDATED_AT = "updated_at"
 # quarantine: the rejected line as read, and why (``<code>: <detail>``; ``;`` between several).
@@ -82,7 +81,6 @@ MODEL_VERSION = "model_version"
 GENERATED_AT = "generated_at"
 STRENGTH = "strength"
 LAST_TS = "last_ts"
-RECENT_EVENTS = "recent_events"
 
 # Profile columns (and the running totals the stream keeps beside them).
 NUM_SESSIONS = "num_sessions"
@@ -114,9 +112,6 @@ LINE_POSITION_FIELDS = [
 # Raw lines as a micro-batch hands them over; line_id follows file order inside a file block.
 RAW_LINES_SCHEMA = StructType([StructField("value", StringType())] + LINE_POSITION_FIELDS)
 
-# Orders events that share a timestamp: file, then position in the file.
-LAST_EVENT_KEY_TYPE = StructType([StructField(EVENT_TS, TimestampType())] + LINE_POSITION_FIELDS)
-
 _EVENT_FIELDS = [
     StructField(USER_ID, IntegerType()),
     StructField(ITEM_ID, IntegerType()),
@@ -136,29 +131,9 @@ ENRICHED_EVENTS_SCHEMA = StructType(
     ]
 )
 
-_SESSION_AGG_FIELDS = [
-    StructField(USER_ID, IntegerType()),
-    StructField(SESSION_START, TimestampType()),
-    StructField(SESSION_END, TimestampType()),
-    StructField(NUM_EVENTS, LongType()),
-    StructField(NUM_VIEWS, LongType()),
-    StructField(NUM_CLICKS, LongType()),
-    StructField(NUM_ADD_TO_CART, LongType()),
-    StructField(LAST_EVENT, StringType()),
-]
-
 # The latest events of a session, oldest first: the context of live re-ranking.
 RECENT_EVENT_TYPE = StructType(
     [StructField(EVENT_TS, TimestampType()), StructField(ITEM_ID, IntegerType()), StructField(EVENT_TYPE, StringType())]
-)
-
-# Open sessions carried from batch to batch (the stream's session state).
-SESSION_STATE_SCHEMA = StructType(
-    _SESSION_AGG_FIELDS
-    + [
-        StructField(LAST_EVENT_KEY, LAST_EVENT_KEY_TYPE),
-        StructField(RECENT_EVENTS, ArrayType(RECENT_EVENT_TYPE)),
-    ]
 )
 
 SESSION_FEATURES_SCHEMA = StructType(
@@ -207,7 +182,7 @@ STREAM_METRICS_SCHEMA = StructType(
         StructField(WATERMARK, TimestampType()),
         StructField(DURATION_S, DoubleType()),
         StructField(ROWS_PER_S, DoubleType()),
-        # Wall-clock seconds per stage of the batch (parse, enriched, sessionize, live_sessions, ...).
+        # Wall-clock seconds per stage of the batch (parse, fold, store, delta).
         StructField(STAGE_S, MapType(StringType(), DoubleType())),
     ]
 )

@@ -1,7 +1,7 @@
 """The live fold: a micro-batch's events folded into each user's open sessions, vectorised (pandas
 and numpy on the driver; no Python loop per event or per user).
 
-The rules are those of ``lib.features.sessions``: per user, sessions are merged from *fragments*
+The contract's rules: per user, sessions are merged from *fragments*
 (an open session carried over, or one event), ordered by start; a fragment starting more than
 ``gap`` after the latest end before it opens a new session (a gap of exactly ``gap`` continues
 it). Merging fragments gives the sessions of all their events at once, so folding batch after
@@ -46,7 +46,6 @@ from lib.core.schemas import (
     USER_ID,
     VIEW,
 )
-from lib.features.sessions import RECENT_EVENTS_KEPT
 
 COUNT_COLUMNS = (NUM_EVENTS, NUM_VIEWS, NUM_CLICKS, NUM_ADD_TO_CART)
 # The position of a session's latest event: ties of event time are broken by file, then place in it.
@@ -54,6 +53,9 @@ LAST_KEY_COLUMNS = ("last_ts", "last_file", "last_block", "last_line")
 SESSION_COLUMNS = (USER_ID, SESSION_START, SESSION_END, *COUNT_COLUMNS, LAST_EVENT, *LAST_KEY_COLUMNS)
 RECENT_COLUMNS = (USER_ID, SESSION_START, EVENT_TS, ITEM_ID, EVENT_TYPE)
 EVENT_COLUMNS = (USER_ID, ITEM_ID, EVENT_TYPE, EVENT_TS, SOURCE_FILE, "file_block_start", "line_id")
+
+# The latest events kept per open session: the context of live re-ranking.
+RECENT_EVENTS_KEPT = 20
 
 
 def empty_sessions() -> pd.DataFrame:
@@ -95,8 +97,7 @@ class FoldedBatch:
 
 
 def session_ids(sessions: pd.DataFrame) -> pd.Series:
-    """The stable id of each session (``SESSION_COLUMNS`` rows): its user and start, as
-    ``lib.features.sessions.with_session_metrics`` gives it in Spark."""
+    """The stable id of each session (``SESSION_COLUMNS`` rows): ``<user>-<start in micros>``."""
     return sessions[USER_ID].astype(str) + "-" + sessions[SESSION_START].astype(str)
 
 

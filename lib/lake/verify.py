@@ -3,7 +3,7 @@ multisets of keys: missing, duplicated and unexpected rows per table, and closed
 against a batch recomputation from the manifest (without the events the watermark rule drops,
 whose number must equal what the stream reported).
 
-The recomputation shares no code with the stream's sessions (``lib.features.sessions``): it groups the
+The recomputation shares no code with the stream's sessions (``lib.features.live_fold``): it groups the
 events with Spark's own ``session_window``, so a bug in the stream's merging cannot hide itself.
 """
 

@@ -29,8 +29,8 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, IntegerType, StructField, StructType, TimestampType
 
+from lib.core.config import micros
 from lib.core.schemas import EVENT_TS, ITEM_ID, SESSION_END, USER_ID
-from lib.features.sessions import starts_new_session
 
 ITEMS = "items"
 SESSIONS_SCHEMA = StructType([StructField(SESSION_END, TimestampType()), StructField(ITEMS, ArrayType(IntegerType()))])
@@ -46,7 +46,8 @@ def session_sequences(events: DataFrame, gap_seconds: float, limit: int) -> Data
     its items in event order (sessions split as the stream does: a gap above ``gap_seconds``)."""
     ordered = Window.partitionBy(USER_ID).orderBy(EVENT_TS, ITEM_ID)
     previous = F.lag(F.unix_micros(EVENT_TS)).over(ordered)
-    starts = starts_new_session(previous, F.unix_micros(EVENT_TS), gap_seconds).cast("int")
+    # The contract's rule: more than the gap after the previous event starts a new session.
+    starts = (previous.isNull() | (F.unix_micros(EVENT_TS) - previous > micros(gap_seconds))).cast("int")
     events = (
         events.where(F.col(USER_ID).isNotNull() & F.col(ITEM_ID).isNotNull() & F.col(EVENT_TS).isNotNull())
         .select(USER_ID, ITEM_ID, EVENT_TS)

@@ -11,12 +11,12 @@ import pandas as pd
 
 from lib.features.live_fold import (
     RECENT_COLUMNS,
+    RECENT_EVENTS_KEPT,
     SESSION_COLUMNS,
     empty_recent,
     empty_sessions,
     fold_events,
 )
-from lib.features.sessions import RECENT_EVENTS_KEPT
 from tests.integration import reference
 
 GAP = 30 * 60 * 1_000_000

@@ -1,9 +1,10 @@
 """The verifier's own session oracle (Spark's session_window) against the contract's rule, and
-against the stream's sessionization on the same events."""
+against the stream's sessionization (the live fold) on the same events."""
 
 import random
 from datetime import datetime, timedelta
 
+import pandas as pd
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StructField, StructType
@@ -12,17 +13,19 @@ from lib.core.config import micros
 from lib.core.schemas import (
     EVENT_TS,
     EVENT_TYPE,
+    IS_OPEN,
     ITEM_ID,
     SESSION_FEATURES_SCHEMA,
     SOURCE_FILE,
     USER_ID,
     VALID_EVENTS_SCHEMA,
 )
-from lib.features.sessions import is_closed, sessionize
+from lib.features.live_fold import empty_recent, empty_sessions, fold_events
 from lib.lake.verify import SESSION_KEYS, closed_sessions
 
 GAP = 30 * 60
 T0 = datetime(2024, 1, 1, 10, 0, 0)
+EPOCH = datetime(1970, 1, 1)
 # The verifier's events: a manifest's file name and line number.
 ORACLE_EVENTS_SCHEMA = StructType(
     [VALID_EVENTS_SCHEMA[c] for c in (USER_ID, ITEM_ID, EVENT_TYPE, EVENT_TS, SOURCE_FILE)]
@@ -83,16 +86,28 @@ def test_oracle_agrees_with_the_streams_sessionization_on_random_activity(spark)
     rng.shuffle(rows)
     events = oracle_events(spark, rows)
     watermark = micros_of(spark, max(r[3] for r in rows)) - micros(10 * 60)
-    stream_events = events.select(
-        "user_id",
-        "item_id",
-        "event_type",
-        "event_ts",
-        "source_file",
-        F.lit(0).cast("long").alias("file_block_start"),
-        F.col("line").alias("line_id"),
+    frame = pd.DataFrame(rows, columns=[USER_ID, ITEM_ID, EVENT_TYPE, EVENT_TS, SOURCE_FILE, "line_id"])
+    frame[EVENT_TS] = [(ts - EPOCH) // timedelta(microseconds=1) for ts in frame[EVENT_TS]]
+    frame["file_block_start"] = 0
+    # The stream's sessions: one fold of all the events, its watermark 10 minutes behind the latest.
+    folded = fold_events(empty_sessions(), empty_recent(), frame, micros(GAP), None, micros(10 * 60))
+    closed = folded.sessions[~folded.sessions[IS_OPEN]]
+    by_stream = spark.createDataFrame(
+        [
+            (
+                int(r.user_id),
+                EPOCH + timedelta(microseconds=int(r.session_start)),
+                EPOCH + timedelta(microseconds=int(r.session_end)),
+                int(r.num_events),
+                int(r.num_views),
+                int(r.num_clicks),
+                int(r.num_add_to_cart),
+                r.last_event,
+            )
+            for r in closed.itertuples()
+        ],
+        SESSIONS_SCHEMA,
     )
-    by_stream = sessionize(stream_events, GAP).where(is_closed(watermark, GAP)).select(*SESSION_KEYS)
     by_oracle = closed_sessions(events, GAP, watermark)
     assert by_oracle.count() > 20
     assert_df_equality(by_oracle, by_stream, ignore_row_order=True, ignore_nullable=True)
