@@ -1,6 +1,6 @@
 """Point-in-time purchase features on the driver, for the hot micro-batch.
 
-The rules are those of ``lib.ingest.enrich``: for a row as of ``t``, ``past_purchases`` counts the
+The contract's rules: for a row as of ``t``, ``past_purchases`` counts the
 user's purchases with ``purchase_date < to_date(t)`` (UTC) and ``avg_purchase_amount`` is the mean
 non-null amount of exactly those (null when there is none). The purchase history is held as arrays
 sorted by (user, date) with running counts and sums, so a batch's lookups are two binary searches

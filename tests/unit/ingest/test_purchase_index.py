@@ -1,4 +1,4 @@
-"""PurchaseIndex.as_of equals the Spark point-in-time join (``with_purchase_history``)."""
+"""PurchaseIndex.as_of: the contract's point-in-time rule (purchases strictly before the event's day)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from datetime import date, datetime, timedelta
 import numpy as np
 import pyarrow as pa
 
-from lib.core.schemas import PURCHASES_SCHEMA
-from lib.ingest.enrich import with_purchase_history
 from lib.ingest.purchase_index import PurchaseIndex
 
 
@@ -25,11 +23,19 @@ def purchases_table(rows) -> pa.Table:
     )
 
 
+def point_in_time(purchases, user: int, moment: datetime) -> tuple[int, float | None]:
+    """The contract's rule, one event at a time: the user's purchases dated before the event's
+    day (UTC), and the mean of their non-null amounts."""
+    before = [p for p in purchases if p[0] == user and p[3] is not None and p[3] < moment.date()]
+    amounts = [p[2] for p in before if p[2] is not None]
+    return len(before), (sum(amounts) / len(amounts) if amounts else None)
+
+
 def micros(moment: datetime) -> int:
     return int((moment - datetime(1970, 1, 1)).total_seconds() * 1_000_000)
 
 
-def test_as_of_equals_the_spark_join_on_random_history_with_nulls_and_edges(spark):
+def test_as_of_equals_the_rule_on_random_history_with_nulls_and_edges():
     rng = random.Random(3)
     start = date(2023, 12, 20)
     purchases = [
@@ -49,24 +55,36 @@ def test_as_of_equals_the_spark_join_on_random_history_with_nulls_and_edges(spar
         (9, datetime(2024, 2, 1)),
     ]
 
-    expected = (
-        with_purchase_history(
-            spark.createDataFrame(events, "user_id int, event_ts timestamp"),
-            spark.createDataFrame(purchases, PURCHASES_SCHEMA),
-            as_of="event_ts",
-        )
-        .select("user_id", "event_ts", "past_purchases", "avg_purchase_amount")
-        .collect()
-    )
+    expected = [point_in_time(purchases, user, moment) for user, moment in events]
     index = PurchaseIndex.from_arrow(purchases_table(purchases))
-    users = np.array([e[0] for e in expected], dtype=np.int32)
-    count, avg = index.as_of(users, np.array([micros(e[1]) for e in expected]))
-    for row, n, mean in zip(expected, count, avg):
-        assert n == row.past_purchases, row
-        if row.avg_purchase_amount is None:
-            assert math.isnan(mean), row
-        else:
-            assert math.isclose(mean, row.avg_purchase_amount), row
+    users = np.array([e[0] for e in events], dtype=np.int32)
+    count, avg = index.as_of(users, np.array([micros(e[1]) for e in events]))
+    for event, (past, mean), n, actual_mean in zip(events, expected, count, avg):
+        assert n == past, event
+        assert math.isnan(actual_mean) if mean is None else math.isclose(actual_mean, mean), event
+
+
+def test_only_purchases_before_the_event_day_count():
+    purchases = [
+        (1, 100, 30.0, date(2023, 12, 31)),
+        (1, 101, 10.0, date(2024, 1, 1)),  # the day before: counted
+        (1, 102, 20.0, date(2024, 1, 2)),  # the day of the event: not counted
+        (3, 103, 50.0, date(2024, 1, 1)),
+        (None, 104, 999.0, date(2023, 1, 1)),  # no user: matches nobody
+        (4, 105, None, date(2023, 1, 1)),  # no amount: a purchase, but not in the mean
+        (4, 106, 8.0, date(2023, 1, 1)),
+    ]
+    events = [
+        (1, datetime(2024, 1, 2, 23, 59, 59)),
+        (1, datetime(2024, 1, 1, 0, 0, 0)),
+        (2, datetime(2024, 1, 2, 10, 0)),  # never purchased
+        (3, datetime(2024, 1, 2, 0, 0, 0)),  # midnight: yesterday's purchase counts
+        (4, datetime(2024, 1, 2, 0, 0, 0)),
+    ]
+    index = PurchaseIndex.from_arrow(purchases_table(purchases))
+    count, avg = index.as_of(np.array([e[0] for e in events]), np.array([micros(e[1]) for e in events]))
+    assert count.tolist() == [2, 1, 0, 1, 2]
+    assert [None if math.isnan(a) else a for a in avg] == [20.0, 30.0, None, 50.0, 8.0]
 
 
 def test_an_empty_history_gives_no_purchases():
