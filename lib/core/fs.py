@@ -57,18 +57,6 @@ class HadoopFS:
             return []
         return [status.getPath().getName() for status in fs.listStatus(jvm_path)]
 
-    def list_files(self, folder: str) -> list[tuple[str, int]]:
-        """``(path, modification time in epoch ms)`` of the regular files directly in ``folder``;
-        empty when it does not exist."""
-        jvm_path, fs = self._resolve(folder)
-        if not fs.exists(jvm_path):
-            return []
-        return [
-            (status.getPath().toUri().toString(), status.getModificationTime())
-            for status in fs.listStatus(jvm_path)
-            if status.isFile()
-        ]
-
     def delete(self, path: str, recursive: bool = False) -> None:
         jvm_path, fs = self._resolve(path)
         fs.delete(jvm_path, recursive)

@@ -317,27 +317,3 @@ def check_topic(bootstrap: str, topic: str, timeout_s: float = 15.0) -> None:
             f"topic {topic!r} does not exist on {bootstrap}. Create it (scripts/kafka.sh topic {topic} "
             "--partitions N, or produce with jobs/generate.py events --sink kafka), or set kafka.topic."
         )
-
-
-def end_offsets(bootstrap: str, topic: str, options: dict | None = None, timeout_s: float = 15.0) -> dict[int, int]:
-    """The offset after each partition's last message of ``topic`` (its high watermark), now.
-
-    ``options`` are the stream's ``[kafka.options]``: the same client settings (security, say)
-    apply. Raises ``KafkaError`` when no broker answers or the client refuses a setting.
-    """
-    from confluent_kafka import Consumer, TopicPartition
-
-    settings = {key.removeprefix("kafka."): value for key, value in (options or {}).items()}
-    settings.update({"bootstrap.servers": bootstrap, "group.id": f"streamrec-offsets-{uuid.uuid4().hex}"})
-    try:
-        consumer = Consumer(settings)
-        try:
-            partitions = consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions
-            return {
-                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)[1]
-                for p in partitions
-            }
-        finally:
-            consumer.close()
-    except Exception as exc:
-        raise KafkaError(f"reading the end offsets of topic {topic!r} on {bootstrap} failed: {exc}") from None

@@ -104,7 +104,6 @@ class SlowCadence:
         self.purchases = PurchaseHistory(spark, cfg.paths.purchases, cfg.recommend.purchase_weight)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.failure: BaseException | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="slow-cadence", daemon=True)
@@ -121,10 +120,9 @@ class SlowCadence:
         while not self._stop.wait(self.cfg.stream.slow_interval_seconds):
             try:
                 self.fold()
-            except Exception as exc:  # the next pass retries: every table is exactly once on its own
+            except Exception:  # the next pass retries: every table is exactly once on its own
                 if self._stop.is_set():
                     return
-                self.failure = exc
                 log.exception("the slow cadence failed; it tries again in %s", self.cfg.stream.slow_interval)
 
     def fold(self) -> int:
