@@ -1,14 +1,15 @@
 """parse_lines (the micro-batch's parse, on the driver): header matching, every kind of bad row,
 and the valid edge cases."""
 
-from datetime import datetime, timezone
+import random
+from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
 import pytest
 from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType, TimestampType
 
-from lib.ingest.line_parsing import csv_split, parse_lines, raw_lines_to_arrow, rejected_rows, valid_rows
+from lib.ingest.line_parsing import check_event, csv_split, parse_lines, raw_lines_to_arrow, rejected_rows, valid_rows
 
 HEADER = "user_id,item_id,event_type,timestamp"
 # The columns of a parsed row the tests compare (the Kafka parse, in Spark, has them too).
@@ -220,3 +221,42 @@ def test_invalid_utf8_lines_read_by_spark_are_quarantined_with_their_text_made_v
 )
 def test_csv_split_handles_quotes_and_empty_fields(line, fields):
     assert csv_split(line) == fields
+
+
+def test_the_column_wise_path_gives_the_per_line_checks_values_and_reasons_on_random_edge_lines():
+    """Well-formed lines are parsed column-wise, the rest line by line: on a mix of both, every
+    row equals ``check_event`` on its fields, in input order."""
+    rng = random.Random(5)
+    ids = ["1", "42", "007", "0", "2147483647", "2147483648", "9999999999", "-3", " 5", ""]
+    kinds = ["view", "click", "add_to_cart", "View", " view", "purchase", ""]
+    stamps = [
+        "2024-02-29 10:00:00",
+        "2023-02-29 10:00:00",
+        "2024-02-30 00:00:00",
+        "2024-04-31 12:00:00",
+        "2024-13-01 00:00:00",
+        "2024-00-10 00:00:00",
+        "2024-01-00 00:00:00",
+        "2024-01-01 24:00:00",
+        "2024-01-01 23:60:00",
+        "2024-01-01 23:59:60",
+        "0000-01-01 00:00:00",
+        "0001-01-01 00:00:00",
+        "9999-12-31 23:59:59.999999",
+        "2024-01-01T10:00:00.5",
+        "2024-01-01 10:00:00.123456",
+        "1969-12-31 23:59:59",
+        "2024-01-01 10:00",
+    ]
+    lines = [",".join([rng.choice(ids), rng.choice(ids), rng.choice(kinds), rng.choice(stamps)]) for _ in range(4000)]
+    lines += ["12,34,view,2024-05-01 10:00:00"] * 500  # plain and valid: the column-wise path
+    rng.shuffle(lines)
+    parsed = parse_lines(lines_table({"a.csv": [HEADER, *lines]})).to_pylist()
+    assert [r["value"] for r in parsed] == lines
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    for line, row in zip(lines, parsed):
+        user, item, kind, moment, reason = check_event(*line.split(","))
+        assert row["reason"] == reason, line
+        if reason is None:
+            at = (row["event_ts"] - epoch) // timedelta(microseconds=1)
+            assert (row["user_id"], row["item_id"], row["event_type"], at) == (user, item, kind, moment), line
