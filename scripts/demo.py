@@ -5,13 +5,16 @@
    stream side by side for --duration seconds (one progress line per micro-batch), 4. drains
    what the stream has not reached yet in one catch-up run, 5. trains the model (batch
    recommendations), 6. starts the HTTP API and streams again for a while, now with live
-   recommendations from that model, 7. asks the API for a user's recommendations and session, as
-   an application would (and prints the curl commands), 8. prints the report.
+   recommendations from that model (the live console's address is printed), 7. while it streams,
+   sends a click for a user over HTTP and asks the API for that user's recommendations and
+   session before and after, as an application would (printing the curl commands), 8. prints the
+   report.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -36,6 +39,15 @@ def banner(text: str) -> None:
 def fetch(url: str) -> str:
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
+            return response.read().decode()
+    except urllib.error.HTTPError as error:
+        return f"{error.code} {error.read().decode()}"
+
+
+def post(url: str, body: str) -> str:
+    request = urllib.request.Request(url, body.encode(), {"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
             return response.read().decode()
     except urllib.error.HTTPError as error:
         return f"{error.code} {error.read().decode()}"
@@ -111,7 +123,8 @@ def main() -> int:
     banner("training the recommendation model on the lake")
     subprocess.run([SUBMIT, "jobs/train.py"], cwd=ROOT, check=True)
 
-    banner(f"starting the HTTP API on http://{cfg.serve.host}:{cfg.serve.port} (jobs/serve.py, no Spark)")
+    base = f"http://{cfg.serve.host}:{cfg.serve.port}"
+    banner(f"starting the HTTP API on {base} (jobs/serve.py, no Spark); the live console: open {base}/")
     api = subprocess.Popen([PYTHON, "jobs/serve.py"], cwd=ROOT)
 
     banner("streaming again: live recommendations re-ranked from each session, served as they are computed")
@@ -133,16 +146,21 @@ def main() -> int:
         ],
         cwd=ROOT,
     )
+    if generator.returncode == 0 and stream.poll() is None:
+        banner("a click sent over HTTP while the stream runs, as an application would")
+        user = latest_active_user(base)
+        before = json.loads(fetch(f"{base}/users/{user}/recommendations?k=3"))
+        item = before["items"][0]["item_id"] if before.get("items") else 1
+        click = json.dumps({"item_id": item, "event_type": "click"})
+        print(f"$ curl '{base}/users/{user}/recommendations?k=3'\n{json.dumps(before)}", flush=True)
+        print(f"$ curl -X POST '{base}/users/{user}/events' -d '{click}'\n{post(f'{base}/users/{user}/events', click)}")
+        time.sleep(4)
+        for path in (f"/users/{user}/recommendations?k=3", f"/users/{user}/events", "/health"):
+            print(f"$ curl '{base}{path}'\n{fetch(base + path)}", flush=True)
     if stream.wait() != 0 or generator.returncode != 0:
         api.terminate()
         print("the stream or the generator failed; see the log above", file=sys.stderr)
         return 1
-
-    banner("asking the API, as an application would")
-    base = f"http://{cfg.serve.host}:{cfg.serve.port}"
-    user = latest_active_user(base)
-    for path in (f"/users/{user}/recommendations?k=5", f"/users/{user}/session", "/health"):
-        print(f"$ curl '{base}{path}'\n{fetch(base + path)}", flush=True)
     api.terminate()
     api.wait()
 
@@ -150,6 +168,7 @@ def main() -> int:
     subprocess.run([SUBMIT, "jobs/report.py", "--log-level", "WARNING"], cwd=ROOT, check=True)
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s", flush=True)
     print('every table by name: ./pyspark.sh, then spark.table("streamrec.enriched_events").show()', flush=True)
+    print(f"the live console: make serve, then open {base}/ (and stream with make demo or jobs/stream.py)", flush=True)
     return 0
 
 
