@@ -54,6 +54,14 @@ _PANDAS_TYPES = {USER_ID: np.int32, SESSION_ID: object, RANK: np.int32, ITEM_ID:
 _CELLS_PER_CHUNK = 1 << 20
 
 
+def _lists_by_key(keys: pd.Series, values: pd.Series) -> dict[int, np.ndarray]:
+    """Each key's values as an array, in their order (one stable sort, no Python per row)."""
+    order = np.argsort(keys.to_numpy(), kind="stable")
+    sorted_keys, sorted_values = keys.to_numpy()[order], values.to_numpy()[order]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]) if len(order) else np.empty(0, int)
+    return dict(zip(sorted_keys[starts].tolist(), np.split(sorted_values, starts[1:])))
+
+
 @dataclass(frozen=True)
 class ModelArrays:
     """A model's item side as arrays; items are addressed by their position in ``item_ids``."""
@@ -276,16 +284,16 @@ class DriverRanker:
         latest = recent.groupby(USER_ID)[EVENT_TS].transform("max").to_numpy(np.int64)
         age = (latest - recent[EVENT_TS].to_numpy(np.int64)) / (1_000_000.0 * rec.session_half_life_seconds)
         votes = recent.assign(_vote=weights * np.power(0.5, age))
-        per_user = votes.groupby(USER_ID, sort=False)
         frame = context[[USER_ID, SESSION_ID]].reset_index(drop=True)
-        users = frame[USER_ID]
-        frame[_EVENT_ITEMS] = users.map(per_user[ITEM_ID].agg(list)).to_numpy()
-        frame[_VOTES] = users.map(per_user["_vote"].agg(list)).to_numpy()
-        frame[_MODEL_ITEMS] = [self._model_items.get(u) for u in users.tolist()]
-        frame[_MODEL_SCORES] = [self._model_scores.get(u) for u in users.tolist()]
-        frame[_EXCLUDED] = users.map(excluded.groupby(USER_ID)[ITEM_ID].agg(list)).to_numpy()
-        for column in (_EVENT_ITEMS, _VOTES, _MODEL_ITEMS, _MODEL_SCORES, _EXCLUDED):
-            frame[column] = [v if isinstance(v, (list, np.ndarray)) else None for v in frame[column]]
+        users = frame[USER_ID].tolist()
+        event_items = _lists_by_key(votes[USER_ID], votes[ITEM_ID])
+        event_votes = _lists_by_key(votes[USER_ID], votes["_vote"])
+        excluded_items = _lists_by_key(excluded[USER_ID], excluded[ITEM_ID])
+        frame[_EVENT_ITEMS] = [event_items.get(u) for u in users]
+        frame[_VOTES] = [event_votes.get(u) for u in users]
+        frame[_MODEL_ITEMS] = [self._model_items.get(u) for u in users]
+        frame[_MODEL_SCORES] = [self._model_scores.get(u) for u in users]
+        frame[_EXCLUDED] = [excluded_items.get(u) for u in users]
         chunk = max(1, _CELLS_PER_CHUNK // (len(self.arrays.item_ids) + 1))
         parts = [rank_users(frame.iloc[s : s + chunk], self.arrays, rec) for s in range(0, len(frame), chunk)]
         return pd.concat(parts, ignore_index=True) if parts else rank_users(frame, self.arrays, rec)

@@ -365,20 +365,25 @@ class LiveBatchWriter(GatedBatchWriter):
             excluded.append(interacted)
         ranked = ranker.rank(context, recent, pd.concat(excluded, ignore_index=True).astype(np.int64))
         generated_at = iso_utc(datetime.fromtimestamp(now_micros / 1e6, tz=timezone.utc))
+        users, sessions = ranked[USER_ID].tolist(), ranked[SESSION_ID].tolist()
+        ranks, items, scores = ranked["rank"].tolist(), ranked[ITEM_ID].tolist(), ranked["score"].tolist()
         docs = []
-        for (user, session_id), rows in ranked.groupby([USER_ID, SESSION_ID], sort=False):
-            items = [
-                {"rank": int(r), "item_id": int(i), "score": float(s)}
-                for r, i, s in zip(rows["rank"], rows[ITEM_ID], rows["score"])
-            ]
+        first = 0
+        for row in range(1, len(users) + 1):
+            if row < len(users) and (users[row], sessions[row]) == (users[first], sessions[first]):
+                continue
             doc = {
-                USER_ID: int(user),
-                SESSION_ID: session_id,
+                USER_ID: int(users[first]),
+                SESSION_ID: sessions[first],
                 "model_version": version,
                 "generated_at": generated_at,
-                "items": items,
+                "items": [
+                    {"rank": int(ranks[i]), "item_id": int(items[i]), "score": float(scores[i])}
+                    for i in range(first, row)
+                ],
             }
-            docs.append((int(user), json.dumps(doc)))
+            docs.append((int(users[first]), json.dumps(doc)))
+            first = row
         return docs
 
     def _append(
