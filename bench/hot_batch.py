@@ -7,12 +7,18 @@ no model: no live re-ranking; the slow cadence beside it); the script prints, pe
 stages and its Spark jobs, and at the end how long after a file's rename the store served its
 sessions and ``enriched_events`` held its rows (p50/p95/max).
 
-Usage: .venv/bin/python bench/hot_batch.py [--rate 2000] [--seconds 120] [--root /tmp/hot-batch]
+With ``--posts``, the HTTP API (``jobs/serve.py``) runs beside it, and every 2 s a client POSTs a
+click for a random user (``POST /users/{id}/events``) and polls ``GET /users/{id}/events`` until
+the click is served: the delay from the POST's answer to the session served is printed too.
+
+Usage: .venv/bin/python bench/hot_batch.py [--rate 2000] [--seconds 120] [--root /tmp/hot-batch] [--posts]
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import logging
 import shutil
 import sys
@@ -23,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.serving import ApiProcess, get
+from lib.core.processes import free_port
 from lib.core.spark import get_spark
 from lib.ingest.sources import activity_lines_stream
 from lib.stream.live_batch import LiveBatchWriter
@@ -31,7 +39,13 @@ from lib.stream.slow import SlowCadence
 
 # The tests' helpers write generated input exactly as the tests do (the project root, for tests/).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.helpers import activity_writer, generated_purchases, make_config, write_purchases  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    activity_writer,
+    generated_purchases,
+    make_config,
+    write_config_file,
+    write_purchases,
+)
 
 
 def percentiles(values: list[float]) -> str:
@@ -78,6 +92,30 @@ class MeasuredWriter(LiveBatchWriter):
             moments[file] = now
 
 
+def post_clicks(port: int, users: int, latest_micros, stop: threading.Event, delays: list[float]) -> None:
+    """Every 2 s a click for a random user at the stream's latest event time (``latest_micros()``:
+    never late), timed from the POST's answer until the API serves it."""
+    rng = np.random.default_rng(3)
+    while not stop.wait(2.0):
+        user, item = int(rng.integers(1, users + 1)), int(rng.integers(1, 5000))
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(latest_micros() / 1e6))
+        body = json.dumps({"item_id": item, "event_type": "click", "timestamp": stamp}).encode()
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("POST", f"/users/{user}/events", body, {"Content-Type": "application/json"})
+        answer = connection.getresponse()
+        answer.read()
+        connection.close()
+        if answer.status != 202:
+            continue
+        answered = time.monotonic()
+        while time.monotonic() - answered < 30:
+            events = (get(port, f"/users/{user}/events")[1] or {}).get("events", [])
+            if any(e["item_id"] == item and e["event_type"] == "click" for e in events):
+                delays.append(time.monotonic() - answered)
+                break
+            time.sleep(0.05)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rate", type=int, default=2000, help="events a second, in one file a second")
@@ -90,6 +128,7 @@ def main() -> None:
         default=1000,
         help="stream.max_files_per_trigger (make bench's freshness: 1000)",
     )
+    parser.add_argument("--posts", action="store_true", help="also time clicks POSTed to the API until it serves them")
     args = parser.parse_args()
     root = Path(args.root)
     shutil.rmtree(root, ignore_errors=True)
@@ -120,8 +159,22 @@ def main() -> None:
         time.sleep(0.2)
     thread = threading.Thread(target=land, daemon=True)
     thread.start()
+    post_delays: list[float] = []
+    if args.posts:
+        api = ApiProcess(write_config_file(cfg, root / "serve.toml"), free_port(), root / "serve.log")
+
+        def latest_micros() -> int:
+            return writer.state.read_open([])[2]
+
+        poster = threading.Thread(
+            target=post_clicks, args=(api.port, args.users, latest_micros, stop, post_delays), daemon=True
+        )
+        poster.start()
     time.sleep(args.seconds)
     stop.set()
+    if args.posts:
+        poster.join()
+        api.stop()
     time.sleep(5)
     slow.stop()
     query.stop()
@@ -129,6 +182,8 @@ def main() -> None:
     print(f"files landed {len(landed)}, processed {len(settled)}")
     print("store serves the sessions:", percentiles([writer.stored_at[n] - landed[n] for n in settled]))
     print("enriched_events committed:", percentiles([writer.committed_at[n] - landed[n] for n in settled]))
+    if args.posts:
+        print("a POSTed click served by GET /users/{id}/events, from the POST's answer:", percentiles(post_delays))
     warm = pd.DataFrame(writer.reports[3:])
     print("warm batches (median / max):")
     print(warm.drop(columns="batch").agg(["median", "max"]).round(3).to_string())

@@ -184,9 +184,10 @@ class ApiServer:
     """``jobs/serve.py`` as a user runs it (``bench.serving.ApiProcess``): a real uvicorn process
     on a free port of 127.0.0.1, stopped by pid on exit."""
 
-    def __init__(self, cfg, folder: Path):
+    def __init__(self, cfg, folder: Path, config: Path | None = None):
+        """:param config: the TOML file to serve with (default: one with the paths of ``cfg``)."""
         self.cfg = cfg
-        self.config = write_config_file(cfg, folder / "serve.toml")
+        self.config = config or write_config_file(cfg, folder / "serve.toml")
         self.log = folder / "serve.log"
 
     def __enter__(self) -> "ApiServer":

@@ -1,8 +1,9 @@
 """The Kafka source against a real single-node broker (scripts/kafka.sh's, started once for this
 module on a free port and stopped by pid): exactly once across a kill -9 of the job and a
 broker restart mid-stream, malformed and oversized messages quarantined with reasons, a backlog
-that updates the live tables once, and the faults a user meets first (no broker, no topic, a
-message over the broker's limit) refused with the fix."""
+that updates the live tables once, the faults a user meets first (no broker, no topic, a
+message over the broker's limit) refused with the fix, and events POSTed to the API produced to
+the topic and streamed."""
 
 from __future__ import annotations
 
@@ -23,9 +24,11 @@ from lib.lake.checkpoint import CheckpointError
 from lib.lake.verify import check_profiles, read_manifest, verify
 from lib.stream.query import run_available_now, start_stream
 from tests.helpers import (
+    ApiServer,
     batches_committed,
     generated_purchases,
     make_config,
+    read,
     start_stream_job,
     wait_for_batches,
     write_config_file,
@@ -160,3 +163,22 @@ def test_a_message_over_the_brokers_size_limit_is_refused_with_the_reason(broker
         writer.produce([("x" * 2_000_000, None, None)], timeout_s=30)
     assert writer.manifest == []
     writer.close()
+
+
+def test_events_posted_to_the_api_are_produced_to_the_topic_and_streamed(spark, tmp_path, broker):
+    topic = "activity-api"
+    create_topic(broker.bootstrap, topic, partitions=2)
+    cfg = kafka_config(tmp_path, broker, topic)
+    write_purchases(cfg.paths.purchases, generated_purchases(users=10, items=10, count=20))
+    with ApiServer(cfg, tmp_path, kafka_toml(cfg, tmp_path / "serve.toml")) as api:
+        click = {"item_id": 4, "event_type": "click", "timestamp": "2024-02-01 10:00:00"}
+        status, body = api.post("/users/3/events", click)
+        assert status == 202 and body == {"accepted": 1, "destination": f"kafka://{topic}"}
+        views = [{"user_id": u, "item_id": 5, "event_type": "view", "timestamp": "2024-02-01 10:01:00"} for u in (1, 2)]
+        assert api.post("/events", views)[0] == 202
+        assert api.post("/events", [*views, {"user_id": 1, "item_id": 5}])[0] == 422  # nothing of it produced
+    run_available_now(spark, cfg)
+    rows = read(spark, cfg, "enriched_events").select("user_id", "item_id", "event_type", "source_file").collect()
+    served = sorted((r.user_id, r.item_id, r.event_type) for r in rows)
+    assert served == [(1, 5, "view"), (2, 5, "view"), (3, 4, "click")]
+    assert all(r.source_file.startswith(f"kafka://{topic}/") for r in rows)
