@@ -5,8 +5,9 @@ of record; the stream writes here as it computes, ``jobs/train.py`` after each m
 This module needs no Spark: the API process imports it alone.
 
 ``OnlineStore`` is the interface; ``SQLiteStore`` the embedded default (one file, WAL mode: one
-writer, any number of readers, no server). A networked store (Redis, ...) implements the same
-methods.
+writer, any number of readers, no server). The stream's micro-batches write their live state
+and documents in one transaction of their own (``lib.serve.live_state``); a networked store
+(Redis, ...) implements the same methods and that transaction.
 
 Documents are JSON text, written as the tables' rows with timestamps as ISO-8601 UTC strings.
 Every write names the micro-batch it comes from and never replaces what a later batch wrote, so
@@ -15,8 +16,8 @@ a batch replayed after a crash leaves the store as a clean run would.
 Example::
 
     store = SQLiteStore("data/online/streamrec.sqlite")
-    store.put_sessions(7, [(42, '{"user_id": 42, "session_id": "...", ...}')])
-    store.session(42)  # {"user_id": 42, "session_id": "...", ...}
+    store.put_profiles(7, [(42, '{"user_id": 42, "num_events": 3, ...}')])
+    store.profile(42)  # {"user_id": 42, "num_events": 3, ...}
 """
 
 from __future__ import annotations
@@ -40,17 +41,10 @@ class OnlineStore(ABC):
     # Writers. ``batch_id`` orders the writes of the stream: an older batch never replaces a
     # newer one's document. Documents are JSON objects as text.
     @abstractmethod
-    def put_sessions(self, batch_id: int, docs: Iterable[tuple[int, str]]) -> None: ...
-
-    @abstractmethod
     def put_live_recommendations(self, batch_id: int, docs: Iterable[tuple[int, str]]) -> None: ...
 
     @abstractmethod
     def put_profiles(self, batch_id: int, docs: Iterable[tuple[int, str]]) -> None: ...
-
-    @abstractmethod
-    def add_item_engagement(self, batch_id: int, engagement: Iterable[tuple[int, float]]) -> None:
-        """Add a batch's engagement per item to the running popularity, once per batch."""
 
     @abstractmethod
     def bind(self, stream_id: str) -> None:
@@ -58,10 +52,6 @@ class OnlineStore(ABC):
         stream (its checkpoint deleted and started anew) holds batch ids that mean nothing to this
         one: its live documents, profiles and popularity are dropped; the batch recommendations,
         which come from the lake's model, stay."""
-
-    @abstractmethod
-    def finish_batch(self, batch_id: int, at: datetime) -> None:
-        """Record that batch ``batch_id`` is complete (health: last_batch_id, last_batch_at)."""
 
     @abstractmethod
     def replace_batch_recommendations(self, model_version: str, docs: Iterable[tuple[int, str]]) -> None:
@@ -180,26 +170,11 @@ class SQLiteStore(OnlineStore):
                 ((int(user), int(batch_id), doc) for user, doc in docs),
             )
 
-    def put_sessions(self, batch_id, docs):
-        self._put_user_docs("live_sessions", batch_id, docs)
-
     def put_live_recommendations(self, batch_id, docs):
         self._put_user_docs("live_recommendations", batch_id, docs)
 
     def put_profiles(self, batch_id, docs):
         self._put_user_docs("user_profiles", batch_id, docs)
-
-    def add_item_engagement(self, batch_id, engagement):
-        with self._connection() as db:
-            done = db.execute("SELECT value FROM meta WHERE key = 'popularity_batch_id'").fetchone()
-            if done is not None and int(done[0]) >= batch_id:
-                return  # a replayed batch: its engagement is counted already
-            db.executemany(
-                "INSERT INTO item_popularity (item_id, score) VALUES (?, ?) "
-                "ON CONFLICT (item_id) DO UPDATE SET score = score + excluded.score",
-                ((int(item), float(score)) for item, score in engagement),
-            )
-            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('popularity_batch_id', ?)", (str(batch_id),))
 
     def bind(self, stream_id):
         with self._connection() as db:
@@ -211,13 +186,6 @@ class SQLiteStore(OnlineStore):
                     db.execute(f"DELETE FROM {table}")
                 db.execute("DELETE FROM meta WHERE key <> 'batch_model_version'")
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('stream_id', ?)", (stream_id,))
-
-    def finish_batch(self, batch_id, at):
-        with self._connection() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_batch_id', ?), ('last_batch_at', ?)",
-                (str(batch_id), iso_utc(at)),
-            )
 
     def replace_batch_recommendations(self, model_version, docs):
         with self._connection() as db:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -41,13 +40,16 @@ def api(tmp_path_factory):
         store.replace_batch_recommendations(
             "m1", [(1, recs("m1", None, [(20, 1.0)])), (2, recs("m1", None, [(21, 1.0)]))]
         )
-        store.add_item_engagement(0, [(30, 5.0), (31, 7.0), (32, 1.0)])
         session = {"user_id": 1, "session_id": "s-1", "num_events": 3, "avg_time_gap_s": None, "is_open": True}
-        store.put_sessions(1, [(1, json.dumps(session))])
         store.put_profiles(1, [(2, json.dumps({"user_id": 2, "top_items": [21]}))])
-        store.finish_batch(1, datetime(2024, 1, 1, tzinfo=timezone.utc))
         now = time.time()
+        # What the stream's transaction writes (lib.serve.live_state).
         with store._connection() as db:
+            db.executemany("INSERT INTO item_popularity VALUES (?, ?)", [(30, 5.0), (31, 7.0), (32, 1.0)])
+            db.execute("INSERT INTO live_sessions VALUES (1, 1, ?)", (json.dumps(session),))
+            db.executemany(
+                "INSERT INTO meta VALUES (?, ?)", [("last_batch_id", "1"), ("last_batch_at", "2024-01-01T00:00:00Z")]
+            )
             db.executemany(
                 "INSERT INTO recent_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
