@@ -365,6 +365,8 @@ class LiveBatchWriter(GatedBatchWriter):
             excluded.append(interacted)
         ranked = ranker.rank(context, recent, pd.concat(excluded, ignore_index=True).astype(np.int64))
         generated_at = iso_utc(datetime.fromtimestamp(now_micros / 1e6, tz=timezone.utc))
+        # A user's rows together, best first (popular items filling a short list come last).
+        ranked = ranked.sort_values([USER_ID, SESSION_ID, "rank"], kind="stable")
         users, sessions = ranked[USER_ID].tolist(), ranked[SESSION_ID].tolist()
         ranks, items, scores = ranked["rank"].tolist(), ranked[ITEM_ID].tolist(), ranked["score"].tolist()
         docs = []
