@@ -48,11 +48,11 @@ from tests.helpers import (  # noqa: E402
 )
 
 
-def percentiles(values: list[float]) -> str:
+def percentiles(values: list[float], what: str = "files") -> str:
     if not values:
         return "no samples"
     p50, p95 = np.percentile(values, [50, 95])
-    return f"p50 {p50:.2f} s, p95 {p95:.2f} s, max {max(values):.2f} s ({len(values)} files)"
+    return f"p50 {p50:.2f} s, p95 {p95:.2f} s, max {max(values):.2f} s ({len(values)} {what})"
 
 
 class MeasuredWriter(LiveBatchWriter):
@@ -183,7 +183,7 @@ def main() -> None:
     print("store serves the sessions:", percentiles([writer.stored_at[n] - landed[n] for n in settled]))
     print("enriched_events committed:", percentiles([writer.committed_at[n] - landed[n] for n in settled]))
     if args.posts:
-        print("a POSTed click served by GET /users/{id}/events, from the POST's answer:", percentiles(post_delays))
+        print("a POSTed click served by GET /users/{id}/events, from the POST's answer:", percentiles(post_delays, "clicks"))
     warm = pd.DataFrame(writer.reports[3:])
     print("warm batches (median / max):")
     print(warm.drop(columns="batch").agg(["median", "max"]).round(3).to_string())
