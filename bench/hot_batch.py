@@ -183,7 +183,8 @@ def main() -> None:
     print("store serves the sessions:", percentiles([writer.stored_at[n] - landed[n] for n in settled]))
     print("enriched_events committed:", percentiles([writer.committed_at[n] - landed[n] for n in settled]))
     if args.posts:
-        print("a POSTed click served by GET /users/{id}/events, from the POST's answer:", percentiles(post_delays, "clicks"))
+        served = percentiles(post_delays, "clicks")
+        print("a POSTed click served by GET /users/{id}/events, from the POST's answer:", served)
     warm = pd.DataFrame(writer.reports[3:])
     print("warm batches (median / max):")
     print(warm.drop(columns="batch").agg(["median", "max"]).round(3).to_string())
