@@ -117,6 +117,7 @@ def create_app(open_store, top_k: int, intake=None) -> FastAPI:
         return {
             **current.health(),
             "minutes": minutes,
+            "latest_event_at": current.latest_event_at(),
             "batches_per_minute": len(last_minute),
             "events_per_minute": sum(b["input_rows"] for b in last_minute),
             "quarantined_rows": sum(b["quarantined_rows"] for b in batches),

@@ -242,6 +242,11 @@ class SQLiteStore(OnlineStore):
             for ts, item, kind in rows
         ]
 
+    def latest_event_at(self) -> str | None:
+        """The latest event time the stream has admitted (its watermark's base), ISO-8601 UTC."""
+        rows = self._read("SELECT value FROM meta WHERE key = 'max_event_micros'")
+        return iso_utc(datetime.fromtimestamp(int(rows[0][0]) / 1e6, timezone.utc)) if rows else None
+
     def recent_batches(self, since: float) -> list[dict]:
         """The micro-batches that finished after ``since`` (epoch seconds), oldest first."""
         rows = self._read(

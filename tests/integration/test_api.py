@@ -48,7 +48,12 @@ def api(tmp_path_factory):
             db.executemany("INSERT INTO item_popularity VALUES (?, ?)", [(30, 5.0), (31, 7.0), (32, 1.0)])
             db.execute("INSERT INTO live_sessions VALUES (1, 1, ?)", (json.dumps(session),))
             db.executemany(
-                "INSERT INTO meta VALUES (?, ?)", [("last_batch_id", "1"), ("last_batch_at", "2024-01-01T00:00:00Z")]
+                "INSERT INTO meta VALUES (?, ?)",
+                [
+                    ("last_batch_id", "1"),
+                    ("last_batch_at", "2024-01-01T00:00:00Z"),
+                    ("max_event_micros", "1704070800000000"),
+                ],
             )
             db.executemany(
                 "INSERT INTO recent_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -107,6 +112,7 @@ def test_bad_ids_and_parameters_get_422_with_a_json_error(api, path):
 def test_stream_sums_up_the_recent_batches_and_popular_items(api):
     status, body = api.get("/stream")
     assert status == 200 and body["last_batch_id"] == 1 and body["minutes"] == 5
+    assert body["latest_event_at"] == "2024-01-01T01:00:00Z"  # the stream's clock, for the console's clicks
     assert [b["batch_id"] for b in body["batches"]] == [1, 2, 3]
     assert body["batches_per_minute"] == 2 and body["events_per_minute"] == 3000
     assert body["quarantined_rows"] == 15
