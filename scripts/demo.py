@@ -151,15 +151,15 @@ def main() -> int:
         user = latest_active_user(base)
         before = json.loads(fetch(f"{base}/users/{user}/recommendations?k=3"))
         item = before["items"][0]["item_id"] if before.get("items") else 1
-        # The generator's clock is not the wall clock: the click happens at the session's last event
-        # (a click stamped now would move the watermark years ahead and close every session).
+        # The generator's clock is not the wall clock: the click happens at the stream's latest event
+        # (stamped now, it would move the watermark years ahead and close every session).
         try:
-            session = json.loads(fetch(f"{base}/users/{user}/session"))
-        except ValueError:  # no session served (an error status)
-            session = {}
+            latest = json.loads(fetch(f"{base}/stream?minutes=1")).get("latest_event_at")
+        except ValueError:  # an error status
+            latest = None
         click = {"item_id": item, "event_type": "click"}
-        if session.get("session_end"):
-            click["timestamp"] = session["session_end"]
+        if latest:
+            click["timestamp"] = latest
         click = json.dumps(click)
         print(f"$ curl '{base}/users/{user}/recommendations?k=3'\n{json.dumps(before)}", flush=True)
         print(f"$ curl -X POST '{base}/users/{user}/events' -d '{click}'\n{post(f'{base}/users/{user}/events', click)}")
