@@ -9,7 +9,7 @@ when the history's files change (``PurchaseHistory``).
 
 Example::
 
-    index = PurchaseIndex.from_arrow(purchases_table, files)
+    index = PurchaseIndex.from_arrow(purchases_table)
     past, avg = index.as_of(user_ids, event_micros)
 """
 
@@ -39,16 +39,15 @@ def _keys(users: np.ndarray, days: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PurchaseIndex:
-    """The purchase history, sorted by (user, date), with running totals; ``files`` it was read from."""
+    """The purchase history, sorted by (user, date), with running totals."""
 
     keys: np.ndarray  # int64 (user, day), ascending
     running_count: np.ndarray  # purchases before each position (len(keys) + 1)
     running_amounts: np.ndarray  # per user, the non-null amounts' running count and sum (len(keys) + 1, 2)
     items: np.ndarray  # the item of each purchase (-1 where null)
-    files: tuple[str, ...] = ()
 
     @classmethod
-    def from_arrow(cls, purchases: pa.Table, files: tuple[str, ...] = ()) -> PurchaseIndex:
+    def from_arrow(cls, purchases: pa.Table) -> PurchaseIndex:
         """:param purchases: ``user_id, purchase_amount, purchase_date`` (rows lacking the user or
         the date never count, as in the Spark join)."""
         users = purchases.column(USER_ID).to_numpy(zero_copy_only=False)
@@ -68,7 +67,7 @@ class PurchaseIndex:
         running_amounts = np.zeros((len(keys) + 1, 2))
         running_amounts[1:, 0] = pd.Series(has_amount.astype(np.int64)).groupby(owner).cumsum().to_numpy()
         running_amounts[1:, 1] = pd.Series(np.where(has_amount, amounts, 0.0)).groupby(owner).cumsum().to_numpy()
-        return cls(keys, running_count, running_amounts, items, tuple(files))
+        return cls(keys, running_count, running_amounts, items)
 
     @classmethod
     def empty(cls) -> PurchaseIndex:
@@ -114,7 +113,7 @@ class PurchaseHistory:
         files = tuple(sorted(purchases.inputFiles()))
         if files != self.files:
             table = purchases.toArrow()
-            self._index = PurchaseIndex.from_arrow(table, files)
+            self._index = PurchaseIndex.from_arrow(table)
             self._totals = PurchaseTotals.from_arrow(table, self.purchase_weight)
             self.files = files
             log.info("purchase history: %d purchases from %d file(s)", table.num_rows, len(files))
