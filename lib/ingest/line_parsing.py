@@ -1,5 +1,5 @@
 """The parse of the micro-batch: raw CSV lines, taken to the driver once as Arrow, parsed there
-with the contract's rules (the reasons and typed values of the Kafka parse, ``lib.ingest.parsing``).
+with the contract's rules; Kafka messages (JSON objects) by the same rules (``parse_messages``).
 
 CSV columns are matched by header name, so every line is interpreted with the header of its own
 file. Every check produces a reason ``"<code>: <detail>"``; a row is valid when it has none.
@@ -20,6 +20,7 @@ per rejected file, with ``PARSED_COLUMNS``.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timezone
 
@@ -42,9 +43,11 @@ from lib.core.schemas import (
     TIMESTAMP,
     USER_ID,
 )
-from lib.ingest.parsing import MAX_FIELDS, TIMESTAMP_PATTERN
 
 VALID_UTF8 = "valid_utf8"
+# A header with more columns than this rejects its file.
+MAX_FIELDS = 256
+TIMESTAMP_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?$"
 POSITION_COLUMNS = (SOURCE_FILE, "file_block_start", "line_id")
 PARSED_COLUMNS = ("value", *POSITION_COLUMNS, USER_ID, ITEM_ID, EVENT_TYPE, EVENT_TS, REASON, REJECTED_LINES)
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
@@ -54,15 +57,17 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def raw_lines_to_arrow(lines: DataFrame) -> pa.Table:
-    """The lines of a micro-batch of ``activity_lines_stream`` on the driver, in one Spark job:
-    the text made valid UTF-8 (``valid_utf8`` says whether it was), its file, block and a line id
-    that follows file order within a block."""
+    """The lines of a micro-batch of ``activity_lines_stream`` (or the messages of
+    ``activity_messages_stream``) on the driver, in one Spark job: the text made valid UTF-8
+    (``valid_utf8`` says whether it was), its file, block and a line id that follows file order
+    within a block (a message's offset)."""
+    line_id = F.col("line_id") if "line_id" in lines.columns else F.monotonically_increasing_id()
     return lines.select(
         F.make_valid_utf8("value").alias("value"),
         F.is_valid_utf8("value").alias(VALID_UTF8),
         SOURCE_FILE,
         "file_block_start",
-        F.monotonically_increasing_id().alias("line_id"),
+        line_id.alias("line_id"),
     ).toArrow()
 
 
@@ -306,6 +311,76 @@ def parse_lines(lines: pa.Table, max_line_chars: int = 4096, unsafe_files: dict[
             EVENT_TS: column(EVENT_TS, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
             REASON: column(REASON, pa.string()),
             REJECTED_LINES: column(REJECTED_LINES, pa.int64()),
+        }
+    )
+
+
+def json_field_text(value) -> str | None:
+    """The field text a JSON value stands for: a string as it is, any other value as its JSON
+    text (so 42 and "42" both parse, and ``{"a":1}`` is reported as what it is); null is missing."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        raise ValueError("duplicate key")
+    return document
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_object(text: str) -> dict | None:
+    """The JSON object of a message; None when it is not exactly one (duplicate keys included)."""
+    try:
+        document = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def parse_messages(messages: pa.Table, max_message_chars: int = 4096) -> pa.Table:
+    """Parse Kafka messages (``raw_lines_to_arrow`` of ``activity_messages_stream``) into events
+    with a rejection ``reason``: ``PARSED_COLUMNS``, one row per message, in order.
+
+    A message is a JSON object (duplicate keys reject it) with the keys ``user_id``, ``item_id``,
+    ``event_type``, ``timestamp``; other keys are ignored. Values follow the CSV rules
+    (``check_event``) on their field text (``json_field_text``). Reason codes besides the CSV
+    line's: ``not_a_json_object`` and ``message_too_long``.
+    """
+    typed = {c: [] for c in (USER_ID, ITEM_ID, EVENT_TYPE, EVENT_TS, REASON)}
+    texts = messages.column("value").to_pylist()
+    for text, utf8 in zip(texts, messages.column(VALID_UTF8).to_pylist()):
+        event, reason = None, None
+        if text is None:
+            reason = "not_a_json_object: empty message"
+        elif not utf8:
+            reason = "invalid_utf8"
+        elif len(text) > max_message_chars:
+            reason = f"message_too_long: {len(text)} characters, at most {max_message_chars}"
+        else:
+            document = _json_object(text)
+            if document is None:
+                reason = "not_a_json_object"
+            else:
+                *event, reason = check_event(*(json_field_text(document.get(c)) for c in REQUIRED_EVENT_COLUMNS))
+        values = event if event and reason is None else (None,) * 4
+        for name, value in zip(typed, (*values, reason)):
+            typed[name].append(value)
+    return pa.table(
+        {
+            "value": messages.column("value"),
+            **{c: messages.column(c) for c in POSITION_COLUMNS},
+            USER_ID: pa.array(typed[USER_ID], pa.int32()),
+            ITEM_ID: pa.array(typed[ITEM_ID], pa.int32()),
+            EVENT_TYPE: pa.array(typed[EVENT_TYPE], pa.string()),
+            EVENT_TS: pa.array(typed[EVENT_TS], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            REASON: pa.array(typed[REASON], pa.string()),
+            REJECTED_LINES: pa.nulls(messages.num_rows, pa.int64()),
         }
     )
 

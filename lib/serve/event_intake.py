@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lib.core.schemas import EVENT_TYPE, ITEM_ID, TIMESTAMP, USER_ID
-from lib.ingest.line_parsing import check_event
+from lib.ingest.line_parsing import check_event, json_field_text
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +47,6 @@ class EventRejected(ValueError):
         return self.reason.split(":", 1)[0]
 
 
-def _field_text(value, name: str) -> str | None:
-    """The CSV text of a JSON value; a value no CSV field could hold becomes an unparseable one."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        return f"<{type(value).__name__}>"  # fails the field's check with bad_<field>
-    return str(value)
-
-
 def _timestamp_text(value) -> str | None:
     """The contract's ``YYYY-MM-DD HH:MM:SS[.ffffff]`` (UTC) of a JSON timestamp: that form, or
     ISO-8601 with an offset (``2024-05-01T10:00:00Z``), converted to UTC; absent: now."""
@@ -67,7 +58,7 @@ def _timestamp_text(value) -> str | None:
         except ValueError:
             return value
         return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
-    return _field_text(value, TIMESTAMP)
+    return json_field_text(value)
 
 
 def validated_events(events: list, user_id: int | None = None) -> list[tuple[int, int, str, str]]:
@@ -86,9 +77,9 @@ def validated_events(events: list, user_id: int | None = None) -> list[tuple[int
         user = user_id if user_id is not None else event.get(USER_ID)
         timestamp = _timestamp_text(event.get(TIMESTAMP))
         user, item, event_type, _, reason = check_event(
-            _field_text(user, USER_ID),
-            _field_text(event.get(ITEM_ID), ITEM_ID),
-            _field_text(event.get(EVENT_TYPE), EVENT_TYPE),
+            json_field_text(user),
+            json_field_text(event.get(ITEM_ID)),
+            json_field_text(event.get(EVENT_TYPE)),
             timestamp,
         )
         if reason:

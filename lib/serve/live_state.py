@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from lib.core.schemas import IS_OPEN, SESSION_END, USER_ID
+from lib.core.schemas import EVENT_TS, EVENT_TYPE, IS_OPEN, ITEM_ID, SESSION_END, SESSION_ID, USER_ID
 from lib.features.live_fold import RECENT_COLUMNS, SESSION_COLUMNS, FoldedBatch, session_ids
 from lib.features.profile_fold import COUNTS, ENGAGEMENT_COLUMNS, TOTALS_COLUMNS
 from lib.serve.online_store import RECENT_BATCH_COLUMNS, RECENT_BATCHES_KEPT_S, SQLiteStore
@@ -49,6 +49,11 @@ _STATE_SCHEMA = [
     "CREATE INDEX IF NOT EXISTS profile_totals_by_batch ON profile_totals (batch_id)",
     "CREATE TABLE IF NOT EXISTS user_engagement (user_id INTEGER NOT NULL, item_id INTEGER NOT NULL, "
     "weight REAL NOT NULL, PRIMARY KEY (user_id, item_id)) WITHOUT ROWID",
+    # The re-ranking context of users whose live recommendations a backlog's batches deferred
+    # (``RANKING_COLUMNS``: the latest events of their latest session, oldest first).
+    "CREATE TABLE IF NOT EXISTS pending_ranking (user_id INTEGER NOT NULL, session_id TEXT NOT NULL, "
+    "event_ts INTEGER NOT NULL, item_id INTEGER, event_type TEXT)",
+    "CREATE INDEX IF NOT EXISTS pending_ranking_by_user ON pending_ranking (user_id)",
     # What the slow cadence appends to the Delta tables, per micro-batch (``OUTBOXES``), as Arrow
     # IPC: the sessions it closed (session_features rows) and its stream_metrics row.
     *(
@@ -58,7 +63,8 @@ _STATE_SCHEMA = [
 ]
 OUTBOXES = ("closed_sessions", "batch_reports")
 # The live state proper: rebuilt from the lake when the store lacks it or is behind.
-_LIVE_TABLES = ("open_sessions", "recent_events", "profile_totals", "user_engagement")
+_LIVE_TABLES = ("open_sessions", "recent_events", "profile_totals", "user_engagement", "pending_ranking")
+RANKING_COLUMNS = (USER_ID, SESSION_ID, EVENT_TS, ITEM_ID, EVENT_TYPE)
 # Tables of an older store layout: a store that has one is rebuilt from the lake.
 _RETIRED_TABLES = ("seen_items", "batch_events")
 _TOTALS_COLUMNS = ", ".join(TOTALS_COLUMNS)
@@ -97,6 +103,10 @@ class BatchChanges:
 
     session_docs: list[tuple[int, str]] = field(default_factory=list)  # live_sessions documents
     recommendation_docs: list[tuple[int, str]] = field(default_factory=list)  # live_recommendations
+    # The re-ranking deferred to the backlog's end (``RANKING_COLUMNS`` rows replacing their users'),
+    # or True when the batch ranked every user still pending.
+    deferred_ranking: pd.DataFrame | None = None
+    ranked_pending: bool = False
     closed_sessions: pa.Table | None = None  # session_features rows, for the slow cadence
     # What the batch adds to its users' profile totals (``profile_fold.profile_increments``).
     profile_totals: pd.DataFrame | None = None
@@ -198,6 +208,31 @@ class LiveState:
             (json.dumps([int(u) for u in users]),),
         )
         return pd.DataFrame(rows.fetchall(), columns=[USER_ID, "item_id"])
+
+    def pending_ranking(self, besides: Iterable[int] = ()) -> pd.DataFrame:
+        """The deferred re-ranking context (``RANKING_COLUMNS``) of users other than ``besides``,
+        each user's events oldest first."""
+        rows = self._db().execute(
+            f"SELECT {', '.join(RANKING_COLUMNS)} FROM pending_ranking WHERE user_id NOT IN ({_USERS}) "
+            "ORDER BY user_id, event_ts, item_id, event_type",
+            (json.dumps([int(u) for u in besides]),),
+        )
+        return pd.DataFrame(rows.fetchall(), columns=list(RANKING_COLUMNS))
+
+    def rank_pending(self, batch_id: int, docs: list[tuple[int, str]]) -> None:
+        """The live recommendations of every user pending (``pending_ranking``), as of batch ``batch_id``."""
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            self._put_recommendations(db, batch_id, docs)
+            db.execute("DELETE FROM pending_ranking")
+
+    @staticmethod
+    def _put_recommendations(db: sqlite3.Connection, batch_id: int, docs: list[tuple[int, str]]) -> None:
+        db.executemany(
+            "INSERT INTO live_recommendations (user_id, batch_id, doc) VALUES (?, ?, ?) ON CONFLICT (user_id) "
+            "DO UPDATE SET batch_id = excluded.batch_id, doc = excluded.doc",
+            ((int(user), batch_id, doc) for user, doc in docs),
+        )
 
     def load_profile_totals(self, totals: pd.DataFrame, engagement: pd.DataFrame) -> None:
         """Profile totals of users that ``user_profiles`` holds already (as of no batch: no slow
@@ -344,11 +379,17 @@ class LiveState:
                 "DO UPDATE SET batch_id = excluded.batch_id, doc = excluded.doc",
                 ((int(user), batch_id, doc) for user, doc in changes.session_docs),
             )
-            db.executemany(
-                "INSERT INTO live_recommendations (user_id, batch_id, doc) VALUES (?, ?, ?) ON CONFLICT (user_id) "
-                "DO UPDATE SET batch_id = excluded.batch_id, doc = excluded.doc",
-                ((int(user), batch_id, doc) for user, doc in changes.recommendation_docs),
-            )
+            self._put_recommendations(db, batch_id, changes.recommendation_docs)
+            if changes.ranked_pending:
+                db.execute("DELETE FROM pending_ranking")
+            if changes.deferred_ranking is not None:
+                deferred = changes.deferred_ranking
+                users = json.dumps([int(u) for u in pd.unique(deferred[USER_ID])])
+                db.execute(f"DELETE FROM pending_ranking WHERE user_id IN ({_USERS})", (users,))
+                db.executemany(
+                    f"INSERT INTO pending_ranking VALUES ({', '.join('?' * len(RANKING_COLUMNS))})",
+                    deferred[list(RANKING_COLUMNS)].itertuples(index=False, name=None),
+                )
             self._add_profile_totals(db, batch_id, changes.profile_totals, changes.user_engagement)
             db.executemany(
                 "INSERT INTO item_popularity (item_id, score) VALUES (?, ?) "

@@ -20,11 +20,13 @@ leaves in the store (``lib.stream.slow``).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -63,14 +65,13 @@ from lib.core.schemas import (
 from lib.features.interactions import event_weight
 from lib.features.live_fold import EVENT_COLUMNS, FoldedBatch, fold_events, session_ids, typed
 from lib.features.profile_fold import COUNTS, WEIGHT, profile_increments
-from lib.ingest.line_parsing import PARSED_COLUMNS, parse_lines, raw_lines_to_arrow, rejected_rows, valid_rows
-from lib.ingest.parsing import parse_activity_messages
+from lib.ingest.line_parsing import parse_lines, parse_messages, raw_lines_to_arrow, rejected_rows, valid_rows
 from lib.ingest.purchase_index import PurchaseHistory, PurchaseIndex
 from lib.ingest.sources import unsafe_files
 from lib.lake.sinks import BatchSink
 from lib.recommend.live import DriverRanker
 from lib.recommend.model_store import ModelStore
-from lib.serve.live_state import BatchChanges, LiveState, session_documents, session_rows
+from lib.serve.live_state import RANKING_COLUMNS, BatchChanges, LiveState, session_documents, session_rows
 from lib.serve.online_sink import recommendation_docs, user_docs
 from lib.serve.online_store import iso_utc
 from lib.stream.gate import GatedBatchWriter
@@ -168,6 +169,10 @@ class LiveBatchWriter(GatedBatchWriter):
         self.gap = micros(cfg.sessions.gap_seconds)
         self.delay = micros(cfg.sessions.watermark_seconds)
         self._store_bound = False
+        # Draining a backlog (``--available-now``): only the live state after its last batch
+        # matters, so the batches keep their users' re-ranking context and ``rank_pending`` ranks
+        # them once at the end.
+        self.defer_ranking = False
         self._ranker: tuple[str, DriverRanker] | None = None
 
     def bind_store(self, batch_id: int) -> None:
@@ -243,7 +248,7 @@ class LiveBatchWriter(GatedBatchWriter):
     def parse(self, batch_df: DataFrame) -> pa.Table:
         """The batch's rows on the driver (``PARSED_COLUMNS``), in one Spark job."""
         if self.cfg.source.kind == "kafka":
-            return parse_activity_messages(batch_df, self.cfg.stream.max_line_chars).select(*PARSED_COLUMNS).toArrow()
+            return parse_messages(raw_lines_to_arrow(batch_df), self.cfg.stream.max_line_chars)
         lines = raw_lines_to_arrow(batch_df)
         files = lines.column("source_file").unique().to_pylist()
         return parse_lines(lines, self.cfg.stream.max_line_chars, unsafe_files(files, self.cfg.paths.events_dir))
@@ -258,27 +263,33 @@ class LiveBatchWriter(GatedBatchWriter):
             valid, bad = valid_rows(parsed), rejected_rows(parsed)
         report.input_lines = parsed.num_rows
         report.valid_rows, report.quarantined_rows = valid.num_rows, bad.num_rows
-        with report.stage("fold"):
-            index = self.purchases.current()
-            events = valid.select(list(EVENT_COLUMNS)).to_pandas()
-            events[EVENT_TS] = valid.column(EVENT_TS).cast(pa.int64()).to_numpy()
-            past, avg = index.as_of(events[USER_ID].to_numpy(np.int64), events[EVENT_TS].to_numpy(np.int64))
-            # A batch replayed after a crash that the store has applied already is not folded
-            # again (its state moved on): its appends are redone, its counts read back.
-            report.replayed = self.state.last_applied_batch() >= batch_id
-            if not report.replayed:
-                changes, folded = self._changes(events, index, started_at)
-        with report.stage("store"):
-            if not report.replayed:
-                self.state.apply(batch_id, folded, changes, self.gap)
-        landed = landed_at(parsed.column(SOURCE_FILE).unique().to_pylist())
-        store_delay_s = None if landed is None or report.replayed else time.time() - landed
-        self._maybe_fail("store", batch_id)
-        outcome = self.state.applied_outcome(batch_id) if report.replayed else changes.outcome
-        for name, value in (outcome or {}).items():
-            setattr(report, name, value)
-        with report.stage("delta"):
-            self._append(batch_id, valid, past, avg, bad, started_at)
+        with ThreadPoolExecutor(2, thread_name_prefix=f"batch-{batch_id}-append") as pool:
+            with report.stage("fold"):
+                index = self.purchases.current()
+                events = valid.select(list(EVENT_COLUMNS)).to_pandas()
+                events[EVENT_TS] = valid.column(EVENT_TS).cast(pa.int64()).to_numpy()
+                past, avg = index.as_of(events[USER_ID].to_numpy(np.int64), events[EVENT_TS].to_numpy(np.int64))
+                # While a backlog drains nobody waits on the store: the appends, which need no
+                # fold, run beside it (each write is exactly once on its own, in any order).
+                appends = self._appends(batch_id, valid, past, avg, bad, started_at)
+                running = [pool.submit(append) for append in appends] if self.defer_ranking else None
+                # A batch replayed after a crash that the store has applied already is not folded
+                # again (its state moved on): its appends are redone, its counts read back.
+                report.replayed = self.state.last_applied_batch() >= batch_id
+                if not report.replayed:
+                    changes, folded = self._changes(events, index, started_at)
+            with report.stage("store"):
+                if not report.replayed:
+                    self.state.apply(batch_id, folded, changes, self.gap)
+            landed = landed_at(parsed.column(SOURCE_FILE).unique().to_pylist())
+            store_delay_s = None if landed is None or report.replayed else time.time() - landed
+            self._maybe_fail("store", batch_id)
+            outcome = self.state.applied_outcome(batch_id) if report.replayed else changes.outcome
+            for name, value in (outcome or {}).items():
+                setattr(report, name, value)
+            with report.stage("delta"):
+                for done in running if running is not None else [pool.submit(append) for append in appends]:
+                    done.result()
         self._maybe_fail("enriched", batch_id)
         report.duration_s = time.monotonic() - started
         finished = datetime.now(timezone.utc)
@@ -322,7 +333,7 @@ class LiveBatchWriter(GatedBatchWriter):
         popularity = user_engagement.groupby(ITEM_ID)[WEIGHT].sum()
         changes = BatchChanges(
             session_docs=session_documents(latest, s_past, _nullable(s_avg), now_micros),
-            recommendation_docs=self._recommendations(folded, latest, index, user_engagement, now_micros),
+            **self._ranking(folded, latest, index, user_engagement, now_micros),
             closed_sessions=_session_features(closed, c_past, c_avg) if len(closed) else None,
             profile_totals=totals,
             user_engagement=user_engagement,
@@ -336,22 +347,46 @@ class LiveBatchWriter(GatedBatchWriter):
         )
         return changes, folded
 
+    def _ranking(
+        self, folded: FoldedBatch, latest: pd.DataFrame, index: PurchaseIndex, engaged: pd.DataFrame, now_micros: int
+    ) -> dict:
+        """The batch's live recommendations (``BatchChanges`` fields): of the users with on-time
+        events, from their latest session, and of the users a backlog left pending; or, while the
+        stream drains a backlog (``defer_ranking``), the context to rank them from at its end."""
+        if self.current_ranker() is None or latest.empty:
+            return {}
+        context = latest[[USER_ID, SESSION_START]].assign(**{SESSION_ID: session_ids(latest)})
+        rows = folded.recent.merge(context, on=[USER_ID, SESSION_START])[list(RANKING_COLUMNS)]
+        if self.defer_ranking:
+            return {"deferred_ranking": rows}
+        pending = self.state.pending_ranking(besides=context[USER_ID])
+        if not pending.empty:
+            rows = pd.concat([rows, pending], ignore_index=True)
+        return {"recommendation_docs": self._recommendations(rows, index, engaged, now_micros), "ranked_pending": True}
+
+    def rank_pending(self) -> None:
+        """The live recommendations a backlog deferred (``defer_ranking``), after its last batch."""
+        pending = self.state.pending_ranking()
+        if pending.empty or self.current_ranker() is None:
+            return
+        began = time.monotonic()
+        index = self.purchases.current()
+        docs = self._recommendations(pending, index, pd.DataFrame(columns=[USER_ID, ITEM_ID]), micros(time.time()))
+        self.state.rank_pending(self.state.last_applied_batch(), docs)
+        log.info(
+            "ranked the live recommendations of %d users after the backlog in %.2f s",
+            len(docs),
+            time.monotonic() - began,
+        )
+
     def _recommendations(
-        self,
-        folded: FoldedBatch,
-        latest: pd.DataFrame,
-        index: PurchaseIndex,
-        engaged: pd.DataFrame,
-        now_micros: int,
+        self, rows: pd.DataFrame, index: PurchaseIndex, engaged: pd.DataFrame, now_micros: int
     ) -> list[tuple[int, str]]:
-        """Live recommendations of the users with on-time events this batch, from their latest session."""
-        model = self.current_ranker()
-        if model is None or latest.empty:
-            return []
-        version, ranker = model
-        context = latest.assign(**{SESSION_ID: session_ids(latest)})
-        keys = context[[USER_ID, SESSION_START]]
-        recent = folded.recent.merge(keys, on=[USER_ID, SESSION_START])
+        """Live recommendation documents of the users of ``rows`` (``RANKING_COLUMNS``: each user's
+        latest session's latest events, oldest first); ``engaged``: the batch's engagement, not
+        yet in the store."""
+        version, ranker = self.current_ranker()
+        context = rows[[USER_ID, SESSION_ID]].drop_duplicates(USER_ID)
         users = context[USER_ID].to_numpy(np.int64)
         owners, bought = index.items_of(users)
         excluded = [pd.DataFrame({USER_ID: owners, ITEM_ID: bought})]
@@ -359,11 +394,11 @@ class LiveBatchWriter(GatedBatchWriter):
             engaged = engaged[engaged[USER_ID].isin(users)][[USER_ID, ITEM_ID]]
             interacted = pd.concat([self.state.seen_items(users), engaged], ignore_index=True)
             if self.cfg.recommend.live_repeats:
-                in_session = recent[[USER_ID, ITEM_ID]].drop_duplicates().assign(_in=True)
+                in_session = rows[[USER_ID, ITEM_ID]].drop_duplicates().assign(_in=True)
                 interacted = interacted.merge(in_session, on=[USER_ID, ITEM_ID], how="left")
                 interacted = interacted[interacted["_in"].isna()][[USER_ID, ITEM_ID]]
             excluded.append(interacted)
-        ranked = ranker.rank(context, recent, pd.concat(excluded, ignore_index=True).astype(np.int64))
+        ranked = ranker.rank(context, rows, pd.concat(excluded, ignore_index=True).astype(np.int64))
         generated_at = iso_utc(datetime.fromtimestamp(now_micros / 1e6, tz=timezone.utc))
         # A user's rows together, best first (popular items filling a short list come last).
         ranked = ranked.sort_values([USER_ID, SESSION_ID, "rank"], kind="stable")
@@ -388,12 +423,11 @@ class LiveBatchWriter(GatedBatchWriter):
             first = row
         return docs
 
-    def _append(
+    def _appends(
         self, batch_id: int, valid: pa.Table, past: np.ndarray, avg: np.ndarray, bad: pa.Table, now_micros: int
-    ) -> None:
-        """``enriched_events`` and (when the batch has bad rows) ``quarantine``, side by side: most
-        of a commit's time is the driver's."""
-        sink = BatchSink(self.spark, self.app_id())
+    ) -> list[Callable[[], None]]:
+        """The appends of ``enriched_events`` and (when the batch has bad rows) ``quarantine``, to
+        run side by side (most of a commit's time is the driver's) in threads of their own."""
         appends = []
         if valid.num_rows:
             enriched = (
@@ -416,8 +450,7 @@ class LiveBatchWriter(GatedBatchWriter):
                 }
             )
             appends.append((quarantine, QUARANTINE_SCHEMA, QUARANTINE))
-        if not appends:
-            return
+        sink = BatchSink(self.spark, self.app_id())
         context = self.spark.sparkContext
         # The threads' jobs belong to the batch: its description and job group (local properties
         # are per thread).
@@ -428,9 +461,7 @@ class LiveBatchWriter(GatedBatchWriter):
                 context.setLocalProperty(key, value)
             sink.append(self.spark.createDataFrame(rows, schema), self.cfg.paths.table(table), batch_id)
 
-        with ThreadPoolExecutor(len(appends), thread_name_prefix=f"batch-{batch_id}-append") as pool:
-            for done in [pool.submit(append, *a) for a in appends]:
-                done.result()
+        return [functools.partial(append, *a) for a in appends]
 
 
 def landed_at(files: list[str]) -> float | None:

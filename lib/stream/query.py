@@ -178,7 +178,9 @@ class StreamHandle:
             raise
 
     def finish_run(self) -> None:
-        """After an availableNow run ended on its own: one slow pass, so every table is complete."""
+        """After an availableNow run ended on its own: the deferred live recommendations, then one
+        slow pass, so every table is complete."""
+        self.writer.rank_pending()
         self.slow.fold()
 
     def close(self, drain_timeout_s: float = 10.0) -> None:
@@ -210,6 +212,7 @@ def start_stream(
         register_tables(spark, cfg)
         stats = stats or StreamStats()
         writer = LiveBatchWriter(spark, cfg, stats)
+        writer.defer_ranking = available_now
         listener = ProgressLogger(stats)
         spark.streams.addListener(listener)
         query = start_query(activity_stream(spark, cfg), writer, QUERY_NAME, cfg, available_now)

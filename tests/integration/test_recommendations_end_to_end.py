@@ -5,7 +5,7 @@ and re-ranks with that model."""
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timezone
 
 import pytest
 from pyspark.sql import functions as F
@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 from lib.core.schemas import LIVE_RECOMMENDATIONS_SCHEMA, RECOMMENDATIONS_SCHEMA, USER_PROFILES_SCHEMA
 from lib.lake.batch import profiles_from_lake, train_and_publish
 from lib.recommend.model_store import ModelStore
+from lib.serve.online_store import SQLiteStore
 from lib.stream.query import run_available_now
 from tests.helpers import (
     ApiServer,
@@ -25,6 +26,7 @@ from tests.helpers import (
 )
 
 TOP_K = 5
+LATER_FILES = ("activity-000003.csv", "activity-000004.csv", "activity-000005.csv")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,9 @@ def lake(spark, tmp_path_factory):
     writer.write_file(400)
     run_available_now(spark, cfg)
     summary = train_and_publish(spark, cfg)
-    writer.write_file(300)
+    # A backlog of two batches: their live re-ranking is deferred to its end.
+    for _ in LATER_FILES:
+        writer.write_file(100)
     run_available_now(spark, cfg)
     return cfg, writer.manifest, purchases, summary
 
@@ -116,13 +120,37 @@ def test_the_model_keeps_the_past_sessions_of_the_lake_in_event_order(spark, lak
     assert sorted((r.session_end, r.items) for r in stored.collect()) == expected
 
 
+def latest_session_ids(manifest, gap_s: int) -> dict[int, str]:
+    """Each user's latest session id (``<user>-<start in micros>``), from every valid event."""
+    times = defaultdict(list)
+    for r in manifest:
+        if r.expected_reason is None:
+            times[r.user_id].append(datetime.fromisoformat(r.event_ts).replace(tzinfo=timezone.utc))
+    latest = {}
+    for user, stamps in times.items():
+        stamps.sort()
+        start = stamps[0]
+        for before, after in zip(stamps, stamps[1:]):
+            if (after - before).total_seconds() > gap_s:
+                start = after
+        latest[user] = f"{user}-{int(start.timestamp() * 1_000_000)}"
+    return latest
+
+
 def test_live_recommendations_for_users_of_the_later_run(spark, lake):
+    """The later run drains a backlog of two batches, ranking once after the last: every user of
+    either batch is ranked, from their latest session."""
     cfg, manifest, purchases, summary = lake
     live = read(spark, cfg, "live_recommendations")
     assert [(f.name, f.dataType) for f in live.schema] == [(f.name, f.dataType) for f in LIVE_RECOMMENDATIONS_SCHEMA]
     by_user = rows_by_user(live)
-    later_users = {r.user_id for r in manifest if r.file == "activity-000003.csv" and r.user_id}
+    later_users = {r.user_id for r in manifest if r.file in LATER_FILES and r.user_id}
     assert set(by_user) == later_users
+    latest = latest_session_ids(manifest, cfg.sessions.gap_seconds)
+    assert {user: rows[0].session_id for user, rows in by_user.items()} == {u: latest[u] for u in later_users}
+    assert SQLiteStore(cfg.paths.online_store)._connection().execute(
+        "SELECT COUNT(*) FROM pending_ranking"
+    ).fetchone() == (0,)
     seen = seen_items(manifest, purchases)
     for user, rows in by_user.items():
         assert [r.rank for r in rows] == list(range(1, TOP_K + 1))

@@ -1,19 +1,21 @@
-"""parse_activity_messages: Kafka messages (JSON objects) typed by the CSV rules, every kind of
-bad message quarantined with its reason, and the valid edge cases."""
+"""parse_messages: Kafka messages (JSON objects) typed by the CSV rules, every kind of bad message
+quarantined with its reason, and the valid edge cases."""
 
 from datetime import datetime
 
 from chispa import assert_df_equality
 
 from lib.core.schemas import RAW_LINES_SCHEMA
-from lib.ingest.parsing import parse_activity_messages
+from lib.ingest.line_parsing import parse_messages, raw_lines_to_arrow
 from tests.unit.ingest.test_parsing import RESULT_SCHEMA
 
 
 def parse(spark, values: list[str | None], max_message_chars: int = 4096):
     rows = [(value, f"kafka://activity/0/{offset}", 0, offset) for offset, value in enumerate(values)]
     messages = spark.createDataFrame(rows, RAW_LINES_SCHEMA)
-    return parse_activity_messages(messages, max_message_chars).select(*RESULT_SCHEMA.fieldNames())
+    parsed = parse_messages(raw_lines_to_arrow(messages), max_message_chars)
+    assert parsed.column("line_id").to_pylist() == list(range(len(values)))
+    return spark.createDataFrame(parsed).select(*RESULT_SCHEMA.fieldNames())
 
 
 def test_valid_messages_are_typed_and_normalized(spark):

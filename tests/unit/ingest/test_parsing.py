@@ -12,7 +12,7 @@ from pyspark.sql.types import IntegerType, LongType, StringType, StructField, St
 from lib.ingest.line_parsing import check_event, csv_split, parse_lines, raw_lines_to_arrow, rejected_rows, valid_rows
 
 HEADER = "user_id,item_id,event_type,timestamp"
-# The columns of a parsed row the tests compare (the Kafka parse, in Spark, has them too).
+# The columns of a parsed row the tests compare (parse_messages gives them too).
 RESULT_SCHEMA = StructType(
     [
         StructField("value", StringType()),
