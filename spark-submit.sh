@@ -97,6 +97,19 @@ setsid setpriv --pdeathsig KILL "$VENV/bin/spark-submit" \
   "${submit_opts[@]+"${submit_opts[@]}"}" \
   "$job" "$@" &
 submit_pid=$!
+# Where the kernel shares the CPU between sessions first (sched_autogroup), a niceness counts only
+# within its session: the one this wrapper runs with (`nice -n 10 ./spark-submit.sh ...`, to leave
+# the CPU to an API beside the job) goes to the job's new session as a whole.
+niceness="$(nice)"
+if [[ "$niceness" != 0 && -e /proc/$submit_pid/autogroup ]]; then
+  for _ in $(seq 50); do  # once the job has its own session (setsid runs in the child)
+    if [[ "$(cat /proc/$submit_pid/autogroup 2>/dev/null)" != "$(cat /proc/$$/autogroup)" ]]; then
+      echo "$niceness" > "/proc/$submit_pid/autogroup" 2>/dev/null || true
+      break
+    fi
+    sleep 0.02
+  done
+fi
 forward() {
   local drivers
   drivers="$(pgrep -P "$submit_pid" || true)"

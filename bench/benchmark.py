@@ -32,12 +32,12 @@ import pyarrow.parquet as pq
 from bench.chaos import descendants
 from bench.freshness import file_delays, source_delays, summary
 from bench.harness import ROOT, RunFolder, metastore_of
-from bench.serving import ApiProcess, ServingProbe, api_load
+from bench.serving import ApiProcess, ServingProbe, api_load_apart
 from lib.core.config import load_config
 from lib.core.fs import LocalFS
 from lib.core.metastore import stop_server
 from lib.core.processes import free_port
-from lib.core.schemas import STREAM_METRICS, STREAM_TABLES
+from lib.core.schemas import DELTA_COMMITS, SPARK_JOBS, STREAM_METRICS, STREAM_TABLES
 from lib.ingest.backlog import OFFSET_LOG, SOURCE_LOG, batch_end_offsets, read_by_source_log
 from lib.ingest.generator import ActivityProfile, Catalogue, KafkaActivityWriter, simulate_events
 from lib.ingest.kafka import create_topic, start_broker, stop_broker
@@ -465,7 +465,23 @@ def batch_figures(metrics: list) -> dict:
         "batches": len(metrics),
         "batch_s": round(sum(row.duration_s for row in metrics), 2),
         "stages_s": {name: round(seconds, 2) for name, seconds in stages.items()},
+        # How many batches ran each number of Spark jobs and of Delta commits (the engine counts
+        # its batch's jobs from Spark's status tracker, by the query's job group).
+        "spark_jobs_per_batch": _tally(row[SPARK_JOBS] for row in metrics),
+        "delta_commits_per_batch": _tally(row[DELTA_COMMITS] for row in metrics),
     }
+
+
+def _tally(values) -> dict[str, int]:
+    """``{value: how many}``, by value."""
+    counts: dict[str, int] = {}
+    for value in sorted(v for v in values if v is not None):
+        counts[str(value)] = counts.get(str(value), 0) + 1
+    return counts
+
+
+def tally_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{value} in {n}" for value, n in counts.items()) or "-"
 
 
 def steady_load(
@@ -523,7 +539,7 @@ def steady_load(
         load_seconds = seconds + API_LOAD_SECONDS + 10 if serve_load else seconds
         if serve_load:
             load = ThreadPoolExecutor(1).submit(
-                lambda: (time.sleep(seconds + 5), api_load(api.port, users, API_LOAD_RATE, API_LOAD_SECONDS))[1]
+                api_load_apart, api.port, users, API_LOAD_RATE, API_LOAD_SECONDS, seconds + 5
             )
         generator = run.generate(
             "events",
@@ -806,6 +822,12 @@ def markdown(results: dict) -> str:
                     f"{f.get('p50_s', '-')} | {f.get('p95_s', '-')} | {f.get('max_s', '-')} |"
                 )
         lines.append("")
+        for load in loads:
+            lines.append(
+                f"{load['rate_events_per_s']} events/s ({load.get('source', 'files')}): Spark jobs a batch "
+                f"{tally_text(load.get('spark_jobs_per_batch', {}))}; Delta commits a batch "
+                f"{tally_text(load.get('delta_commits_per_batch', {}))} (value in batches)."
+            )
         for load in loads:
             api = load.get("api_load")
             if api:

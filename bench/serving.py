@@ -14,12 +14,13 @@ from __future__ import annotations
 import csv
 import http.client
 import json
+import multiprocessing
 import random
 import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,14 @@ class ServingProbe(threading.Thread):
         ):
             probe["recs"] = now
             self.results["api_live_recommendations"].append((probe["landed"], now - probe["landed"]))
+
+
+def api_load_apart(port: int, users: int, rate: float, seconds: float, delay_s: float) -> dict:
+    """``api_load`` after ``delay_s``, from a process of its own: its client threads then share no
+    interpreter lock with the harness's probe and sampling, whose pauses would count as the API's."""
+    time.sleep(delay_s)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(api_load, port, users, rate, seconds).result()
 
 
 def api_load(port: int, users: int, rate: float, seconds: float, threads: int = 8, seed: int = 5) -> dict:

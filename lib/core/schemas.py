@@ -64,6 +64,8 @@ WATERMARK = "watermark"
 DURATION_S = "duration_s"
 ROWS_PER_S = "rows_per_s"
 STAGE_S = "stage_s"
+SPARK_JOBS = "spark_jobs"
+DELTA_COMMITS = "delta_commits"
 
 # Table names (folders under paths.lake).
 ENRICHED_EVENTS = "enriched_events"
@@ -184,6 +186,9 @@ STREAM_METRICS_SCHEMA = StructType(
         StructField(ROWS_PER_S, DoubleType()),
         # Wall-clock seconds per stage of the batch (parse, fold, store, delta).
         StructField(STAGE_S, MapType(StringType(), DoubleType())),
+        # The Spark jobs the batch ran (its job group's, the appends' included) and its Delta commits.
+        StructField(SPARK_JOBS, LongType()),
+        StructField(DELTA_COMMITS, LongType()),
     ]
 )
 

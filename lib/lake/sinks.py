@@ -116,6 +116,13 @@ class BatchSink:
         df.write.format("delta").mode("append").option("userMetadata", self.marker(batch_id)).save(path)
         return True
 
+    def replace(self, df: DataFrame, path: str, batch_id: int) -> bool:
+        """Overwrite the table with ``df`` unless batch ``batch_id`` already committed; True if it wrote."""
+        if self.committed(path, batch_id):
+            return False
+        df.write.format("delta").mode("overwrite").option("userMetadata", self.marker(batch_id)).save(path)
+        return True
+
     def upsert(
         self,
         updates: DataFrame,

@@ -49,8 +49,9 @@ _STATE_SCHEMA = [
     "CREATE INDEX IF NOT EXISTS profile_totals_by_batch ON profile_totals (batch_id)",
     "CREATE TABLE IF NOT EXISTS user_engagement (user_id INTEGER NOT NULL, item_id INTEGER NOT NULL, "
     "weight REAL NOT NULL, PRIMARY KEY (user_id, item_id)) WITHOUT ROWID",
-    # The re-ranking context of users whose live recommendations a backlog's batches deferred
-    # (``RANKING_COLUMNS``: the latest events of their latest session, oldest first).
+    # The re-ranking context of users whose live recommendations are still to compute
+    # (``RANKING_COLUMNS``: the latest events of their latest session, oldest first): a batch's
+    # users until it ranks them after its transaction, a backlog's until its end.
     "CREATE TABLE IF NOT EXISTS pending_ranking (user_id INTEGER NOT NULL, session_id TEXT NOT NULL, "
     "event_ts INTEGER NOT NULL, item_id INTEGER, event_type TEXT)",
     "CREATE INDEX IF NOT EXISTS pending_ranking_by_user ON pending_ranking (user_id)",
@@ -102,11 +103,9 @@ class BatchChanges:
     """What a micro-batch writes to the store besides its open sessions (``LiveState.apply``)."""
 
     session_docs: list[tuple[int, str]] = field(default_factory=list)  # live_sessions documents
-    recommendation_docs: list[tuple[int, str]] = field(default_factory=list)  # live_recommendations
-    # The re-ranking deferred to the backlog's end (``RANKING_COLUMNS`` rows replacing their users'),
-    # or True when the batch ranked every user still pending.
-    deferred_ranking: pd.DataFrame | None = None
-    ranked_pending: bool = False
+    # The live re-ranking's context of the batch's users (``RANKING_COLUMNS``), replacing theirs
+    # in ``pending_ranking`` until ``rank_pending``.
+    ranking: pd.DataFrame | None = None
     closed_sessions: pa.Table | None = None  # session_features rows, for the slow cadence
     # What the batch adds to its users' profile totals (``profile_fold.profile_increments``).
     profile_totals: pd.DataFrame | None = None
@@ -209,13 +208,11 @@ class LiveState:
         )
         return pd.DataFrame(rows.fetchall(), columns=[USER_ID, "item_id"])
 
-    def pending_ranking(self, besides: Iterable[int] = ()) -> pd.DataFrame:
-        """The deferred re-ranking context (``RANKING_COLUMNS``) of users other than ``besides``,
-        each user's events oldest first."""
+    def pending_ranking(self) -> pd.DataFrame:
+        """The re-ranking context (``RANKING_COLUMNS``) of the users still to rank, each user's
+        events oldest first."""
         rows = self._db().execute(
-            f"SELECT {', '.join(RANKING_COLUMNS)} FROM pending_ranking WHERE user_id NOT IN ({_USERS}) "
-            "ORDER BY user_id, event_ts, item_id, event_type",
-            (json.dumps([int(u) for u in besides]),),
+            f"SELECT {', '.join(RANKING_COLUMNS)} FROM pending_ranking ORDER BY user_id, event_ts, item_id, event_type"
         )
         return pd.DataFrame(rows.fetchall(), columns=list(RANKING_COLUMNS))
 
@@ -223,16 +220,12 @@ class LiveState:
         """The live recommendations of every user pending (``pending_ranking``), as of batch ``batch_id``."""
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
-            self._put_recommendations(db, batch_id, docs)
+            db.executemany(
+                "INSERT INTO live_recommendations (user_id, batch_id, doc) VALUES (?, ?, ?) ON CONFLICT (user_id) "
+                "DO UPDATE SET batch_id = excluded.batch_id, doc = excluded.doc",
+                ((int(user), batch_id, doc) for user, doc in docs),
+            )
             db.execute("DELETE FROM pending_ranking")
-
-    @staticmethod
-    def _put_recommendations(db: sqlite3.Connection, batch_id: int, docs: list[tuple[int, str]]) -> None:
-        db.executemany(
-            "INSERT INTO live_recommendations (user_id, batch_id, doc) VALUES (?, ?, ?) ON CONFLICT (user_id) "
-            "DO UPDATE SET batch_id = excluded.batch_id, doc = excluded.doc",
-            ((int(user), batch_id, doc) for user, doc in docs),
-        )
 
     def load_profile_totals(self, totals: pd.DataFrame, engagement: pd.DataFrame) -> None:
         """Profile totals of users that ``user_profiles`` holds already (as of no batch: no slow
@@ -297,6 +290,13 @@ class LiveState:
         """The served documents of ``table`` last written by a batch after ``after`` up to ``upto``."""
         rows = self._db().execute(f"SELECT doc FROM {table} WHERE batch_id > ? AND batch_id <= ?", (after, upto))
         return [row[0] for row in rows.fetchall()]
+
+    def count_docs(self, table: str) -> int:
+        """How many served documents ``table`` holds (one per user)."""
+        return self._db().execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+    def all_docs(self, table: str) -> list[str]:
+        return [row[0] for row in self._db().execute(f"SELECT doc FROM {table}").fetchall()]
 
     def folded_through(self, table: str) -> int:
         """The last batch the Delta table ``table`` folded with nothing to write (-1: none)."""
@@ -379,16 +379,12 @@ class LiveState:
                 "DO UPDATE SET batch_id = excluded.batch_id, doc = excluded.doc",
                 ((int(user), batch_id, doc) for user, doc in changes.session_docs),
             )
-            self._put_recommendations(db, batch_id, changes.recommendation_docs)
-            if changes.ranked_pending:
-                db.execute("DELETE FROM pending_ranking")
-            if changes.deferred_ranking is not None:
-                deferred = changes.deferred_ranking
-                users = json.dumps([int(u) for u in pd.unique(deferred[USER_ID])])
+            if changes.ranking is not None:
+                users = json.dumps([int(u) for u in pd.unique(changes.ranking[USER_ID])])
                 db.execute(f"DELETE FROM pending_ranking WHERE user_id IN ({_USERS})", (users,))
                 db.executemany(
                     f"INSERT INTO pending_ranking VALUES ({', '.join('?' * len(RANKING_COLUMNS))})",
-                    deferred[list(RANKING_COLUMNS)].itertuples(index=False, name=None),
+                    changes.ranking[list(RANKING_COLUMNS)].itertuples(index=False, name=None),
                 )
             self._add_profile_totals(db, batch_id, changes.profile_totals, changes.user_engagement)
             db.executemany(

@@ -1,17 +1,20 @@
 """The main query's micro-batch: cheap, and the online store first.
 
 One Spark job takes the batch's input to the driver as Arrow (the raw lines of the watched
-folder, parsed there by ``lib.ingest.line_parsing``; or the Kafka messages parsed by Spark); the
-rest runs on the driver with numpy and pandas, then two Delta appends:
+folder or the Kafka messages, parsed there by ``lib.ingest.line_parsing``); the
+rest runs on the driver with numpy and pandas, beside at most two Delta appends:
 
 1. the point-in-time purchases (``lib.ingest.purchase_index``, rebuilt when the history's files
    change);
 2. the live fold (``lib.features.live_fold``) against the users' open sessions held in the store,
-   the live re-ranking (``lib.recommend.live.DriverRanker``), and one store transaction
-   (``lib.serve.live_state``) that records the batch id with everything it changes, so a replayed
-   batch changes nothing there;
-3. ``enriched_events`` and, when the batch has bad rows, ``quarantine``, appended side by side with
-   the exactly-once commit markers of ``lib.lake.sinks``.
+   and one store transaction (``lib.serve.live_state``) that records the batch id with everything
+   it changes (the sessions served from then on, and each user's re-ranking context), so a
+   replayed batch changes nothing there;
+3. the live re-ranking of those users (``lib.recommend.live.DriverRanker``) and a second store
+   transaction with their recommendations, while ``enriched_events`` and, when the batch has bad
+   rows, ``quarantine`` are appended beside it with the exactly-once commit markers of
+   ``lib.lake.sinks``. While a backlog drains (``defer_ranking``) the appends run beside the fold
+   and the re-ranking waits for the backlog's end.
 
 The Delta tables that need more than appends (``session_features``, ``user_profiles``, the
 mirrors of the live tables, ``stream_metrics``) are folded on a slow cadence from what each batch
@@ -102,6 +105,8 @@ class BatchReport:
     duration_s: float = 0.0
     replayed: bool = False
     stage_s: dict[str, float] = field(default_factory=dict)
+    spark_jobs: int | None = None
+    delta_commits: int = 0
 
     @contextmanager
     def stage(self, name: str):
@@ -135,6 +140,8 @@ class BatchReport:
             "duration_s": pa.array([self.duration_s], pa.float64()),
             "rows_per_s": pa.array([rows_per_s], pa.float64()),
             "stage_s": pa.array([list(self.stage_s.items())], pa.map_(pa.string(), pa.float64())),
+            "spark_jobs": pa.array([self.spark_jobs], pa.int64()),
+            "delta_commits": pa.array([self.delta_commits], pa.int64()),
         }
         return pa.table({name: values[name] for name in STREAM_METRICS_SCHEMA.fieldNames()})
 
@@ -170,8 +177,8 @@ class LiveBatchWriter(GatedBatchWriter):
         self.delay = micros(cfg.sessions.watermark_seconds)
         self._store_bound = False
         # Draining a backlog (``--available-now``): only the live state after its last batch
-        # matters, so the batches keep their users' re-ranking context and ``rank_pending`` ranks
-        # them once at the end.
+        # matters, so the batches keep their users' re-ranking context in the store and
+        # ``rank_pending`` ranks them once at the end.
         self.defer_ranking = False
         self._ranker: tuple[str, DriverRanker] | None = None
 
@@ -257,6 +264,9 @@ class LiveBatchWriter(GatedBatchWriter):
         started = time.monotonic()
         started_at = micros(time.time())
         report = BatchReport(batch_id)
+        tracker = self.spark.sparkContext.statusTracker()
+        group = self.spark.sparkContext.getLocalProperty("spark.jobGroup.id")
+        jobs_before = set(tracker.getJobIdsForGroup(group))
         self.bind_store(batch_id)
         with report.stage("parse"):
             parsed = self.parse(batch_df)
@@ -270,7 +280,8 @@ class LiveBatchWriter(GatedBatchWriter):
                 events[EVENT_TS] = valid.column(EVENT_TS).cast(pa.int64()).to_numpy()
                 past, avg = index.as_of(events[USER_ID].to_numpy(np.int64), events[EVENT_TS].to_numpy(np.int64))
                 # While a backlog drains nobody waits on the store: the appends, which need no
-                # fold, run beside it (each write is exactly once on its own, in any order).
+                # fold, run beside it (each write is exactly once on its own, in any order);
+                # otherwise they start once the store has the batch.
                 appends = self._appends(batch_id, valid, past, avg, bad, started_at)
                 running = [pool.submit(append) for append in appends] if self.defer_ranking else None
                 # A batch replayed after a crash that the store has applied already is not folded
@@ -284,13 +295,20 @@ class LiveBatchWriter(GatedBatchWriter):
             landed = landed_at(parsed.column(SOURCE_FILE).unique().to_pylist())
             store_delay_s = None if landed is None or report.replayed else time.time() - landed
             self._maybe_fail("store", batch_id)
+            if running is None:
+                running = [pool.submit(append) for append in appends]
+            if not self.defer_ranking:
+                # The sessions are served already; their recommendations follow, beside the appends.
+                with report.stage("rank"):
+                    self.rank_pending(batch_id, started_at)
             outcome = self.state.applied_outcome(batch_id) if report.replayed else changes.outcome
             for name, value in (outcome or {}).items():
                 setattr(report, name, value)
             with report.stage("delta"):
-                for done in running if running is not None else [pool.submit(append) for append in appends]:
-                    done.result()
+                for done in running:
+                    report.delta_commits += done.result()
         self._maybe_fail("enriched", batch_id)
+        report.spark_jobs = len(set(tracker.getJobIdsForGroup(group)) - jobs_before)
         report.duration_s = time.monotonic() - started
         finished = datetime.now(timezone.utc)
         recent = {
@@ -333,7 +351,7 @@ class LiveBatchWriter(GatedBatchWriter):
         popularity = user_engagement.groupby(ITEM_ID)[WEIGHT].sum()
         changes = BatchChanges(
             session_docs=session_documents(latest, s_past, _nullable(s_avg), now_micros),
-            **self._ranking(folded, latest, index, user_engagement, now_micros),
+            ranking=self._ranking_context(folded, latest),
             closed_sessions=_session_features(closed, c_past, c_avg) if len(closed) else None,
             profile_totals=totals,
             user_engagement=user_engagement,
@@ -347,52 +365,44 @@ class LiveBatchWriter(GatedBatchWriter):
         )
         return changes, folded
 
-    def _ranking(
-        self, folded: FoldedBatch, latest: pd.DataFrame, index: PurchaseIndex, engaged: pd.DataFrame, now_micros: int
-    ) -> dict:
-        """The batch's live recommendations (``BatchChanges`` fields): of the users with on-time
-        events, from their latest session, and of the users a backlog left pending; or, while the
-        stream drains a backlog (``defer_ranking``), the context to rank them from at its end."""
-        if self.current_ranker() is None or latest.empty:
-            return {}
+    def _ranking_context(self, folded: FoldedBatch, latest: pd.DataFrame) -> pd.DataFrame | None:
+        """What the live re-ranking of the users with on-time events needs (``RANKING_COLUMNS``):
+        the latest events of their latest session; None without a model."""
+        if self.current_ranker() is None:
+            return None
         context = latest[[USER_ID, SESSION_START]].assign(**{SESSION_ID: session_ids(latest)})
-        rows = folded.recent.merge(context, on=[USER_ID, SESSION_START])[list(RANKING_COLUMNS)]
-        if self.defer_ranking:
-            return {"deferred_ranking": rows}
-        pending = self.state.pending_ranking(besides=context[USER_ID])
-        if not pending.empty:
-            rows = pd.concat([rows, pending], ignore_index=True)
-        return {"recommendation_docs": self._recommendations(rows, index, engaged, now_micros), "ranked_pending": True}
+        return folded.recent.merge(context, on=[USER_ID, SESSION_START])[list(RANKING_COLUMNS)]
 
-    def rank_pending(self) -> None:
-        """The live recommendations a backlog deferred (``defer_ranking``), after its last batch."""
+    def rank_pending(self, batch_id: int | None = None, now_micros: int | None = None) -> None:
+        """The live recommendations of the users whose ranking context the store holds, as of
+        batch ``batch_id`` (None: the last applied, after a backlog), generated at ``now_micros``
+        (a batch's documents share its start; None: now). A micro-batch ranks its users right
+        after its store transaction; a backlog's batches leave them all to its end
+        (``defer_ranking``); a crash in between leaves them to the next batch."""
         pending = self.state.pending_ranking()
         if pending.empty or self.current_ranker() is None:
             return
         began = time.monotonic()
-        index = self.purchases.current()
-        docs = self._recommendations(pending, index, pd.DataFrame(columns=[USER_ID, ITEM_ID]), micros(time.time()))
-        self.state.rank_pending(self.state.last_applied_batch(), docs)
-        log.info(
-            "ranked the live recommendations of %d users after the backlog in %.2f s",
-            len(docs),
-            time.monotonic() - began,
-        )
+        now_micros = micros(time.time()) if now_micros is None else now_micros
+        docs = self._recommendations(pending, self.purchases.current(), now_micros)
+        self.state.rank_pending(self.state.last_applied_batch() if batch_id is None else batch_id, docs)
+        if batch_id is None:
+            log.info(
+                "ranked the live recommendations of %d users after the backlog in %.2f s",
+                len(docs),
+                time.monotonic() - began,
+            )
 
-    def _recommendations(
-        self, rows: pd.DataFrame, index: PurchaseIndex, engaged: pd.DataFrame, now_micros: int
-    ) -> list[tuple[int, str]]:
+    def _recommendations(self, rows: pd.DataFrame, index: PurchaseIndex, now_micros: int) -> list[tuple[int, str]]:
         """Live recommendation documents of the users of ``rows`` (``RANKING_COLUMNS``: each user's
-        latest session's latest events, oldest first); ``engaged``: the batch's engagement, not
-        yet in the store."""
+        latest session's latest events, oldest first)."""
         version, ranker = self.current_ranker()
         context = rows[[USER_ID, SESSION_ID]].drop_duplicates(USER_ID)
         users = context[USER_ID].to_numpy(np.int64)
         owners, bought = index.items_of(users)
         excluded = [pd.DataFrame({USER_ID: owners, ITEM_ID: bought})]
         if self.cfg.recommend.exclude_seen:
-            engaged = engaged[engaged[USER_ID].isin(users)][[USER_ID, ITEM_ID]]
-            interacted = pd.concat([self.state.seen_items(users), engaged], ignore_index=True)
+            interacted = self.state.seen_items(users)
             if self.cfg.recommend.live_repeats:
                 in_session = rows[[USER_ID, ITEM_ID]].drop_duplicates().assign(_in=True)
                 interacted = interacted.merge(in_session, on=[USER_ID, ITEM_ID], how="left")
@@ -425,9 +435,10 @@ class LiveBatchWriter(GatedBatchWriter):
 
     def _appends(
         self, batch_id: int, valid: pa.Table, past: np.ndarray, avg: np.ndarray, bad: pa.Table, now_micros: int
-    ) -> list[Callable[[], None]]:
+    ) -> list[Callable[[], bool]]:
         """The appends of ``enriched_events`` and (when the batch has bad rows) ``quarantine``, to
-        run side by side (most of a commit's time is the driver's) in threads of their own."""
+        run side by side (most of a commit's time is the driver's) in threads of their own; each
+        returns whether it committed (a replayed batch's may have)."""
         appends = []
         if valid.num_rows:
             enriched = (
@@ -456,10 +467,10 @@ class LiveBatchWriter(GatedBatchWriter):
         # are per thread).
         inherited = {key: context.getLocalProperty(key) for key in _BATCH_PROPERTIES}
 
-        def append(rows: pa.Table, schema, table: str) -> None:
+        def append(rows: pa.Table, schema, table: str) -> bool:
             for key, value in inherited.items():
                 context.setLocalProperty(key, value)
-            sink.append(self.spark.createDataFrame(rows, schema), self.cfg.paths.table(table), batch_id)
+            return sink.append(self.spark.createDataFrame(rows, schema), self.cfg.paths.table(table), batch_id)
 
         return [functools.partial(append, *a) for a in appends]
 

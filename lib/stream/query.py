@@ -104,7 +104,7 @@ class ProgressLogger(StreamingQueryListener):
             return
         log.info(
             "batch %d: %d rows in %.2f s (%.0f rows/s) valid=%d quarantined=%d late_dropped=%d "
-            "(total %d) sessions_closed=%d open_sessions=%d watermark=%s [%s]",
+            "(total %d) sessions_closed=%d open_sessions=%d watermark=%s spark_jobs=%s delta_commits=%d [%s]",
             progress.batchId,
             progress.numInputRows,
             duration_ms / 1000,
@@ -116,6 +116,8 @@ class ProgressLogger(StreamingQueryListener):
             report.sessions_closed,
             report.open_sessions,
             report.watermark_text,
+            report.spark_jobs,
+            report.delta_commits,
             report.stages_text,
         )
 

@@ -8,7 +8,8 @@ the store's last applied batch) and writes, each table on its own:
 - ``user_profiles``: the profiles of the users with new events or closed sessions (and of every
   buyer when the purchase history changed), folded into the stored ones (MERGE), and put in the
   store for the API;
-- ``live_sessions`` and ``live_recommendations``: the store's documents those batches changed (MERGE);
+- ``live_sessions`` and ``live_recommendations``: the store's documents those batches changed
+  (MERGE), or all of them (a snapshot that replaces the table) once that is most of the work;
 - ``stream_metrics``: the batches' metrics rows;
 - ``enriched_events`` and ``quarantine`` get a Delta log checkpoint every
   ``lake.checkpoint_interval`` commits (their micro-batches never write one);
@@ -79,6 +80,8 @@ HOT_TABLES = (ENRICHED_EVENTS, QUARANTINE)
 HOT_CHECKPOINT_INTERVAL = 1_000_000
 # The tables that fold the store's per-batch rows: those rows go once all have.
 _OUTBOX_READERS = (SESSION_FEATURES, USER_PROFILES, STREAM_METRICS)
+# A mirror is replaced by a snapshot of the store once a pass changed this share of its users.
+SNAPSHOT_SHARE = 0.25
 _JSON_OPTIONS = {"timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"}
 
 
@@ -180,12 +183,19 @@ class SlowCadence:
             return None
         return self.spark.createDataFrame(table.select(schema.fieldNames()), schema)
 
-    def _docs(self, table: str, after: int, upto: int, schema) -> DataFrame | None:
+    def _mirror_docs(self, table: str, after: int, upto: int, schema) -> tuple[DataFrame | None, bool]:
+        """The store's documents of ``table`` that batches after ``after`` up to ``upto`` changed,
+        as rows of ``schema``; or all of them, when that is at least ``SNAPSHOT_SHARE`` of them
+        (True: a snapshot that replaces the mirror, cheaper than a MERGE that rewrites most of
+        its files). A snapshot may hold documents of later batches: the next pass writes them again."""
         docs = self.state.changed_docs(table, after, upto)
         if not docs:
-            return None
+            return None, False
+        snapshot = len(docs) >= SNAPSHOT_SHARE * self.state.count_docs(table)
+        if snapshot:
+            docs = self.state.all_docs(table)
         raw = self.spark.createDataFrame(pa.table({"doc": pa.array(docs, pa.string())}))
-        return raw.select(F.from_json("doc", schema, _JSON_OPTIONS).alias("d")).select("d.*")
+        return raw.select(F.from_json("doc", schema, _JSON_OPTIONS).alias("d")).select("d.*"), snapshot
 
     def _session_features(self, sink: BatchSink, path: str, after: int, upto: int) -> None:
         closed = self._rows("closed_sessions", after, upto, SESSION_FEATURES_SCHEMA)
@@ -209,14 +219,18 @@ class SlowCadence:
             self.state.record_profiled_purchase_files(files)
 
     def _live_sessions(self, sink: BatchSink, path: str, after: int, upto: int) -> None:
-        live = self._docs(LIVE_SESSIONS, after, upto, LIVE_SESSIONS_SCHEMA)
-        if live is not None:
+        live, snapshot = self._mirror_docs(LIVE_SESSIONS, after, upto, LIVE_SESSIONS_SCHEMA)
+        if live is None:
+            return
+        if snapshot:
+            sink.replace(live, path, upto)
+        else:
             sink.upsert(live, path, [USER_ID], upto)
 
     def _live_recommendations(self, sink: BatchSink, path: str, after: int, upto: int) -> None:
         item = "struct<rank:int,item_id:int,score:double>"
         schema = f"user_id int, session_id string, model_version string, generated_at timestamp, items array<{item}>"
-        docs = self._docs(LIVE_RECOMMENDATIONS, after, upto, schema)
+        docs, snapshot = self._mirror_docs(LIVE_RECOMMENDATIONS, after, upto, schema)
         if docs is None:
             return
         recs = docs.select("*", F.explode("items").alias("i")).select(
@@ -228,6 +242,9 @@ class SlowCadence:
             "generated_at",
             "session_id",
         )
+        if snapshot:
+            sink.replace(recs.select(*LIVE_RECOMMENDATIONS_SCHEMA.fieldNames()), path, upto)
+            return
         slots = with_rank_slots(docs.select(USER_ID), recs, self.cfg.recommend.top_k).select(
             *LIVE_RECOMMENDATIONS_SCHEMA.fieldNames()
         )

@@ -51,3 +51,4 @@ def test_duckdb_baseline_and_observers_agree_with_the_stream(spark, tmp_path):
     figures = batch_figures(read(spark, cfg, "stream_metrics").orderBy("batch_id").collect())
     assert figures["batches"] == 2 and figures["batch_s"] > 0
     assert {"parse", "fold", "store", "delta"} == set(figures["stages_s"])
+    assert sum(figures["spark_jobs_per_batch"].values()) == sum(figures["delta_commits_per_batch"].values()) == 2

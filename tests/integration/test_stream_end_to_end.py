@@ -206,6 +206,10 @@ def test_stream_metrics_account_for_every_line(spark, pipeline):
     for stages, duration in zip(metrics.stage_s, metrics.duration_s):
         assert set(stages) == {"parse", "fold", "store", "delta"}
         assert all(0 <= seconds <= duration for seconds in stages.values())
+    # One commit to enriched_events, one to quarantine when the batch has bad rows; a Spark job
+    # reads the batch and one writes each commit (the first batch also loads the model).
+    assert (metrics.delta_commits == 1 + (metrics.quarantined_rows > 0)).all()
+    assert (metrics.spark_jobs >= 1 + metrics.delta_commits).all()
 
 
 def test_verifier_agrees_and_catches_a_planted_duplicate_and_loss(spark, pipeline, tmp_path):

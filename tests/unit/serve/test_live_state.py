@@ -121,27 +121,23 @@ def ranking_rows(user: int, session: str, items: list[int]) -> pd.DataFrame:
     )
 
 
-def test_deferred_ranking_keeps_each_users_latest_context_until_a_batch_or_the_backlogs_end_ranks_it(tmp_path):
+def test_the_ranking_context_keeps_each_users_latest_until_ranked(tmp_path):
     state = LiveState(tmp_path / "s.sqlite")
     folded = fold_events(empty_sessions(), empty_recent(), events_frame([]), GAP, None, DELAY)
     first = pd.concat([ranking_rows(1, "1-0", [5, 6]), ranking_rows(2, "2-0", [7])], ignore_index=True)
-    state.apply(0, folded, BatchChanges(deferred_ranking=first), GAP)
+    state.apply(0, folded, BatchChanges(ranking=first), GAP)
     # User 1's later batch replaces its context; user 2's stays; an empty context changes nothing.
-    state.apply(1, folded, BatchChanges(deferred_ranking=ranking_rows(1, "1-9", [8, 9, 8])), GAP)
-    state.apply(2, folded, BatchChanges(deferred_ranking=ranking_rows(3, "3-0", [])), GAP)
-    pending = state.pending_ranking()
-    assert pending.values.tolist() == [
+    state.apply(1, folded, BatchChanges(ranking=ranking_rows(1, "1-9", [8, 9, 8])), GAP)
+    state.apply(2, folded, BatchChanges(ranking=ranking_rows(3, "3-0", [])), GAP)
+    assert not state.apply(2, folded, BatchChanges(ranking=ranking_rows(4, "4-0", [1])), GAP)  # a replay
+    assert state.pending_ranking().values.tolist() == [
         [1, "1-9", micros(T0), 8, "view"],
         [1, "1-9", micros(T0) + 1, 9, "view"],
         [1, "1-9", micros(T0) + 2, 8, "view"],
         [2, "2-0", micros(T0), 7, "view"],
     ]
-    assert state.pending_ranking(besides=[1]).user_id.tolist() == [2]
-    # A batch that ranks the pending users clears them with its own documents.
-    assert not state.apply(1, folded, BatchChanges(ranked_pending=True), GAP)
-    assert len(state.pending_ranking()) == 4
-    state.apply(3, folded, BatchChanges(recommendation_docs=[(1, '{"user_id": 1}')], ranked_pending=True), GAP)
-    assert state.pending_ranking().empty and state.store.live_recommendations(1) == {"user_id": 1}
-    state.apply(4, folded, BatchChanges(deferred_ranking=ranking_rows(2, "2-5", [1])), GAP)
-    state.rank_pending(4, [(2, '{"user_id": 2}')])
-    assert state.pending_ranking().empty and state.store.live_recommendations(2) == {"user_id": 2}
+    state.rank_pending(2, [(1, '{"user_id": 1}'), (2, '{"user_id": 2}')])
+    assert state.pending_ranking().empty
+    assert state.store.live_recommendations(1) == {"user_id": 1} and state.store.live_recommendations(2) == {
+        "user_id": 2
+    }
