@@ -111,16 +111,16 @@ class BatchSink:
 
     def append(self, df: DataFrame, path: str, batch_id: int) -> bool:
         """Append ``df`` unless batch ``batch_id`` already committed; True if it wrote."""
-        if self.committed(path, batch_id):
-            return False
-        df.write.format("delta").mode("append").option("userMetadata", self.marker(batch_id)).save(path)
-        return True
+        return self._write(df, path, batch_id, "append")
 
     def replace(self, df: DataFrame, path: str, batch_id: int) -> bool:
         """Overwrite the table with ``df`` unless batch ``batch_id`` already committed; True if it wrote."""
+        return self._write(df, path, batch_id, "overwrite")
+
+    def _write(self, df: DataFrame, path: str, batch_id: int, mode: str) -> bool:
         if self.committed(path, batch_id):
             return False
-        df.write.format("delta").mode("overwrite").option("userMetadata", self.marker(batch_id)).save(path)
+        df.write.format("delta").mode(mode).option("userMetadata", self.marker(batch_id)).save(path)
         return True
 
     def upsert(

@@ -291,9 +291,13 @@ class LiveState:
         rows = self._db().execute(f"SELECT doc FROM {table} WHERE batch_id > ? AND batch_id <= ?", (after, upto))
         return [row[0] for row in rows.fetchall()]
 
-    def count_docs(self, table: str) -> int:
-        """How many served documents ``table`` holds (one per user)."""
-        return self._db().execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+    def count_docs(self, table: str, after: int | None = None, upto: int | None = None) -> int:
+        """How many served documents ``table`` holds (one per user); with ``after`` and ``upto``,
+        how many a batch after ``after`` up to ``upto`` wrote last."""
+        if after is None:
+            return self._db().execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        query = f"SELECT COUNT(*) FROM {table} WHERE batch_id > ? AND batch_id <= ?"
+        return self._db().execute(query, (after, upto)).fetchone()[0]
 
     def all_docs(self, table: str) -> list[str]:
         return [row[0] for row in self._db().execute(f"SELECT doc FROM {table}").fetchall()]

@@ -380,11 +380,12 @@ class LiveBatchWriter(GatedBatchWriter):
         after its store transaction; a backlog's batches leave them all to its end
         (``defer_ranking``); a crash in between leaves them to the next batch."""
         pending = self.state.pending_ranking()
-        if pending.empty or self.current_ranker() is None:
+        model = self.current_ranker() if not pending.empty else None
+        if model is None:
             return
         began = time.monotonic()
         now_micros = micros(time.time()) if now_micros is None else now_micros
-        docs = self._recommendations(pending, self.purchases.current(), now_micros)
+        docs = self._recommendations(model, pending, self.purchases.current(), now_micros)
         self.state.rank_pending(self.state.last_applied_batch() if batch_id is None else batch_id, docs)
         if batch_id is None:
             log.info(
@@ -393,10 +394,12 @@ class LiveBatchWriter(GatedBatchWriter):
                 time.monotonic() - began,
             )
 
-    def _recommendations(self, rows: pd.DataFrame, index: PurchaseIndex, now_micros: int) -> list[tuple[int, str]]:
+    def _recommendations(
+        self, model: tuple[str, DriverRanker], rows: pd.DataFrame, index: PurchaseIndex, now_micros: int
+    ) -> list[tuple[int, str]]:
         """Live recommendation documents of the users of ``rows`` (``RANKING_COLUMNS``: each user's
-        latest session's latest events, oldest first)."""
-        version, ranker = self.current_ranker()
+        latest session's latest events, oldest first), by ``model`` (``current_ranker``)."""
+        version, ranker = model
         context = rows[[USER_ID, SESSION_ID]].drop_duplicates(USER_ID)
         users = context[USER_ID].to_numpy(np.int64)
         owners, bought = index.items_of(users)

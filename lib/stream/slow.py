@@ -188,12 +188,11 @@ class SlowCadence:
         as rows of ``schema``; or all of them, when that is at least ``SNAPSHOT_SHARE`` of them
         (True: a snapshot that replaces the mirror, cheaper than a MERGE that rewrites most of
         its files). A snapshot may hold documents of later batches: the next pass writes them again."""
-        docs = self.state.changed_docs(table, after, upto)
-        if not docs:
+        changed = self.state.count_docs(table, after, upto)
+        if not changed:
             return None, False
-        snapshot = len(docs) >= SNAPSHOT_SHARE * self.state.count_docs(table)
-        if snapshot:
-            docs = self.state.all_docs(table)
+        snapshot = changed >= SNAPSHOT_SHARE * self.state.count_docs(table)
+        docs = self.state.all_docs(table) if snapshot else self.state.changed_docs(table, after, upto)
         raw = self.spark.createDataFrame(pa.table({"doc": pa.array(docs, pa.string())}))
         return raw.select(F.from_json("doc", schema, _JSON_OPTIONS).alias("d")).select("d.*"), snapshot
 
