@@ -158,11 +158,11 @@ class SessionIndex:
 
     def _gather(self, offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(which of ``rows``, value) for every value of the given rows."""
-        starts, ends = offsets[rows], offsets[rows + 1]
-        lengths = ends - starts
+        starts = offsets[rows]
+        lengths = offsets[rows + 1] - starts
         owner = np.repeat(np.arange(len(rows)), lengths)
-        within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        return owner, values[np.repeat(starts, lengths) + within]
+        shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+        return owner, values[np.arange(len(owner)) + shift]
 
     def neighbourhood_scores(self, pairs: SessionItems, neighbours: int, sample: int) -> np.ndarray:
         """V-SKNN scores of every item for each of ``pairs.num_rows`` sessions (dense, rows x
@@ -174,8 +174,15 @@ class SessionIndex:
         owner, sessions = self._gather(self.item_offsets, self.item_sessions, pairs.items)
         if not len(sessions):
             return scores.reshape(pairs.num_rows, self.num_items)
-        # (row, past session) keys, sorted by row, then by session: most recent first.
-        keys, key_of = np.unique(pairs.rows[owner] * self.num_sessions + sessions, return_inverse=True)
+        # (row, past session) keys, sorted by row, then by session: most recent first. They come
+        # as sorted runs (each item's sessions), which a stable sort (timsort) merges 5x faster
+        # than ``np.unique`` sorts them.
+        flat = pairs.rows[owner] * self.num_sessions + sessions
+        order = np.argsort(flat, kind="stable")
+        first = np.r_[True, np.diff(flat[order]) != 0]
+        keys = flat[order][first]
+        key_of = np.empty(len(flat), dtype=np.int64)
+        key_of[order] = np.cumsum(first) - 1
         key_row, key_session = keys // self.num_sessions, keys % self.num_sessions
         in_sample = _rank_within(key_row) < sample
         chosen = in_sample[key_of]
@@ -191,11 +198,14 @@ class SessionIndex:
         rows = key_row[candidates]
         crowded = np.flatnonzero(np.bincount(rows, minlength=pairs.num_rows)[rows] > neighbours)
         if len(crowded):
-            # Two stable sorts (a lexsort of three keys took half the scoring's time): by row,
-            # then most similar, then session, the order they come in.
+            # Within a row, similarity orders as the shared items' summed squared positions (the
+            # weights' numerators over one denominator): exact integers, so exact ties go to the
+            # more recent session. Two stable sorts of small integers, which numpy sorts by radix:
+            # most overlap first, then by row; sessions keep their order within both.
+            overlap = np.bincount(key_of, pairs.positions[owner] ** 2, minlength=len(keys)).astype(np.int64)
             sessions = candidates[crowded]
-            sessions = sessions[np.argsort(-similarity[sessions], kind="stable")]
-            candidates[crowded] = sessions[np.argsort(key_row[sessions], kind="stable")]
+            sessions = sessions[np.argsort(_radix_key(overlap.max() - overlap[sessions]), kind="stable")]
+            candidates[crowded] = sessions[np.argsort(_radix_key(key_row[sessions]), kind="stable")]
         candidates = candidates[_rank_within(key_row[candidates]) < neighbours]
 
         contribution = similarity[candidates] / step[candidates]
@@ -215,10 +225,16 @@ class SessionIndex:
         return scores
 
 
+def _radix_key(values: np.ndarray) -> np.ndarray:
+    """Non-negative integers as 16 bits where they fit: numpy's stable sort is a radix sort there."""
+    return values.astype(np.uint16) if len(values) and values.max() <= np.iinfo(np.uint16).max else values
+
+
 def _rank_within(groups: np.ndarray) -> np.ndarray:
-    """Each element's place (0, 1, ...) among the elements of its group; ``groups`` sorted."""
-    starts = np.flatnonzero(np.diff(groups, prepend=-1))
-    return np.arange(len(groups)) - np.repeat(starts, np.diff(starts, append=len(groups)))
+    """Each element's place (0, 1, ...) among the elements of its group; ``groups`` sorted,
+    non-negative."""
+    sizes = np.bincount(groups)
+    return np.arange(len(groups)) - (np.cumsum(sizes) - sizes)[groups]
 
 
 @dataclass(frozen=True)
@@ -229,7 +245,8 @@ class SessionItems:
     num_rows: int
     rows: np.ndarray
     items: np.ndarray  # item positions
-    weights: np.ndarray  # the item's last occurrence's ``(position / length)^2``
+    positions: np.ndarray  # the item's last occurrence's position (1-based)
+    weights: np.ndarray  # ``(position / length)^2``
     steps: np.ndarray  # its step back from the session's end (1 = the latest event)
     latest: np.ndarray  # per session: its latest event's item (-1: an empty session)
 
@@ -251,6 +268,7 @@ def position_weights(rows: np.ndarray, session: np.ndarray, num_rows: int, num_i
         num_rows,
         pair_rows,
         keys % num_items,
+        position[last],
         (position[last] / length) ** 2,
         length - position[last] + 1,
         latest,

@@ -4,6 +4,7 @@ session against a plain-Python reading of the documented V-SKNN rule."""
 import math
 import random
 from datetime import datetime, timedelta
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -69,13 +70,15 @@ def reference_scores(past, current, neighbours, sample, sequence_weight, repeat_
             holding.setdefault(item, []).append(number)
     weight = {item: (position / len(current)) ** 2 for position, item in enumerate(current, 1)}
     relevant = sorted({s for item in current for s in holding.get(item, [])})[:sample]
+    exact = {item: Fraction(position, len(current)) ** 2 for position, item in enumerate(current, 1)}
     similar = []
     for s in relevant:
         shared = set(current) & set(past[s])
-        similar.append((sum(weight[i] for i in shared) / len(weight), s))
+        # Ordered by the exact similarity: equal ones are ties, which go to the more recent session.
+        similar.append((sum(exact[i] for i in shared), s, sum(weight[i] for i in shared) / len(weight)))
     similar = sorted(similar, key=lambda p: (-p[0], p[1]))[:neighbours]
     knn = {}
-    for similarity, s in similar:
+    for _, s, similarity in similar:
         step = next(n for n, item in enumerate(reversed(current), 1) if item in past[s])
         for item in set(past[s]):
             idf = math.log(len(past) / len(holding[item]))
@@ -151,6 +154,7 @@ def test_position_weights_take_each_items_last_occurrence():
     pairs = position_weights(np.array([0, 0, 0, 0, 2]), np.array([5, 3, 5, 1, 4]), num_rows=3, num_items=6)
     assert pairs.rows.tolist() == [0, 0, 0, 2]
     assert pairs.items.tolist() == [1, 3, 5, 4]
+    assert pairs.positions.tolist() == [4, 2, 3, 1]
     assert pairs.weights.tolist() == [1.0, (2 / 4) ** 2, (3 / 4) ** 2, 1.0]
     assert pairs.steps.tolist() == [1, 3, 2, 1]
     assert pairs.latest.tolist() == [1, -1, 4]  # row 1 has no event
