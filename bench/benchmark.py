@@ -63,6 +63,7 @@ class Scale:
     catchup_small_files: int = 20
     fresh_rates: tuple[int, ...] = (1000, 2000, 5000)
     fresh_seconds: int = 300
+    fresh_users: int = 100_000  # the load: 100,000 users
     # No practical cap: under load each batch takes every file waiting (a cap below the backlog
     # makes the stream fall behind, and Spark then plans from its cached listing).
     fresh_files_per_trigger: int = 1000
@@ -93,6 +94,7 @@ QUICK = Scale(
     catchup_small_files=2,
     fresh_rates=(1000,),
     fresh_seconds=10,
+    fresh_users=1000,
     soak_seconds=0,
     sample_every_s=5.0,
     seed_files=2,
@@ -967,13 +969,13 @@ def main() -> int:
                 spark,
                 rate,
                 scale.fresh_seconds,
-                scale.catchup_users,
+                scale.fresh_users,
                 serve_load=rate == API_LOAD_EVENTS_PER_S,
             )
     if "kafka" in chosen:
         print(f"=== freshness with Kafka input at {scale.kafka_rate} events/s", flush=True)
         results[f"kafka_{scale.kafka_rate}"] = kafka_load(
-            root, scale, seed, spark, scale.kafka_rate, scale.fresh_seconds, scale.catchup_users
+            root, scale, seed, spark, scale.kafka_rate, scale.fresh_seconds, scale.fresh_users
         )
     if "soak" in chosen and scale.soak_seconds:
         print(f"=== soak: {scale.soak_seconds} s at {scale.soak_rate} events/s, {scale.soak_users} users", flush=True)
