@@ -30,7 +30,7 @@ from lib.lake.catalog import register_tables
 from lib.recommend.model_store import ModelStore
 from lib.recommend.models import fit_model, top_k_recommendations
 from lib.recommend.session_knn import session_sequences
-from lib.serve.online_sink import recommendation_docs
+from lib.serve.online_sink import recommendation_documents
 from lib.serve.online_store import SQLiteStore
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def train_and_publish(spark: SparkSession, cfg: Config, model: str | None = None
         )
         register_tables(spark, cfg, [RECOMMENDATIONS])
         published = spark.read.format("delta").load(cfg.paths.table(RECOMMENDATIONS))
-        docs = recommendation_docs(published)
+        docs = recommendation_documents(published.toArrow().to_pandas())
         SQLiteStore(cfg.paths.online_store).replace_batch_recommendations(version, docs)
         written = published.count()
     finally:

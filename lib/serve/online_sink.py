@@ -1,34 +1,42 @@
-"""Rows of the stream's DataFrames as online-store documents (``lib.serve.online_store``).
-
-The documents are built in Spark (``to_json`` in the session's UTC time zone, nulls kept) and
-only they are collected to the driver: a micro-batch touches a few thousand users at most.
-"""
+"""Recommendation rows as online-store documents (``lib.serve.online_store``), built on the
+driver: the live micro-batch's rankings, the batch job's published recommendations and a
+rebuilt store's copy of ``live_recommendations`` all take this one path."""
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
+import json
+
+import numpy as np
+import pandas as pd
 
 from lib.core.schemas import GENERATED_AT, ITEM_ID, MODEL_VERSION, RANK, SCORE, SESSION_ID, USER_ID
 
-# ISO-8601 with the offset, which is "Z" in the session time zone (UTC); null columns are kept.
-_JSON_OPTIONS = {"timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX", "ignoreNullFields": "false"}
 ITEMS = "items"
 
 
-def user_docs(rows: DataFrame, columns: list[str]) -> list[tuple[int, str]]:
-    """``(user_id, JSON object of columns)`` for each row (one row per user)."""
-    docs = rows.select(USER_ID, F.to_json(F.struct(*columns), _JSON_OPTIONS).alias("doc"))
-    return [(row[0], row[1]) for row in docs.collect()]
+def iso_text(moments: pd.Series) -> pd.Series:
+    """UTC timestamps as the store's ISO-8601 text (microseconds, ``Z``)."""
+    if moments.dt.tz is None:
+        moments = moments.dt.tz_localize("UTC")
+    return moments.dt.tz_convert("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def recommendation_docs(recommendations: DataFrame) -> list[tuple[int, str]]:
-    """One document per user of a recommendations DataFrame (one row per user and rank):
-    ``user_id, session_id`` (when present), ``model_version, generated_at`` and ``items``, a list of
+def recommendation_documents(rows: pd.DataFrame) -> list[tuple[int, str]]:
+    """``(user_id, JSON)`` per user of recommendation rows (one per user and rank: ``user_id,
+    rank, item_id, score``, and the user's ``model_version``, ``generated_at`` and, for live ones,
+    ``session_id``): ``{user_id, [session_id,] model_version, generated_at, items}``, the items
     ``{rank, item_id, score}`` best first."""
-    per_user = [c for c in (SESSION_ID, MODEL_VERSION, GENERATED_AT) if c in recommendations.columns]
-    grouped = recommendations.groupBy(USER_ID).agg(
-        *(F.first(c).alias(c) for c in per_user),
-        F.array_sort(F.collect_list(F.struct(RANK, ITEM_ID, SCORE))).alias(ITEMS),
-    )
-    return user_docs(grouped, [USER_ID, *per_user, ITEMS])
+    per_user = [c for c in (SESSION_ID, MODEL_VERSION, GENERATED_AT) if c in rows.columns]
+    rows = rows.sort_values([USER_ID, RANK], kind="stable")
+    if GENERATED_AT in per_user and pd.api.types.is_datetime64_any_dtype(rows[GENERATED_AT]):
+        rows = rows.assign(**{GENERATED_AT: iso_text(rows[GENERATED_AT])})
+    users = rows[USER_ID].to_numpy(np.int64)
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]).tolist() if len(users) else []
+    heads = {c: rows[c].to_numpy()[starts].tolist() for c in per_user}
+    ranks, items, scores = rows[RANK].tolist(), rows[ITEM_ID].tolist(), rows[SCORE].tolist()
+    docs = []
+    for n, (first, end) in enumerate(zip(starts, [*starts[1:], len(users)])):
+        doc = {USER_ID: int(users[first]), **{c: heads[c][n] for c in per_user}}
+        doc[ITEMS] = [{RANK: int(ranks[i]), ITEM_ID: int(items[i]), SCORE: float(scores[i])} for i in range(first, end)]
+        docs.append((int(users[first]), json.dumps(doc)))
+    return docs

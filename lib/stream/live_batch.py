@@ -24,7 +24,6 @@ leaves in the store (``lib.stream.slow``).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import signal
@@ -48,12 +47,14 @@ from lib.core.schemas import (
     ENRICHED_EVENTS_SCHEMA,
     EVENT_TS,
     FIRST_SEEN,
+    GENERATED_AT,
     INGESTED_AT,
     IS_OPEN,
     ITEM_ENGAGEMENT,
     ITEM_ID,
     LAST_SEEN,
     LIVE_RECOMMENDATIONS,
+    MODEL_VERSION,
     PROFILE_COLUMNS,
     QUARANTINE,
     QUARANTINE_SCHEMA,
@@ -67,7 +68,7 @@ from lib.core.schemas import (
 )
 from lib.features.interactions import event_weight
 from lib.features.live_fold import EVENT_COLUMNS, FoldedBatch, fold_events, session_ids, typed
-from lib.features.profile_fold import COUNTS, WEIGHT, profile_increments
+from lib.features.profile_fold import COUNTS, WEIGHT, profile_documents, profile_increments
 from lib.ingest.line_parsing import parse_lines, parse_messages, raw_lines_to_arrow, rejected_rows, valid_rows
 from lib.ingest.purchase_index import PurchaseHistory, PurchaseIndex
 from lib.ingest.sources import unsafe_files
@@ -75,7 +76,7 @@ from lib.lake.sinks import BatchSink
 from lib.recommend.live import DriverRanker
 from lib.recommend.model_store import ModelStore
 from lib.serve.live_state import RANKING_COLUMNS, BatchChanges, LiveState, session_documents, session_rows
-from lib.serve.online_sink import recommendation_docs, user_docs
+from lib.serve.online_sink import recommendation_documents
 from lib.serve.online_store import iso_utc
 from lib.stream.gate import GatedBatchWriter
 
@@ -228,9 +229,9 @@ class LiveBatchWriter(GatedBatchWriter):
             session_docs=docs,
             engagement=[(int(i), float(w)) for i, w in popularity.itertuples(index=False, name=None)],
         )
-        self.state.store.put_profiles(through, user_docs(profiles, PROFILE_COLUMNS))
+        self.state.store.put_profiles(through, profile_documents(profiles.select(*PROFILE_COLUMNS).toArrow()))
         live = self.spark.read.format("delta").load(self.cfg.paths.table(LIVE_RECOMMENDATIONS))
-        self.state.store.put_live_recommendations(through, recommendation_docs(live))
+        self.state.store.put_live_recommendations(through, recommendation_documents(live.toArrow().to_pandas()))
         self.state.apply(through, folded, changes, self.gap)
         log.warning(
             "the online store %s had the live state of batch %d, the checkpoint is at batch %d: rebuilt it from "
@@ -413,28 +414,7 @@ class LiveBatchWriter(GatedBatchWriter):
             excluded.append(interacted)
         ranked = ranker.rank(context, rows, pd.concat(excluded, ignore_index=True).astype(np.int64))
         generated_at = iso_utc(datetime.fromtimestamp(now_micros / 1e6, tz=timezone.utc))
-        # A user's rows together, best first (popular items filling a short list come last).
-        ranked = ranked.sort_values([USER_ID, SESSION_ID, "rank"], kind="stable")
-        users, sessions = ranked[USER_ID].tolist(), ranked[SESSION_ID].tolist()
-        ranks, items, scores = ranked["rank"].tolist(), ranked[ITEM_ID].tolist(), ranked["score"].tolist()
-        docs = []
-        first = 0
-        for row in range(1, len(users) + 1):
-            if row < len(users) and (users[row], sessions[row]) == (users[first], sessions[first]):
-                continue
-            doc = {
-                USER_ID: int(users[first]),
-                SESSION_ID: sessions[first],
-                "model_version": version,
-                "generated_at": generated_at,
-                "items": [
-                    {"rank": int(ranks[i]), "item_id": int(items[i]), "score": float(scores[i])}
-                    for i in range(first, row)
-                ],
-            }
-            docs.append((int(users[first]), json.dumps(doc)))
-            first = row
-        return docs
+        return recommendation_documents(ranked.assign(**{MODEL_VERSION: version, GENERATED_AT: generated_at}))
 
     def _appends(
         self, batch_id: int, valid: pa.Table, past: np.ndarray, avg: np.ndarray, bad: pa.Table, now_micros: int

@@ -1,0 +1,51 @@
+"""Recommendation rows as the store's documents: one per user, items best first."""
+
+import json
+
+import pandas as pd
+
+from lib.serve.online_sink import recommendation_documents
+
+
+def test_documents_group_each_users_rows_best_first():
+    rows = pd.DataFrame(
+        {
+            "user_id": [7, 3, 7, 3],
+            "rank": [2, 1, 1, 2],
+            "item_id": [70, 30, 71, 31],
+            "score": [0.5, 0.9, 0.75, 0.1],
+            "model_version": ["v1"] * 4,
+            "generated_at": pd.to_datetime(["2026-01-02T03:04:05.000006Z"] * 4, utc=True),
+        }
+    )
+    docs = recommendation_documents(rows)
+    assert [user for user, _ in docs] == [3, 7]
+    assert json.loads(docs[1][1]) == {
+        "user_id": 7,
+        "model_version": "v1",
+        "generated_at": "2026-01-02T03:04:05.000006Z",
+        "items": [{"rank": 1, "item_id": 71, "score": 0.75}, {"rank": 2, "item_id": 70, "score": 0.5}],
+    }
+
+
+def test_live_documents_carry_the_session_and_a_null_version():
+    rows = pd.DataFrame(
+        {
+            "user_id": [1],
+            "session_id": ["1-abc"],
+            "rank": [1],
+            "item_id": [5],
+            "score": [1.0],
+            "model_version": [None],
+            "generated_at": ["2026-01-02T03:04:05.000006Z"],
+        }
+    )
+    ((user, doc),) = recommendation_documents(rows)
+    assert user == 1
+    assert list(json.loads(doc)) == ["user_id", "session_id", "model_version", "generated_at", "items"]
+    assert json.loads(doc)["model_version"] is None
+
+
+def test_no_rows_no_documents():
+    empty = pd.DataFrame({c: [] for c in ("user_id", "rank", "item_id", "score", "model_version", "generated_at")})
+    assert recommendation_documents(empty) == []
