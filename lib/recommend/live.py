@@ -11,7 +11,8 @@ signal and the user's model scores are each scaled to [0, 1] per user and blende
 the session signal alone; popular items fill any remaining places. Excluded items (purchased,
 and seen when ``exclude_seen``) are never recommended. Ties rank the smaller ``item_id`` first.
 
-The scoring runs in numpy on the driver (``DriverRanker``, ``rank_users``): the model's
+The scoring runs on the driver (``DriverRanker``, ``rank_users``), in numpy, the session
+neighbourhood in a numba-compiled loop (``lib.recommend.session_knn``): the model's
 neighbour lists, past sessions, popularity order and user scores are loaded once per model
 version, so a micro-batch runs no Spark job to re-rank.
 """
