@@ -54,6 +54,7 @@ from lib.core.schemas import (
     VIEW,
 )
 from lib.features.profiles import TOUCHED
+from lib.serve.online_sink import iso_text
 
 COUNTS = (NUM_SESSIONS, NUM_EVENTS, NUM_VIEWS, NUM_CLICKS, NUM_ADD_TO_CART, TOTAL_SESSION_MICROS)
 # A user's running totals (times in epoch microseconds; no events: null first/last seen).
@@ -210,7 +211,7 @@ def profile_documents(rows: pa.Table) -> list[tuple[int, str]]:
     """``(user_id, JSON of the PROFILE_COLUMNS)`` of each ``profile_rows`` row, as the API serves it."""
     frame = rows.select(PROFILE_COLUMNS).to_pandas()
     for column in (FIRST_SEEN, LAST_SEEN, UPDATED_AT):
-        frame[column] = frame[column].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        frame[column] = iso_text(frame[column])
     frame[TOP_ITEMS] = frame[TOP_ITEMS].map(lambda items: items.tolist())
     lines = frame.to_json(orient="records", lines=True, double_precision=15).splitlines() if len(frame) else []
     return list(zip(frame[USER_ID].astype(int).tolist(), lines))

@@ -29,6 +29,7 @@ import pyarrow as pa
 from lib.core.schemas import EVENT_TS, EVENT_TYPE, IS_OPEN, ITEM_ID, SESSION_END, SESSION_ID, USER_ID
 from lib.features.live_fold import RECENT_COLUMNS, SESSION_COLUMNS, FoldedBatch, session_ids
 from lib.features.profile_fold import COUNTS, ENGAGEMENT_COLUMNS, TOTALS_COLUMNS
+from lib.serve.online_sink import iso_text
 from lib.serve.online_store import RECENT_BATCH_COLUMNS, RECENT_BATCHES_KEPT_S, SQLiteStore
 
 _STATE_SCHEMA = [
@@ -408,11 +409,6 @@ class LiveState:
         return True
 
 
-def _iso(micros: pd.Series) -> pd.Series:
-    """ISO-8601 UTC text of epoch microseconds, as the Spark-built documents have it."""
-    return pd.Series(pd.to_datetime(micros.to_numpy(), unit="us").strftime("%Y-%m-%dT%H:%M:%S.%fZ"), index=micros.index)
-
-
 def session_rows(sessions: pd.DataFrame, past_purchases, avg_purchase_amount) -> pd.DataFrame:
     """The ``session_features`` rows (times as epoch microseconds) of ``SESSION_COLUMNS`` rows, with
     their purchase features as of their start."""
@@ -444,9 +440,9 @@ def session_documents(
     with its purchase features as of its start."""
     docs = session_rows(sessions, past_purchases, avg_purchase_amount)
     docs[USER_ID] = docs[USER_ID].astype(int)
-    docs["session_start"], docs[SESSION_END] = _iso(docs["session_start"]), _iso(docs[SESSION_END])
+    docs["session_start"], docs[SESSION_END] = iso_text(docs["session_start"]), iso_text(docs[SESSION_END])
     docs[IS_OPEN] = sessions[IS_OPEN].to_numpy(bool)
-    docs["updated_at"] = _iso(pd.Series([updated_at_micros] * len(docs), index=docs.index))
+    docs["updated_at"] = iso_text(pd.Series([updated_at_micros] * len(docs), index=docs.index))
     if docs.empty:
         return []
     lines = docs.to_json(orient="records", lines=True, double_precision=15).splitlines()

@@ -1,6 +1,6 @@
-"""Recommendation rows as online-store documents (``lib.serve.online_store``), built on the
-driver: the live micro-batch's rankings, the batch job's published recommendations and a
-rebuilt store's copy of ``live_recommendations`` all take this one path."""
+"""Online-store documents (``lib.serve.online_store``), built on the driver: their time text
+(``iso_text``), and the recommendation documents of the live micro-batch's rankings, the batch
+job's published recommendations and a rebuilt store's copy of ``live_recommendations``."""
 
 from __future__ import annotations
 
@@ -14,11 +14,19 @@ from lib.core.schemas import GENERATED_AT, ITEM_ID, MODEL_VERSION, RANK, SCORE, 
 ITEMS = "items"
 
 
-def iso_text(moments: pd.Series) -> pd.Series:
-    """UTC timestamps as the store's ISO-8601 text (microseconds, ``Z``)."""
-    if moments.dt.tz is None:
-        moments = moments.dt.tz_localize("UTC")
-    return moments.dt.tz_convert("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def iso_text(moments: pd.Series) -> np.ndarray:
+    """The store's ISO-8601 UTC text (``2024-03-01T00:24:30.000000Z``) of timestamps (naive ones
+    are UTC) or of epoch microseconds; None where null. numpy formats it: pandas' ``strftime``
+    took 7 times as long, most of a profile pass's documents."""
+    if pd.api.types.is_datetime64_any_dtype(moments):
+        if moments.dt.tz is not None:
+            moments = moments.dt.tz_convert("UTC").dt.tz_localize(None)
+        stamps = moments.to_numpy("datetime64[us]")
+    else:
+        stamps = pd.array(moments, dtype="Int64").to_numpy("int64", na_value=np.iinfo(np.int64).min)
+        stamps = stamps.astype("datetime64[us]")  # the smallest int64 is NaT
+    text = np.char.add(np.datetime_as_string(stamps, unit="us"), "Z").astype(object)
+    return np.where(np.isnat(stamps), None, text)
 
 
 def recommendation_documents(rows: pd.DataFrame) -> list[tuple[int, str]]:
