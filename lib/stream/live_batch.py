@@ -72,7 +72,7 @@ from lib.features.profile_fold import COUNTS, WEIGHT, profile_documents, profile
 from lib.ingest.line_parsing import parse_lines, parse_messages, raw_lines_to_arrow, rejected_rows, valid_rows
 from lib.ingest.purchase_index import PurchaseHistory, PurchaseIndex
 from lib.ingest.sources import unsafe_files
-from lib.lake.sinks import BatchSink
+from lib.lake.sinks import BatchSink, driver_rows
 from lib.recommend.live import DriverRanker
 from lib.recommend.model_store import ModelStore
 from lib.serve.live_state import RANKING_COLUMNS, BatchChanges, LiveState, session_documents, session_rows
@@ -453,7 +453,7 @@ class LiveBatchWriter(GatedBatchWriter):
         def append(rows: pa.Table, schema, table: str) -> bool:
             for key, value in inherited.items():
                 context.setLocalProperty(key, value)
-            return sink.append(self.spark.createDataFrame(rows, schema), self.cfg.paths.table(table), batch_id)
+            return sink.append(driver_rows(self.spark, rows, schema), self.cfg.paths.table(table), batch_id)
 
         return [functools.partial(append, *a) for a in appends]
 
