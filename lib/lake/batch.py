@@ -101,10 +101,10 @@ def train_and_publish(spark: SparkSession, cfg: Config, model: str | None = None
             .save(cfg.paths.table(RECOMMENDATIONS))
         )
         register_tables(spark, cfg, [RECOMMENDATIONS])
-        published = spark.read.format("delta").load(cfg.paths.table(RECOMMENDATIONS))
-        docs = recommendation_documents(published.toArrow().to_pandas())
+        published = spark.read.format("delta").load(cfg.paths.table(RECOMMENDATIONS)).toArrow()
+        docs = recommendation_documents(published.to_pandas())
         SQLiteStore(cfg.paths.online_store).replace_batch_recommendations(version, docs)
-        written = published.count()
+        written = published.num_rows
     finally:
         interactions.unpersist()
     return {"version": version, "model": trained.name, "params": trained.params, "recommendations": written, **counts}

@@ -442,7 +442,7 @@ def session_documents(
     docs[USER_ID] = docs[USER_ID].astype(int)
     docs["session_start"], docs[SESSION_END] = iso_text(docs["session_start"]), iso_text(docs[SESSION_END])
     docs[IS_OPEN] = sessions[IS_OPEN].to_numpy(bool)
-    docs["updated_at"] = iso_text(pd.Series([updated_at_micros] * len(docs), index=docs.index))
+    docs["updated_at"] = iso_text(pd.Series([updated_at_micros]))[0]
     if docs.empty:
         return []
     lines = docs.to_json(orient="records", lines=True, double_precision=15).splitlines()

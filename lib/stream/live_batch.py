@@ -76,7 +76,7 @@ from lib.lake.sinks import BatchSink, driver_rows
 from lib.recommend.live import DriverRanker
 from lib.recommend.model_store import ModelStore
 from lib.serve.live_state import RANKING_COLUMNS, BatchChanges, LiveState, session_documents, session_rows
-from lib.serve.online_sink import recommendation_documents
+from lib.serve.online_sink import iso_text, recommendation_documents
 from lib.serve.online_store import iso_utc
 from lib.stream.gate import GatedBatchWriter
 
@@ -413,7 +413,8 @@ class LiveBatchWriter(GatedBatchWriter):
                 interacted = interacted[interacted["_in"].isna()][[USER_ID, ITEM_ID]]
             excluded.append(interacted)
         ranked = ranker.rank(context, rows, pd.concat(excluded, ignore_index=True).astype(np.int64))
-        generated_at = iso_utc(datetime.fromtimestamp(now_micros / 1e6, tz=timezone.utc))
+        # The sessions' updated_at of the same batch, as the same text (make sessions pairs the two).
+        generated_at = iso_text(pd.Series([now_micros]))[0]
         return recommendation_documents(ranked.assign(**{MODEL_VERSION: version, GENERATED_AT: generated_at}))
 
     def _appends(

@@ -4,7 +4,7 @@ import json
 
 import pandas as pd
 
-from lib.serve.online_sink import recommendation_documents
+from lib.serve.online_sink import iso_text, recommendation_documents
 
 
 def test_documents_group_each_users_rows_best_first():
@@ -49,3 +49,13 @@ def test_live_documents_carry_the_session_and_a_null_version():
 def test_no_rows_no_documents():
     empty = pd.DataFrame({c: [] for c in ("user_id", "rank", "item_id", "score", "model_version", "generated_at")})
     assert recommendation_documents(empty) == []
+
+
+def test_time_text_keeps_microseconds_on_a_whole_second_and_nulls_as_none():
+    """The sessions' updated_at and the live recommendations' generated_at of one batch are
+    compared as text: a whole second must read the same however it was given."""
+    micros = pd.Series([1_700_000_000_000_000, None, 1_700_000_000_000_001], dtype="Int64")
+    stamps = pd.Series(pd.to_datetime([1_700_000_000_000_000, None], unit="us", utc=True))
+    assert iso_text(micros).tolist() == ["2023-11-14T22:13:20.000000Z", None, "2023-11-14T22:13:20.000001Z"]
+    assert iso_text(stamps).tolist() == ["2023-11-14T22:13:20.000000Z", None]
+    assert iso_text(stamps.dt.tz_localize(None)).tolist() == ["2023-11-14T22:13:20.000000Z", None]
