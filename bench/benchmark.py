@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import sqlite3
@@ -474,6 +475,26 @@ def batch_figures(metrics: list) -> dict:
     }
 
 
+_RANKED = re.compile(r"ranked the live recommendations of (\d+) users through batch (\d+) in ([\d.]+) s")
+
+
+def ranking_figures(log: Path) -> dict:
+    """The live ranking's runs beside the batches, from the stream's log: how many, users and
+    seconds per run (p50 and max), seconds in all."""
+    runs = [(int(m[1]), float(m[3])) for m in _RANKED.finditer(log.read_text(errors="replace"))]
+    if not runs:
+        return {"rankings": 0}
+    users, seconds = sorted(u for u, _ in runs), sorted(s for _, s in runs)
+    return {
+        "rankings": len(runs),
+        "users_p50": users[len(users) // 2],
+        "users_max": users[-1],
+        "seconds_p50": seconds[len(seconds) // 2],
+        "seconds_max": seconds[-1],
+        "seconds_total": round(sum(seconds), 2),
+    }
+
+
 def _tally(values) -> dict[str, int]:
     """``{value: how many}``, by value."""
     counts: dict[str, int] = {}
@@ -614,6 +635,7 @@ def steady_load(
         "series": {t: [(round(landed - since, 1), round(d, 2)) for landed, d in s] for t, s in delays.items()},
         "samples": samples,
         **batch_figures(run.metrics(spark)),
+        "live_ranking": ranking_figures(run.log),
         "api_unserved_files": probe.unserved,
         "api_load": api_figures,
     }

@@ -112,7 +112,8 @@ def write_training_files(run: Workdir, train: pd.DataFrame, ids: Ids, max_gap_s:
 
 def served_list(port: int, user: int, events: int) -> list[int] | None:
     """The live recommendation list once the API serves ``user`` a session of ``events`` events
-    and live recommendations of the same micro-batch; None until then."""
+    and live recommendations ranked through its micro-batch or a later one (generated at or after
+    the session's update); None until then."""
     status, session = get(port, f"/users/{user}/session")
     if status != 200 or session.get("num_events") != events:
         return None
@@ -121,7 +122,7 @@ def served_list(port: int, user: int, events: int) -> list[int] | None:
         status != 200
         or recs.get("source") != "live"
         or recs.get("session_id") != session.get("session_id")
-        or recs.get("generated_at") != session.get("updated_at")
+        or (recs.get("generated_at") or "") < session.get("updated_at")
     ):
         return None
     return [entry["item_id"] for entry in recs["items"]]

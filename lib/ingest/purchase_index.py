@@ -118,8 +118,11 @@ class PurchaseHistory:
             self.files = files
             log.info("purchase history: %d purchases from %d file(s)", table.num_rows, len(files))
 
-    def current(self) -> PurchaseIndex:
-        self._refresh()
+    def current(self, refresh: bool = True) -> PurchaseIndex:
+        """The index of the history's current files; with ``refresh`` False, of the files last
+        read (the history's files are not listed again) unless none were."""
+        if refresh or self._index is None:
+            self._refresh()
         return self._index
 
     def totals(self) -> PurchaseTotals:

@@ -51,11 +51,11 @@ _STATE_SCHEMA = [
     "CREATE TABLE IF NOT EXISTS user_engagement (user_id INTEGER NOT NULL, item_id INTEGER NOT NULL, "
     "weight REAL NOT NULL, PRIMARY KEY (user_id, item_id)) WITHOUT ROWID",
     # The re-ranking context of users whose live recommendations are still to compute
-    # (``RANKING_COLUMNS``: the latest events of their latest session, oldest first): a batch's
-    # users until it ranks them after its transaction, a backlog's until its end.
-    "CREATE TABLE IF NOT EXISTS pending_ranking (user_id INTEGER NOT NULL, session_id TEXT NOT NULL, "
-    "event_ts INTEGER NOT NULL, item_id INTEGER, event_type TEXT)",
-    "CREATE INDEX IF NOT EXISTS pending_ranking_by_user ON pending_ranking (user_id)",
+    # (``RANKING_COLUMNS``: the latest events of their latest session, oldest first), with the
+    # batch that left it: a batch's users until the live ranking takes them, a backlog's until its end.
+    "CREATE TABLE IF NOT EXISTS ranking_queue (batch_id INTEGER NOT NULL, user_id INTEGER NOT NULL, "
+    "session_id TEXT NOT NULL, event_ts INTEGER NOT NULL, item_id INTEGER, event_type TEXT)",
+    "CREATE INDEX IF NOT EXISTS ranking_queue_by_user ON ranking_queue (user_id)",
     # What the slow cadence appends to the Delta tables, per micro-batch (``OUTBOXES``), as Arrow
     # IPC: the sessions it closed (session_features rows) and its stream_metrics row.
     *(
@@ -65,10 +65,10 @@ _STATE_SCHEMA = [
 ]
 OUTBOXES = ("closed_sessions", "batch_reports")
 # The live state proper: rebuilt from the lake when the store lacks it or is behind.
-_LIVE_TABLES = ("open_sessions", "recent_events", "profile_totals", "user_engagement", "pending_ranking")
+_LIVE_TABLES = ("open_sessions", "recent_events", "profile_totals", "user_engagement", "ranking_queue")
 RANKING_COLUMNS = (USER_ID, SESSION_ID, EVENT_TS, ITEM_ID, EVENT_TYPE)
 # Tables of an older store layout: a store that has one is rebuilt from the lake.
-_RETIRED_TABLES = ("seen_items", "batch_events")
+_RETIRED_TABLES = ("seen_items", "batch_events", "pending_ranking")
 _TOTALS_COLUMNS = ", ".join(TOTALS_COLUMNS)
 _ADD_TOTALS = (
     f"INSERT INTO profile_totals (batch_id, {_TOTALS_COLUMNS}) VALUES (?, {', '.join('?' * len(TOTALS_COLUMNS))}) "
@@ -105,14 +105,25 @@ class BatchChanges:
 
     session_docs: list[tuple[int, str]] = field(default_factory=list)  # live_sessions documents
     # The live re-ranking's context of the batch's users (``RANKING_COLUMNS``), replacing theirs
-    # in ``pending_ranking`` until ``rank_pending``.
+    # in the ranking queue until ``rank_pending``.
     ranking: pd.DataFrame | None = None
+    updated_at_micros: int | None = None  # the batch's sessions' updated_at
     closed_sessions: pa.Table | None = None  # session_features rows, for the slow cadence
     # What the batch adds to its users' profile totals (``profile_fold.profile_increments``).
     profile_totals: pd.DataFrame | None = None
     user_engagement: pd.DataFrame | None = None
     engagement: list[tuple[int, float]] = field(default_factory=list)  # (item, engagement) of the batch
     outcome: dict = field(default_factory=dict)  # what the batch counted, kept for a replay's report
+
+
+@dataclass(frozen=True)
+class RankingWork:
+    """The users to re-rank (``rows``: ``RANKING_COLUMNS``, each user's events oldest first), as of
+    batch ``batch_id``, whose sessions were updated at ``updated_at_micros`` (None: not known)."""
+
+    batch_id: int
+    updated_at_micros: int | None
+    rows: pd.DataFrame
 
 
 class LiveState:
@@ -153,6 +164,16 @@ class LiveState:
         with self._db() as db:
             for table in (*_LIVE_TABLES, "item_popularity"):
                 db.execute(f"DELETE FROM {table}")
+
+    def leave_wal_checkpoints(self) -> None:
+        """This thread's commits no longer copy the write-ahead log back into the store (SQLite's
+        automatic checkpoint, with its fsync: most of a 5,000-user batch's commit); another
+        thread calls ``checkpoint_wal``."""
+        self._db().execute("PRAGMA wal_autocheckpoint=0")
+
+    def checkpoint_wal(self) -> None:
+        """Copy the committed write-ahead log into the store, without waiting for its writers or readers."""
+        self._db().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def last_applied_batch(self) -> int:
         """The last batch applied (-1: none)."""
@@ -209,16 +230,23 @@ class LiveState:
         )
         return pd.DataFrame(rows.fetchall(), columns=[USER_ID, "item_id"])
 
-    def pending_ranking(self) -> pd.DataFrame:
-        """The re-ranking context (``RANKING_COLUMNS``) of the users still to rank, each user's
-        events oldest first."""
-        rows = self._db().execute(
-            f"SELECT {', '.join(RANKING_COLUMNS)} FROM pending_ranking ORDER BY user_id, event_ts, item_id, event_type"
+    def pending_ranking(self) -> RankingWork:
+        """The re-ranking context of the users still to rank, read at once with the last batch
+        applied: every row comes from that batch or an earlier one."""
+        db = self._db()
+        with db:
+            db.execute("BEGIN")
+            batch_id = int(self._meta(db, "live_batch_id") or -1)
+            updated_at = self._meta(db, "live_batch_updated_at")
+            query = f"SELECT {', '.join(RANKING_COLUMNS)} FROM ranking_queue"
+            rows = db.execute(f"{query} ORDER BY user_id, event_ts, item_id, event_type").fetchall()
+        return RankingWork(
+            batch_id, None if updated_at is None else int(updated_at), pd.DataFrame(rows, columns=list(RANKING_COLUMNS))
         )
-        return pd.DataFrame(rows.fetchall(), columns=list(RANKING_COLUMNS))
 
     def rank_pending(self, batch_id: int, docs: list[tuple[int, str]]) -> None:
-        """The live recommendations of every user pending (``pending_ranking``), as of batch ``batch_id``."""
+        """The live recommendations of the users queued by batch ``batch_id`` and earlier
+        (``pending_ranking``), which leave the queue; later batches' stay queued."""
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             db.executemany(
@@ -226,7 +254,7 @@ class LiveState:
                 "DO UPDATE SET batch_id = excluded.batch_id, doc = excluded.doc",
                 ((int(user), batch_id, doc) for user, doc in docs),
             )
-            db.execute("DELETE FROM pending_ranking")
+            db.execute("DELETE FROM ranking_queue WHERE batch_id <= ?", (batch_id,))
 
     def load_profile_totals(self, totals: pd.DataFrame, engagement: pd.DataFrame) -> None:
         """Profile totals of users that ``user_profiles`` holds already (as of no batch: no slow
@@ -287,21 +315,23 @@ class LiveState:
         )
         return from_ipc([row[0] for row in rows.fetchall()])
 
-    def changed_docs(self, table: str, after: int, upto: int) -> list[str]:
-        """The served documents of ``table`` last written by a batch after ``after`` up to ``upto``."""
-        rows = self._db().execute(f"SELECT doc FROM {table} WHERE batch_id > ? AND batch_id <= ?", (after, upto))
-        return [row[0] for row in rows.fetchall()]
+    @staticmethod
+    def _written_by(after: int | None, upto: int | None) -> tuple[str, tuple]:
+        bounds = [(f"batch_id {op} ?", value) for op, value in ((">", after), ("<=", upto)) if value is not None]
+        return " AND ".join(["1", *(b for b, _ in bounds)]), tuple(v for _, v in bounds)
+
+    def docs(self, table: str, after: int | None = None, upto: int | None = None) -> tuple[list[str], int | None]:
+        """The served documents of ``table`` last written by a batch after ``after`` up to ``upto``
+        (None: no bound), read at once, and the latest batch among them (None: no documents)."""
+        where, params = self._written_by(after, upto)
+        rows = self._db().execute(f"SELECT batch_id, doc FROM {table} WHERE {where}", params).fetchall()
+        return [row[1] for row in rows], max((row[0] for row in rows), default=None)
 
     def count_docs(self, table: str, after: int | None = None, upto: int | None = None) -> int:
-        """How many served documents ``table`` holds (one per user); with ``after`` and ``upto``,
-        how many a batch after ``after`` up to ``upto`` wrote last."""
-        if after is None:
-            return self._db().execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-        query = f"SELECT COUNT(*) FROM {table} WHERE batch_id > ? AND batch_id <= ?"
-        return self._db().execute(query, (after, upto)).fetchone()[0]
-
-    def all_docs(self, table: str) -> list[str]:
-        return [row[0] for row in self._db().execute(f"SELECT doc FROM {table}").fetchall()]
+        """How many served documents ``table`` holds (one per user) that a batch after ``after`` up
+        to ``upto`` (None: no bound) wrote last."""
+        where, params = self._written_by(after, upto)
+        return self._db().execute(f"SELECT COUNT(*) FROM {table} WHERE {where}", params).fetchone()[0]
 
     def folded_through(self, table: str) -> int:
         """The last batch the Delta table ``table`` folded with nothing to write (-1: none)."""
@@ -386,10 +416,12 @@ class LiveState:
             )
             if changes.ranking is not None:
                 users = json.dumps([int(u) for u in pd.unique(changes.ranking[USER_ID])])
-                db.execute(f"DELETE FROM pending_ranking WHERE user_id IN ({_USERS})", (users,))
+                db.execute(f"DELETE FROM ranking_queue WHERE user_id IN ({_USERS})", (users,))
                 db.executemany(
-                    f"INSERT INTO pending_ranking VALUES ({', '.join('?' * len(RANKING_COLUMNS))})",
-                    changes.ranking[list(RANKING_COLUMNS)].itertuples(index=False, name=None),
+                    f"INSERT INTO ranking_queue VALUES (?, {', '.join('?' * len(RANKING_COLUMNS))})",
+                    changes.ranking[list(RANKING_COLUMNS)]
+                    .assign(_batch=batch_id)[["_batch", *RANKING_COLUMNS]]
+                    .itertuples(index=False, name=None),
                 )
             self._add_profile_totals(db, batch_id, changes.profile_totals, changes.user_engagement)
             db.executemany(
@@ -403,6 +435,8 @@ class LiveState:
                     (batch_id, to_ipc(changes.closed_sessions)),
                 )
             settings = {"live_batch_id": str(batch_id), "live_batch_outcome": json.dumps(changes.outcome)}
+            if changes.updated_at_micros is not None:
+                settings["live_batch_updated_at"] = str(changes.updated_at_micros)
             if folded.max_event_micros is not None:
                 settings["max_event_micros"] = str(folded.max_event_micros)
             db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", settings.items())

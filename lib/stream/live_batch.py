@@ -10,11 +10,15 @@ rest runs on the driver with numpy and pandas, beside at most two Delta appends:
    and one store transaction (``lib.serve.live_state``) that records the batch id with everything
    it changes (the sessions served from then on, and each user's re-ranking context), so a
    replayed batch changes nothing there;
-3. the live re-ranking of those users (``lib.recommend.live.DriverRanker``) and a second store
-   transaction with their recommendations, while ``enriched_events`` and, when the batch has bad
-   rows, ``quarantine`` are appended beside it with the exactly-once commit markers of
-   ``lib.lake.sinks``. While a backlog drains (``defer_ranking``) the appends run beside the fold
-   and the re-ranking waits for the backlog's end.
+3. ``enriched_events`` and, when the batch has bad rows, ``quarantine``, appended with the
+   exactly-once commit markers of ``lib.lake.sinks``. While a backlog drains (``defer_ranking``)
+   the appends run beside the fold.
+
+The live re-ranking (``lib.recommend.live.DriverRanker``) runs beside the batches, in a thread of
+its own started with the first batch: it takes every user the batches queued in the store since
+it last ran and writes their recommendations in one store transaction, so a batch never waits for
+it and a slow ranking covers several batches at once; it then checkpoints the store's write-ahead
+log, which the batches' commits leave to it. While a backlog drains it waits for the end.
 
 The Delta tables that need more than appends (``session_features``, ``user_profiles``, the
 mirrors of the live tables, ``stream_metrics``) are folded on a slow cadence from what each batch
@@ -27,6 +31,7 @@ import functools
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -182,6 +187,9 @@ class LiveBatchWriter(GatedBatchWriter):
         # ``rank_pending`` ranks them once at the end.
         self.defer_ranking = False
         self._ranker: tuple[str, DriverRanker] | None = None
+        self._model_lock, self._ranking_lock = threading.Lock(), threading.Lock()
+        self._ranking_wanted, self._ranking_stopped = threading.Event(), threading.Event()
+        self._ranking_thread: threading.Thread | None = None
 
     def bind_store(self, batch_id: int) -> None:
         """Tie the online store to this stream once (a store of a former stream is reset), and
@@ -228,6 +236,7 @@ class LiveBatchWriter(GatedBatchWriter):
         changes = BatchChanges(
             session_docs=docs,
             engagement=[(int(i), float(w)) for i, w in popularity.itertuples(index=False, name=None)],
+            updated_at_micros=micros(time.time()),
         )
         self.state.store.put_profiles(through, profile_documents(profiles.select(*PROFILE_COLUMNS).toArrow()))
         live = self.spark.read.format("delta").load(self.cfg.paths.table(LIVE_RECOMMENDATIONS))
@@ -248,10 +257,11 @@ class LiveBatchWriter(GatedBatchWriter):
         commits a new one."""
         store = ModelStore.for_config(self.spark, self.cfg)
         latest = store.latest_version()
-        if latest is not None and (self._ranker is None or self._ranker[0] != latest):
-            self._ranker = (latest, DriverRanker.from_model(store.load(latest), self.cfg.recommend))
-            log.info("live recommendations now use model %s", latest)
-        return self._ranker
+        with self._model_lock:  # the batches and the live ranking ask
+            if latest is not None and (self._ranker is None or self._ranker[0] != latest):
+                self._ranker = (latest, DriverRanker.from_model(store.load(latest), self.cfg.recommend))
+                log.info("live recommendations now use model %s", latest)
+            return self._ranker
 
     def parse(self, batch_df: DataFrame) -> pa.Table:
         """The batch's rows on the driver (``PARSED_COLUMNS``), in one Spark job."""
@@ -299,9 +309,7 @@ class LiveBatchWriter(GatedBatchWriter):
             if running is None:
                 running = [pool.submit(append) for append in appends]
             if not self.defer_ranking:
-                # The sessions are served already; their recommendations follow, beside the appends.
-                with report.stage("rank"):
-                    self.rank_pending(batch_id, started_at)
+                self._rank_beside()  # the sessions are served; their recommendations follow
             outcome = self.state.applied_outcome(batch_id) if report.replayed else changes.outcome
             for name, value in (outcome or {}).items():
                 setattr(report, name, value)
@@ -357,6 +365,7 @@ class LiveBatchWriter(GatedBatchWriter):
             profile_totals=totals,
             user_engagement=user_engagement,
             engagement=[(int(i), float(w)) for i, w in popularity.items()],
+            updated_at_micros=now_micros,
             outcome={
                 "late_rows_dropped": folded.late_rows,
                 "watermark_micros": folded.watermark_micros,
@@ -374,26 +383,56 @@ class LiveBatchWriter(GatedBatchWriter):
         context = latest[[USER_ID, SESSION_START]].assign(**{SESSION_ID: session_ids(latest)})
         return folded.recent.merge(context, on=[USER_ID, SESSION_START])[list(RANKING_COLUMNS)]
 
-    def rank_pending(self, batch_id: int | None = None, now_micros: int | None = None) -> None:
-        """The live recommendations of the users whose ranking context the store holds, as of
-        batch ``batch_id`` (None: the last applied, after a backlog), generated at ``now_micros``
-        (a batch's documents share its start; None: now). A micro-batch ranks its users right
-        after its store transaction; a backlog's batches leave them all to its end
-        (``defer_ranking``); a crash in between leaves them to the next batch."""
-        pending = self.state.pending_ranking()
-        model = self.current_ranker() if not pending.empty else None
-        if model is None:
-            return
-        began = time.monotonic()
-        now_micros = micros(time.time()) if now_micros is None else now_micros
-        docs = self._recommendations(model, pending, self.purchases.current(), now_micros)
-        self.state.rank_pending(self.state.last_applied_batch() if batch_id is None else batch_id, docs)
-        if batch_id is None:
+    def _rank_beside(self) -> None:
+        """Wake the ranking thread (started with the first batch, once the store is bound to this
+        stream), which ranks the users queued so far, a former run's leftovers too."""
+        if self._ranking_thread is None and not self._ranking_stopped.is_set():
+            self.state.leave_wal_checkpoints()  # the ranking thread does them, off the batches' path
+            self._ranking_thread = threading.Thread(target=self._ranking_loop, name="live-ranking", daemon=True)
+            self._ranking_thread.start()
+        self._ranking_wanted.set()
+
+    def stop_ranking(self, timeout_s: float = 60.0) -> None:
+        """Stop the ranking thread once it ranked the users queued so far (call it once the
+        batches stopped); users it could not rank stay queued in the store for the next run."""
+        self._ranking_stopped.set()
+        self._ranking_wanted.set()
+        if self._ranking_thread is not None:
+            self._ranking_thread.join(timeout_s)
+
+    def _ranking_loop(self) -> None:
+        while True:
+            self._ranking_wanted.wait()
+            self._ranking_wanted.clear()
+            try:
+                self.rank_pending()
+                self.state.checkpoint_wal()
+            except Exception:  # the users stay queued: the next batch's wake-up retries them
+                log.exception("the live ranking failed; it tries again after the next batch")
+            if self._ranking_stopped.is_set():
+                return
+
+    def rank_pending(self) -> int:
+        """The live recommendations of every user queued in the store, as of the last batch applied
+        (their generated_at is that batch's sessions' updated_at); returns how many. The ranking
+        thread calls it after each batch; after a backlog (``defer_ranking``) the run calls it once."""
+        with self._ranking_lock:
+            work = self.state.pending_ranking()
+            model = self.current_ranker() if not work.rows.empty else None
+            if model is None:
+                return 0
+            began = time.monotonic()
+            as_of = micros(time.time()) if work.updated_at_micros is None else work.updated_at_micros
+            # The batches keep the purchase history current; its files are not listed again here.
+            docs = self._recommendations(model, work.rows, self.purchases.current(refresh=False), as_of)
+            self.state.rank_pending(work.batch_id, docs)
             log.info(
-                "ranked the live recommendations of %d users after the backlog in %.2f s",
+                "ranked the live recommendations of %d users through batch %d in %.2f s",
                 len(docs),
+                work.batch_id,
                 time.monotonic() - began,
             )
+            return len(docs)
 
     def _recommendations(
         self, model: tuple[str, DriverRanker], rows: pd.DataFrame, index: PurchaseIndex, now_micros: int
@@ -413,7 +452,8 @@ class LiveBatchWriter(GatedBatchWriter):
                 interacted = interacted[interacted["_in"].isna()][[USER_ID, ITEM_ID]]
             excluded.append(interacted)
         ranked = ranker.rank(context, rows, pd.concat(excluded, ignore_index=True).astype(np.int64))
-        # The sessions' updated_at of the same batch, as the same text (make sessions pairs the two).
+        # The sessions' updated_at of the batch ranked through, as the same text (make sessions and
+        # the bench compare the two).
         generated_at = iso_text(pd.Series([now_micros]))[0]
         return recommendation_documents(ranked.assign(**{MODEL_VERSION: version, GENERATED_AT: generated_at}))
 

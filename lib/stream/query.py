@@ -159,6 +159,7 @@ class StreamHandle:
         self.slow.stop(timeout_s)
         if not self.writer.wait_until_idle(timeout_s):
             log.warning("a batch ran past %.0f s after the stop; interrupting it", timeout_s)
+        self.writer.stop_ranking(timeout_s)
         # Let Spark record the finished batch in its commit log before the interrupt arrives.
         deadline = time.monotonic() + 5.0
         while (
@@ -186,9 +187,10 @@ class StreamHandle:
         self.slow.fold()
 
     def close(self, drain_timeout_s: float = 10.0) -> None:
-        """Stop the slow cadence, release the checkpoint and unregister the listener once it
-        logged the last events."""
+        """Stop the slow cadence and the live ranking, release the checkpoint and unregister the
+        listener once it logged the last events."""
         self.slow.stop()
+        self.writer.stop_ranking()
         if self.query.isActive:
             self.query.stop()
         self.lock.release()

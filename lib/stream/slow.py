@@ -9,7 +9,8 @@ the store's last applied batch) and writes, each table on its own:
   buyer when the purchase history changed), folded into the stored ones (MERGE), and put in the
   store for the API;
 - ``live_sessions`` and ``live_recommendations``: the store's documents those batches changed
-  (MERGE), or all of them (a snapshot that replaces the table) once that is most of the work;
+  (MERGE), or all of them (a snapshot that replaces the table) once that is most of the work; the
+  recommendations up to the live ranking's latest, which runs beside the batches;
 - ``stream_metrics``: the batches' metrics rows;
 - ``enriched_events`` and ``quarantine`` get a Delta log checkpoint every
   ``lake.checkpoint_interval`` commits (their micro-batches never write one);
@@ -170,12 +171,14 @@ class SlowCadence:
         for table, step in steps.items():
             path = self.cfg.paths.table(table)
             after = max(sink.last_committed_batch(path), self.state.folded_through(table))
+            done[table] = after
             if after < upto:
                 started = time.monotonic()
-                step(sink, path, after, upto)
-                self.state.record_folded(table, upto)
-                took[table] = time.monotonic() - started
-            done[table] = max(after, upto)
+                through = step(sink, path, after, upto)
+                done[table] = upto if through is None else through
+                if done[table] > after:
+                    self.state.record_folded(table, done[table])
+                    took[table] = time.monotonic() - started
         self.state.forget_through(min(done[t] for t in _OUTBOX_READERS))
         for table in HOT_TABLES:
             path = self.cfg.paths.table(table)
@@ -205,23 +208,26 @@ class SlowCadence:
             return None
         return driver_rows(self.spark, table.select(schema.fieldNames()), schema)
 
-    def _mirror_docs(self, table: str, after: int, upto: int, schema: StructType) -> tuple[pa.Table | None, bool]:
-        """The store's documents of ``table`` that batches after ``after`` up to ``upto`` changed,
-        as an Arrow table of ``schema``; or all of them, when that is at least ``SNAPSHOT_SHARE``
-        of them (True: a snapshot that replaces the mirror, cheaper than a MERGE that rewrites most
-        of its files). A snapshot may hold documents of later batches: the next pass writes them
+    def _mirror_docs(
+        self, table: str, after: int, upto: int | None, schema: StructType
+    ) -> tuple[pa.Table | None, bool, int | None]:
+        """The store's documents of ``table`` that batches after ``after`` up to ``upto`` (None: any
+        later one) wrote last, as an Arrow table of ``schema``; or all of them, when that is at
+        least ``SNAPSHOT_SHARE`` of them (True: a snapshot that replaces the mirror, cheaper than a
+        MERGE that rewrites most of its files). Also the latest batch among the documents read
+        (None: none). A snapshot may hold documents of later batches: the next pass writes them
         again. Arrow's JSON reader parses them (C++, outside the interpreter's lock): Spark's
         ``from_json`` took 3.5 s for 100,000 recommendation documents, this 0.8 to 0.9 s with
         their read from the store."""
         changed = self.state.count_docs(table, after, upto)
         if not changed:
-            return None, False
+            return None, False, None
         snapshot = changed >= SNAPSHOT_SHARE * self.state.count_docs(table)
-        docs = self.state.all_docs(table) if snapshot else self.state.changed_docs(table, after, upto)
+        docs, latest = self.state.docs(table) if snapshot else self.state.docs(table, after, upto)
         fields = to_arrow_schema(schema, timezone="UTC")
         options = pa_json.ParseOptions(explicit_schema=fields, unexpected_field_behavior="ignore")
         parsed = pa_json.read_json(io.BytesIO("\n".join(docs).encode()), parse_options=options)
-        return parsed.select(fields.names), snapshot
+        return parsed.select(fields.names), snapshot, latest
 
     def _session_features(self, sink: BatchSink, path: str, after: int, upto: int) -> None:
         closed = self._rows("closed_sessions", after, upto, SESSION_FEATURES_SCHEMA)
@@ -245,7 +251,7 @@ class SlowCadence:
             self.state.record_profiled_purchase_files(files)
 
     def _live_sessions(self, sink: BatchSink, path: str, after: int, upto: int) -> None:
-        docs, snapshot = self._mirror_docs(LIVE_SESSIONS, after, upto, LIVE_SESSIONS_SCHEMA)
+        docs, snapshot, _ = self._mirror_docs(LIVE_SESSIONS, after, upto, LIVE_SESSIONS_SCHEMA)
         if docs is None:
             return
         live = driver_rows(self.spark, docs, LIVE_SESSIONS_SCHEMA)
@@ -254,10 +260,13 @@ class SlowCadence:
         else:
             sink.upsert(live, path, [USER_ID], upto)
 
-    def _live_recommendations(self, sink: BatchSink, path: str, after: int, upto: int) -> None:
-        docs, snapshot = self._mirror_docs(LIVE_RECOMMENDATIONS, after, upto, _RECOMMENDATION_DOC)
+    def _live_recommendations(self, sink: BatchSink, path: str, after: int, upto: int) -> int:
+        """The mirror up to the latest ranking the store holds, which may be ahead of ``upto``: the
+        live ranking runs beside the batches and labels its documents with the last batch it saw,
+        so one that lands after this read carries a later batch than any read here (returned)."""
+        docs, snapshot, upto = self._mirror_docs(LIVE_RECOMMENDATIONS, after, None, _RECOMMENDATION_DOC)
         if docs is None:
-            return
+            return after
         items = docs.column(ITEMS).combine_chunks()
         ranked = docs.drop_columns([ITEMS]).take(pc.list_parent_indices(items))
         flat = pc.list_flatten(items)
@@ -267,7 +276,7 @@ class SlowCadence:
         recs = driver_rows(self.spark, ranked.select(schema.fieldNames()), schema)
         if snapshot:
             sink.replace(recs, path, upto)
-            return
+            return upto
         users = driver_rows(self.spark, docs.select([USER_ID]))
         slots = with_rank_slots(users, recs, self.cfg.recommend.top_k).select(*schema.fieldNames())
         sink.upsert(
@@ -278,6 +287,7 @@ class SlowCadence:
             delete_condition=EMPTY_SLOT,
             insert_condition=f"NOT ({EMPTY_SLOT})",
         )
+        return upto
 
     def _metrics(self, sink: BatchSink, path: str, after: int, upto: int) -> None:
         metrics = self._rows("batch_reports", after, upto, STREAM_METRICS_SCHEMA)

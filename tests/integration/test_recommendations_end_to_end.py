@@ -149,7 +149,7 @@ def test_live_recommendations_for_users_of_the_later_run(spark, lake):
     latest = latest_session_ids(manifest, cfg.sessions.gap_seconds)
     assert {user: rows[0].session_id for user, rows in by_user.items()} == {u: latest[u] for u in later_users}
     assert SQLiteStore(cfg.paths.online_store)._connection().execute(
-        "SELECT COUNT(*) FROM pending_ranking"
+        "SELECT COUNT(*) FROM ranking_queue"
     ).fetchone() == (0,)
     seen = seen_items(manifest, purchases)
     for user, rows in by_user.items():

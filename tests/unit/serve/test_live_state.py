@@ -130,14 +130,21 @@ def test_the_ranking_context_keeps_each_users_latest_until_ranked(tmp_path):
     state.apply(1, folded, BatchChanges(ranking=ranking_rows(1, "1-9", [8, 9, 8])), GAP)
     state.apply(2, folded, BatchChanges(ranking=ranking_rows(3, "3-0", [])), GAP)
     assert not state.apply(2, folded, BatchChanges(ranking=ranking_rows(4, "4-0", [1])), GAP)  # a replay
-    assert state.pending_ranking().values.tolist() == [
+    work = state.pending_ranking()
+    assert work.batch_id == 2
+    assert work.rows.values.tolist() == [
         [1, "1-9", micros(T0), 8, "view"],
         [1, "1-9", micros(T0) + 1, 9, "view"],
         [1, "1-9", micros(T0) + 2, 8, "view"],
         [2, "2-0", micros(T0), 7, "view"],
     ]
+    # A batch applied while those users are ranked queues its own; ranking through batch 2 leaves them.
+    state.apply(3, folded, BatchChanges(ranking=ranking_rows(2, "2-0", [7, 4]), updated_at_micros=77), GAP)
     state.rank_pending(2, [(1, '{"user_id": 1}'), (2, '{"user_id": 2}')])
-    assert state.pending_ranking().empty
-    assert state.store.live_recommendations(1) == {"user_id": 1} and state.store.live_recommendations(2) == {
-        "user_id": 2
-    }
+    work = state.pending_ranking()
+    assert (work.batch_id, work.updated_at_micros) == (3, 77)
+    assert work.rows[["user_id", "item_id"]].values.tolist() == [[2, 7], [2, 4]]
+    state.rank_pending(3, [(2, '{"user_id": 2, "v": 2}')])
+    assert state.pending_ranking().rows.empty
+    assert state.store.live_recommendations(1) == {"user_id": 1}
+    assert state.store.live_recommendations(2) == {"user_id": 2, "v": 2}

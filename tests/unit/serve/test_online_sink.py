@@ -59,3 +59,24 @@ def test_time_text_keeps_microseconds_on_a_whole_second_and_nulls_as_none():
     assert iso_text(micros).tolist() == ["2023-11-14T22:13:20.000000Z", None, "2023-11-14T22:13:20.000001Z"]
     assert iso_text(stamps).tolist() == ["2023-11-14T22:13:20.000000Z", None]
     assert iso_text(stamps.dt.tz_localize(None)).tolist() == ["2023-11-14T22:13:20.000000Z", None]
+
+
+def test_documents_read_as_json_dumps_writes_them():
+    """The items' text is put together from numpy's text of each number: it must be what
+    json.dumps writes, for scores of any magnitude and a session id that needs escaping."""
+    scores = [1 / 3, 1e-05, 5e20, 0.30000000000000004, 1.0, -0.0]
+    rows = pd.DataFrame(
+        {
+            "user_id": [4] * len(scores),
+            "session_id": ['4-"q"\\'] * len(scores),
+            "rank": range(1, len(scores) + 1),
+            "item_id": [2**31 - 1 - n for n in range(len(scores))],
+            "score": scores,
+            "model_version": ["v"] * len(scores),
+            "generated_at": [None] * len(scores),
+        }
+    )
+    ((_, doc),) = recommendation_documents(rows)
+    items = [{"rank": n + 1, "item_id": 2**31 - 1 - n, "score": s} for n, s in enumerate(scores)]
+    head = {"user_id": 4, "session_id": '4-"q"\\', "model_version": "v", "generated_at": None}
+    assert doc == json.dumps({**head, "items": items})

@@ -67,3 +67,25 @@ def test_a_few_changed_users_are_merged_and_most_replace_the_mirror(spark, tmp_p
     assert sessions == {**{u: 1 for u in range(1, 11)}, 3: 2}
     assert {(r, i) for u, r, i in recs if u == 3} == {(1, 9)}
     assert len(recs) == 9 * 3 + 1
+
+
+def test_recommendations_ranked_beside_an_unfinished_batch_are_mirrored_once(spark, tmp_path):
+    """The live ranking labels its documents with the last batch applied, which may not have
+    finished its appends yet: the mirror takes them and stands at that batch, and the next pass
+    does not write them again."""
+    cfg = make_config(tmp_path, "recommend.top_k=3")
+    ensure_tables(spark, cfg)
+    state = LiveState(cfg.paths.online_store)
+    slow = SlowCadence(spark, cfg, state, lambda: "slow-ahead")
+    fold_batch(state, 1, [(user, 1, "view", T0) for user in range(1, 5)])
+    finish(state, 1)
+    fold_batch(state, 2, [(1, 2, "click", T0 + timedelta(minutes=1))])  # applied, appends not done
+    state.rank_pending(2, [recommendations(user, [5, 6, 7]) for user in range(1, 5)])
+    assert slow.fold() == 1
+    recs_table = cfg.paths.table("live_recommendations")
+    versions = DeltaTable.forPath(spark, recs_table).history().count()
+    assert mirrored(spark, cfg)[1] == {(u, r, i) for u in range(1, 5) for r, i in ((1, 5), (2, 6), (3, 7))}
+    finish(state, 2)
+    assert slow.fold() == 2
+    assert DeltaTable.forPath(spark, recs_table).history().count() == versions  # nothing new to mirror
+    assert mirrored(spark, cfg)[0][1] == 2  # while live_sessions took batch 2
