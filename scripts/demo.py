@@ -53,6 +53,24 @@ def post(url: str, body: str) -> str:
         return f"{error.code} {error.read().decode()}"
 
 
+def caught_up(base: str, since: str, timeout_s: float = 30.0) -> str | None:
+    """The stream's latest event time once it has reached ``since`` (ISO text) and stopped moving
+    for 3 s (the files landed so far are processed), or whatever it is after ``timeout_s``."""
+    latest, steady_from = None, time.monotonic()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            now = json.loads(fetch(f"{base}/stream?minutes=1")).get("latest_event_at")
+        except ValueError:  # an error status
+            now = None
+        if now != latest:
+            latest, steady_from = now, time.monotonic()
+        elif latest and latest >= since and time.monotonic() - steady_from >= 3:
+            break
+        time.sleep(0.5)
+    return latest
+
+
 def latest_active_user(base: str) -> int:
     """A user with live recommendations: among the first users of the generator, the first the API
     serves live."""
@@ -130,6 +148,7 @@ def main() -> int:
     banner("streaming again: live recommendations re-ranked from each session, served as they are computed")
     stream = subprocess.Popen([SUBMIT, "jobs/stream.py", "--run-for", "50"], cwd=ROOT)
     time.sleep(15)
+    generated_from = "2024-03-01T00:00:00"
     generator = subprocess.run(
         [
             PYTHON,
@@ -142,21 +161,19 @@ def main() -> int:
             "--files-per-second",
             str(args.files_per_second),
             "--start",
-            "2024-03-01T00:00:00",
+            generated_from,
         ],
         cwd=ROOT,
     )
     if generator.returncode == 0 and stream.poll() is None:
         banner("a click sent over HTTP while the stream runs, as an application would")
+        # The generator's clock is not the wall clock: the click happens at the stream's latest event
+        # once it has processed the generated files (stamped now, it would move the watermark years
+        # ahead and close every session; stamped before the files still to process, it is late).
+        latest = caught_up(base, generated_from)
         user = latest_active_user(base)
         before = json.loads(fetch(f"{base}/users/{user}/recommendations?k=3"))
         item = before["items"][0]["item_id"] if before.get("items") else 1
-        # The generator's clock is not the wall clock: the click happens at the stream's latest event
-        # (stamped now, it would move the watermark years ahead and close every session).
-        try:
-            latest = json.loads(fetch(f"{base}/stream?minutes=1")).get("latest_event_at")
-        except ValueError:  # an error status
-            latest = None
         click = {"item_id": item, "event_type": "click"}
         if latest:
             click["timestamp"] = latest
