@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,8 +24,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from lib.core.config import load_config
+from lib.core.config import STREAM_CHECKPOINT, load_config
+from lib.core.fs import LocalFS
 from lib.core.metastore import stop_server
+from lib.ingest.backlog import SOURCE_LOG, read_by_source_log
+from lib.lake.checkpoint import batches_committed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,22 +57,17 @@ def post(url: str, body: str) -> str:
         return f"{error.code} {error.read().decode()}"
 
 
-def caught_up(base: str, since: str, timeout_s: float = 30.0) -> str | None:
-    """The stream's latest event time once it has reached ``since`` (ISO text) and stopped moving
-    for 3 s (the files landed so far are processed), or whatever it is after ``timeout_s``."""
-    latest, steady_from = None, time.monotonic()
+def caught_up(cfg, timeout_s: float = 40.0) -> None:
+    """Wait (at most ``timeout_s``) until the stream has committed the batches that read every
+    file now in the watched folder (its file source's log and its commit log)."""
+    checkpoint = cfg.paths.checkpoint(STREAM_CHECKPOINT)
+    files = {os.path.abspath(f) for f in Path(cfg.paths.events_dir).glob("*.csv")}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            now = json.loads(fetch(f"{base}/stream?minutes=1")).get("latest_event_at")
-        except ValueError:  # an error status
-            now = None
-        if now != latest:
-            latest, steady_from = now, time.monotonic()
-        elif latest and latest >= since and time.monotonic() - steady_from >= 3:
-            break
+        read, last = read_by_source_log(LocalFS(), os.path.join(checkpoint, SOURCE_LOG))
+        if files <= read.keys() and batches_committed(checkpoint) > last:
+            return
         time.sleep(0.5)
-    return latest
 
 
 def latest_active_user(base: str) -> int:
@@ -148,7 +147,6 @@ def main() -> int:
     banner("streaming again: live recommendations re-ranked from each session, served as they are computed")
     stream = subprocess.Popen([SUBMIT, "jobs/stream.py", "--run-for", "50"], cwd=ROOT)
     time.sleep(15)
-    generated_from = "2024-03-01T00:00:00"
     generator = subprocess.run(
         [
             PYTHON,
@@ -161,7 +159,7 @@ def main() -> int:
             "--files-per-second",
             str(args.files_per_second),
             "--start",
-            generated_from,
+            "2024-03-01T00:00:00",
         ],
         cwd=ROOT,
     )
@@ -170,7 +168,11 @@ def main() -> int:
         # The generator's clock is not the wall clock: the click happens at the stream's latest event
         # once it has processed the generated files (stamped now, it would move the watermark years
         # ahead and close every session; stamped before the files still to process, it is late).
-        latest = caught_up(base, generated_from)
+        caught_up(cfg)
+        try:
+            latest = json.loads(fetch(f"{base}/stream?minutes=1")).get("latest_event_at")
+        except ValueError:  # an error status
+            latest = None
         user = latest_active_user(base)
         before = json.loads(fetch(f"{base}/users/{user}/recommendations?k=3"))
         item = before["items"][0]["item_id"] if before.get("items") else 1
