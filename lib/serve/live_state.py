@@ -245,8 +245,8 @@ class LiveState:
         )
 
     def rank_pending(self, batch_id: int, docs: list[tuple[int, str]]) -> None:
-        """The live recommendations of the users queued by batch ``batch_id`` and earlier
-        (``pending_ranking``), which leave the queue; later batches' stay queued."""
+        """The live recommendations of the users queued by batch ``batch_id`` and earlier (as
+        ``pending_ranking`` read them), who leave the queue; later batches' users stay queued."""
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             db.executemany(

@@ -222,7 +222,8 @@ class LiveBatchWriter(GatedBatchWriter):
         index = self.purchases.current()
         last = folded.latest_per_user()
         past, avg = index.as_of(last[USER_ID].to_numpy(np.int64), last[SESSION_START].to_numpy(np.int64))
-        docs = session_documents(last, past, _nullable(avg), micros(time.time()))
+        rebuilt_at = micros(time.time())
+        docs = session_documents(last, past, _nullable(avg), rebuilt_at)
         # What else lived only in the store comes back from the Delta side: the profiles (and the
         # items each user interacted with), the live recommendations, the items' popularity.
         profiles = self.spark.read.format("delta").load(self.cfg.paths.table(USER_PROFILES))
@@ -236,7 +237,7 @@ class LiveBatchWriter(GatedBatchWriter):
         changes = BatchChanges(
             session_docs=docs,
             engagement=[(int(i), float(w)) for i, w in popularity.itertuples(index=False, name=None)],
-            updated_at_micros=micros(time.time()),
+            updated_at_micros=rebuilt_at,
         )
         self.state.store.put_profiles(through, profile_documents(profiles.select(*PROFILE_COLUMNS).toArrow()))
         live = self.spark.read.format("delta").load(self.cfg.paths.table(LIVE_RECOMMENDATIONS))
@@ -406,9 +407,12 @@ class LiveBatchWriter(GatedBatchWriter):
             self._ranking_wanted.clear()
             try:
                 self.rank_pending()
-                self.state.checkpoint_wal()
             except Exception:  # the users stay queued: the next batch's wake-up retries them
                 log.exception("the live ranking failed; it tries again after the next batch")
+            try:  # whatever the ranking did: the batches' commits leave the checkpoint to this thread
+                self.state.checkpoint_wal()
+            except Exception:
+                log.exception("the online store's write-ahead log checkpoint failed; it is tried after the next batch")
             if self._ranking_stopped.is_set():
                 return
 
