@@ -147,12 +147,18 @@ class BatchSink:
         Matched rows are deleted where ``delete_condition`` holds, else updated where
         ``update_condition`` holds (always when None); unmatched rows are inserted where
         ``insert_condition`` holds. Every column of the table is set from ``updates``;
-        columns of ``updates`` the table does not have are only for the conditions.
+        columns of ``updates`` the table does not have are only for the conditions. Into an
+        empty table (a new lake's first pass) the rows are appended: all a MERGE would do there
+        is insert them, after a join.
         """
         if self.committed(path, batch_id):
             return False
         table = DeltaTable.forPath(self.spark, path)
-        values = {f"`{c}`": f"s.`{c}`" for c in table.toDF().columns}
+        columns = table.toDF().columns
+        if data_files(self.spark, path) == 0:
+            inserted = updates.alias("s").where(insert_condition or "true").select(*(f"s.`{c}`" for c in columns))
+            return self._write(inserted, path, batch_id, "append")
+        values = {f"`{c}`": f"s.`{c}`" for c in columns}
         condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
         merge = table.alias("t").merge(updates.alias("s"), condition)
         if delete_condition:

@@ -202,6 +202,16 @@ class LiveBatchWriter(GatedBatchWriter):
         if applied < batch_id - 1:
             self._rebuild_state(applied, batch_id - 1)
         self._store_bound = True
+        # The model's load (Spark reads of its parts, then its arrays: about 10 s) runs beside the
+        # first batches rather than inside the first ranking.
+        threading.Thread(target=self._load_model, name="model-load", daemon=True).start()
+
+    def _load_model(self) -> None:
+        try:
+            self.current_ranker()
+        except Exception:  # the ranking loads it again, and says why it cannot
+            if not self.stop_requested.is_set():
+                log.exception("loading the recommendation model failed")
 
     def _rebuild_state(self, applied: int, through: int) -> None:
         """The open sessions from ``enriched_events``'s last ``sessions.gap + sessions.watermark``
@@ -378,8 +388,8 @@ class LiveBatchWriter(GatedBatchWriter):
 
     def _ranking_context(self, folded: FoldedBatch, latest: pd.DataFrame) -> pd.DataFrame | None:
         """What the live re-ranking of the users with on-time events needs (``RANKING_COLUMNS``):
-        the latest events of their latest session; None without a model."""
-        if self.current_ranker() is None:
+        the latest events of their latest session; None without a model (the ranking loads it)."""
+        if ModelStore.for_config(self.spark, self.cfg).latest_version() is None:
             return None
         context = latest[[USER_ID, SESSION_START]].assign(**{SESSION_ID: session_ids(latest)})
         return folded.recent.merge(context, on=[USER_ID, SESSION_START])[list(RANKING_COLUMNS)]

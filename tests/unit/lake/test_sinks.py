@@ -3,6 +3,8 @@ stream's commits do not count, and a MERGE updates, deletes and inserts as its c
 
 import pytest
 from chispa import assert_df_equality
+from delta.tables import DeltaTable
+from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, IntegerType, MapType, StringType, StructField, StructType
 
 from lib.lake.sinks import BatchSink, compact, data_files, ensure_delta_table, table_properties
@@ -52,6 +54,22 @@ def test_an_upsert_deletes_updates_and_inserts_as_its_conditions_say_once(spark,
     assert_df_equality(read(spark, path), expected, ignore_row_order=True)
     # The session conf that carried the MERGE's marker is left as it was found.
     assert spark.conf.get("spark.databricks.delta.commitInfo.userMetadata", None) is None
+
+
+def test_an_upsert_into_an_empty_table_appends_the_rows_its_insert_condition_admits_once(spark, tmp_path):
+    path = str(tmp_path / "slots")
+    ensure_delta_table(spark, path, SCHEMA)
+    sink = BatchSink(spark, "query")
+    updates = rows(spark, (1, "a"), (2, None), (1, "a"), (None, "n")).withColumn("only_for_conditions", F.lit(True))
+    assert sink.upsert(updates, path, ["k"], 0, delete_condition="s.v IS NULL", insert_condition="s.v IS NOT NULL")
+    # What a MERGE into an empty table inserts: every admitted source row, a repeated key too.
+    assert_df_equality(read(spark, path), rows(spark, (1, "a"), (1, "a"), (None, "n")), ignore_row_order=True)
+    assert DeltaTable.forPath(spark, path).history().first().operation == "WRITE"
+    assert not sink.upsert(rows(spark, (3, "c")), path, ["k"], 0)
+    assert sink.last_committed_batch(path) == 0
+    # The table has rows now: the next batch MERGEs.
+    assert sink.upsert(rows(spark, (1, "b")), path, ["k"], 1)
+    assert DeltaTable.forPath(spark, path).history().first().operation == "MERGE"
 
 
 def test_an_app_id_with_the_marker_separator_is_refused(spark):
