@@ -35,14 +35,13 @@ from bench.freshness import file_delays, source_delays, summary
 from bench.harness import ROOT, RunFolder, metastore_of
 from bench.serving import ApiProcess, ServingProbe, api_load_apart
 from lib.core.config import load_config
-from lib.core.fs import LocalFS
 from lib.core.metastore import stop_server
 from lib.core.processes import free_port
 from lib.core.schemas import DELTA_COMMITS, SPARK_JOBS, STREAM_METRICS, STREAM_TABLES
-from lib.ingest.backlog import OFFSET_LOG, SOURCE_LOG, batch_end_offsets, read_by_source_log
+from lib.ingest.backlog import OFFSET_LOG, batch_end_offsets
 from lib.ingest.generator import ActivityProfile, Catalogue, KafkaActivityWriter, simulate_events
 from lib.ingest.kafka import create_topic, start_broker, stop_broker
-from lib.lake.checkpoint import batches_committed
+from lib.lake.checkpoint import batches_committed, has_processed
 from lib.stream.query import STREAM_CHECKPOINT
 
 ITEMS = 1000
@@ -157,13 +156,6 @@ class Workdir(RunFolder):
 
     def use_model(self, seed: Workdir) -> None:
         shutil.copytree(seed.lake / "models", self.lake / "models")
-
-
-def has_processed(checkpoint: Path, files: list[Path]) -> bool:
-    """Whether the stream of ``checkpoint`` has read every one of ``files`` (its file source's log)
-    and committed the batches that read them (its commit log)."""
-    read, last = read_by_source_log(LocalFS(), str(checkpoint / SOURCE_LOG))
-    return {os.path.abspath(f) for f in files} <= read.keys() and batches_committed(checkpoint) > last
 
 
 def messages_processed(checkpoint: Path) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,10 +24,8 @@ import urllib.request
 from pathlib import Path
 
 from lib.core.config import STREAM_CHECKPOINT, load_config
-from lib.core.fs import LocalFS
 from lib.core.metastore import stop_server
-from lib.ingest.backlog import SOURCE_LOG, read_by_source_log
-from lib.lake.checkpoint import batches_committed
+from lib.lake.checkpoint import has_processed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,12 +58,9 @@ def caught_up(cfg, timeout_s: float = 40.0) -> None:
     """Wait (at most ``timeout_s``) until the stream has committed the batches that read every
     file now in the watched folder (its file source's log and its commit log)."""
     checkpoint = cfg.paths.checkpoint(STREAM_CHECKPOINT)
-    files = {os.path.abspath(f) for f in Path(cfg.paths.events_dir).glob("*.csv")}
+    files = list(Path(cfg.paths.events_dir).glob("*.csv"))
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        read, last = read_by_source_log(LocalFS(), os.path.join(checkpoint, SOURCE_LOG))
-        if files <= read.keys() and batches_committed(checkpoint) > last:
-            return
+    while time.monotonic() < deadline and not has_processed(checkpoint, files):
         time.sleep(0.5)
 
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pyspark.sql import SparkSession
 
 from lib.core.config import Config
-from lib.core.fs import HadoopFS
+from lib.core.fs import HadoopFS, LocalFS
+from lib.ingest.backlog import SOURCE_LOG, read_by_source_log
 
 log = logging.getLogger(__name__)
 
@@ -173,3 +174,10 @@ def batches_committed(checkpoint_dir: str | os.PathLike) -> int:
     commits = os.path.join(checkpoint_dir, "commits")
     ids = [int(name) for name in os.listdir(commits) if name.isdigit()] if os.path.isdir(commits) else []
     return max(ids, default=-1) + 1
+
+
+def has_processed(checkpoint_dir: str | os.PathLike, files) -> bool:
+    """Whether the stream of a local checkpoint folder has read every one of ``files`` (its file
+    source's log) and committed the batches that read them (its commit log)."""
+    read, last = read_by_source_log(LocalFS(), os.path.join(checkpoint_dir, SOURCE_LOG))
+    return {os.path.abspath(f) for f in files} <= read.keys() and batches_committed(checkpoint_dir) > last

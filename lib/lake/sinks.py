@@ -128,8 +128,11 @@ class BatchSink:
     def _write(self, df: DataFrame, path: str, batch_id: int, mode: str) -> bool:
         if self.committed(path, batch_id):
             return False
-        df.write.format("delta").mode(mode).option("userMetadata", self.marker(batch_id)).save(path)
+        self._save(df, path, batch_id, mode)
         return True
+
+    def _save(self, df: DataFrame, path: str, batch_id: int, mode: str) -> None:
+        df.write.format("delta").mode(mode).option("userMetadata", self.marker(batch_id)).save(path)
 
     def upsert(
         self,
@@ -157,7 +160,8 @@ class BatchSink:
         columns = table.toDF().columns
         if data_files(self.spark, path) == 0:
             inserted = updates.alias("s").where(insert_condition or "true").select(*(f"s.`{c}`" for c in columns))
-            return self._write(inserted, path, batch_id, "append")
+            self._save(inserted, path, batch_id, "append")
+            return True
         values = {f"`{c}`": f"s.`{c}`" for c in columns}
         condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
         merge = table.alias("t").merge(updates.alias("s"), condition)

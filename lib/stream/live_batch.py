@@ -268,7 +268,7 @@ class LiveBatchWriter(GatedBatchWriter):
         commits a new one."""
         store = ModelStore.for_config(self.spark, self.cfg)
         latest = store.latest_version()
-        with self._model_lock:  # the batches and the live ranking ask
+        with self._model_lock:  # the model-load thread and the live ranking ask
             if latest is not None and (self._ranker is None or self._ranker[0] != latest):
                 self._ranker = (latest, DriverRanker.from_model(store.load(latest), self.cfg.recommend))
                 log.info("live recommendations now use model %s", latest)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from pyspark.sql import functions as F
 
-from bench.benchmark import active_files, batch_figures, duckdb_pipeline, has_processed, state_rows
+from bench.benchmark import active_files, batch_figures, duckdb_pipeline, state_rows
+from lib.lake.checkpoint import has_processed
 from lib.stream.query import run_available_now
 from tests.helpers import activity_writer, generated_purchases, make_config, read, write_purchases
 
