@@ -96,14 +96,27 @@ def live(spark, tmp_path_factory):
     try:
         with ApiServer(cfg, root) as api:
             # The job's own first batch (its JVM warm): a file after the seed's run.
-            seed.write_file(50)
+            warm = seed.write_file(50)
             wait_for_batches(cfg, job, batches_committed(cfg), log)
+            # The job loads the model beside its first batches: the console test needs it in
+            # memory, which a live list for a user of that file shows.
+            warm_users = {r.user_id for r in seed.manifest if r.file == warm.name and r.expected_reason is None}
+            deadline = time.monotonic() + 300
+            while not any(source_of(api, user) == "live" for user in warm_users):
+                assert job.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+                time.sleep(1)
             # Files of events other tests of the module sent (the verifier expects their rows too).
             yield cfg, api, job, log, seed.manifest, []
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
             job.wait(timeout=60)
+
+
+def source_of(api: ApiServer, user: int) -> str | None:
+    """Where the user's served recommendations come from ("batch" or "live"), None without any."""
+    status, body = api.get(f"/users/{user}/recommendations")
+    return body["source"] if status == 200 else None
 
 
 def chromium():
@@ -129,7 +142,7 @@ def test_the_console_shows_a_click_in_the_session_and_the_list_within_10_s(live)
     from selenium.webdriver.support.ui import WebDriverWait
 
     cfg, api, job, log, _, other_files = live
-    user = next(u for u in range(1, 41) if api.get(f"/users/{u}/recommendations")[1]["source"] == "batch")
+    user = next(u for u in range(1, 41) if source_of(api, u) == "batch")
     browser = chromium()
     try:
         browser.get(f"http://127.0.0.1:{api.process.port}/")
