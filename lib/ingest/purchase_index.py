@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lib.core.schemas import ITEM_ID, PURCHASE_AMOUNT, PURCHASE_DATE, USER_ID
-from lib.features.profile_fold import PurchaseTotals
+from lib.features.profiles import PurchaseTotals
 from lib.ingest.sources import read_purchases
 
 log = logging.getLogger(__name__)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timezone
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lib.core.config import Config
+from lib.core.config import Config, micros
 from lib.core.schemas import (
     ENRICHED_EVENTS,
     GENERATED_AT,
@@ -24,7 +25,7 @@ from lib.core.schemas import (
     USER_PROFILES,
 )
 from lib.features.interactions import interactions_from
-from lib.features.profiles import profile_totals, with_profile_metrics
+from lib.features.profiles import with_profiles
 from lib.ingest.sources import read_purchases, read_table
 from lib.lake.catalog import register_tables
 from lib.recommend.model_store import ModelStore
@@ -116,8 +117,7 @@ def profiles_from_lake(spark: SparkSession, cfg: Config, versions: dict[str, int
     events = require_table(spark, cfg, ENRICHED_EVENTS, (versions or {}).get(ENRICHED_EVENTS))
     sessions = require_table(spark, cfg, SESSION_FEATURES, (versions or {}).get(SESSION_FEATURES))
     purchases = read_purchases(spark, cfg.paths.purchases)
-    totals = profile_totals(events, sessions, cfg.recommend)
-    return with_profile_metrics(totals, purchases, cfg.recommend, F.current_timestamp())
+    return with_profiles(events, sessions, purchases, cfg.recommend, micros(time.time()))
 
 
 def _batch_markers(spark: SparkSession, path: str) -> list[tuple[int, str | None, int | None]]:

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from lib.core.schemas import EVENT_TS, EVENT_TYPE, IS_OPEN, ITEM_ID, SESSION_END, SESSION_ID, USER_ID
 from lib.features.live_fold import RECENT_COLUMNS, SESSION_COLUMNS, FoldedBatch, session_ids
-from lib.features.profile_fold import COUNTS, ENGAGEMENT_COLUMNS, TOTALS_COLUMNS
+from lib.features.profiles import COUNTS, ENGAGEMENT_COLUMNS, TOTALS_COLUMNS
 from lib.serve.online_sink import iso_text
 from lib.serve.online_store import RECENT_BATCH_COLUMNS, RECENT_BATCHES_KEPT_S, SQLiteStore
 
@@ -41,7 +41,7 @@ _STATE_SCHEMA = [
     "CREATE TABLE IF NOT EXISTS recent_events (user_id INTEGER NOT NULL, session_start INTEGER NOT NULL, "
     "event_ts INTEGER NOT NULL, item_id INTEGER, event_type TEXT)",
     "CREATE INDEX IF NOT EXISTS recent_events_by_user ON recent_events (user_id)",
-    # The profiles' running totals (``lib.features.profile_fold``), each row with the last batch
+    # The profiles' running totals (``lib.features.profiles``), each row with the last batch
     # that changed it; and every item a user interacted with, with its summed weight (the live
     # recommendations never bring such an item back).
     "CREATE TABLE IF NOT EXISTS profile_totals (user_id INTEGER PRIMARY KEY, batch_id INTEGER NOT NULL, "
@@ -109,7 +109,7 @@ class BatchChanges:
     ranking: pd.DataFrame | None = None
     updated_at_micros: int | None = None  # the batch's sessions' updated_at
     closed_sessions: pa.Table | None = None  # session_features rows, for the slow cadence
-    # What the batch adds to its users' profile totals (``profile_fold.profile_increments``).
+    # What the batch adds to its users' profile totals (``lib.features.profiles.profile_increments``).
     profile_totals: pd.DataFrame | None = None
     user_engagement: pd.DataFrame | None = None
     engagement: list[tuple[int, float]] = field(default_factory=list)  # (item, engagement) of the batch

@@ -73,7 +73,7 @@ from lib.core.schemas import (
 )
 from lib.features.interactions import event_weight
 from lib.features.live_fold import EVENT_COLUMNS, FoldedBatch, fold_events, session_ids, typed
-from lib.features.profile_fold import COUNTS, WEIGHT, profile_documents, profile_increments
+from lib.features.profiles import COUNTS, WEIGHT, profile_documents, profile_increments
 from lib.ingest.line_parsing import parse_lines, parse_messages, raw_lines_to_arrow, rejected_rows, valid_rows
 from lib.ingest.purchase_index import PurchaseHistory, PurchaseIndex
 from lib.ingest.sources import unsafe_files

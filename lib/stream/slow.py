@@ -61,8 +61,7 @@ from lib.core.schemas import (
     USER_ID,
     USER_PROFILES,
 )
-from lib.features.profile_fold import profile_documents, profile_rows
-from lib.features.profiles import PROFILE_CHANGED
+from lib.features.profiles import PROFILE_CHANGED, profile_documents, profile_rows
 from lib.ingest.purchase_index import PurchaseHistory
 from lib.lake.sinks import (
     BatchSink,

@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from lib.core.config import load_config
 from lib.features.live_fold import empty_recent, empty_sessions, fold_events
-from lib.features.profile_fold import profile_increments
+from lib.features.profiles import profile_increments
 from lib.serve.live_state import BatchChanges, LiveState, session_documents
 from tests.unit.features.test_live_fold import DELAY, GAP, T0, events_frame, micros
 
