@@ -159,13 +159,20 @@ def replay_test(run: Workdir, port: int, test: pd.DataFrame, ids: Ids, start: da
             [moment] * len(active),
         )
         began, waiting = time.monotonic(), dict(active)
+        # Users are asked once the step's micro-batch is in, so the probe leaves the CPU to the
+        # stream; their live lists follow it (the ranking runs beside the batches), asked for
+        # twice a second.
+        seen_batch = next_batch(port, seen_batch, began + STEP_TIMEOUT_S, run)
         while waiting:
-            # Users are asked only after each new micro-batch, so the probe leaves the CPU to the stream.
-            seen_batch = next_batch(port, seen_batch, began + STEP_TIMEOUT_S, run)
             for user in list(waiting):
                 served = served_list(port, user, step + 1)
                 if served is not None:
                     predictions.append((served, int(waiting.pop(user)[step + 1])))
+            if waiting and time.monotonic() > began + STEP_TIMEOUT_S:
+                raise RuntimeError(
+                    f"{len(waiting)} users had no live list {STEP_TIMEOUT_S} s after step {step}; see {run.log}"
+                )
+            time.sleep(0.5 if waiting else 0)
         log.info("step %d/%d: %d predictions in %.1f s", step + 1, steps, len(active), time.monotonic() - began)
     return predictions
 
