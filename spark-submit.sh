@@ -92,7 +92,6 @@ setsid setpriv --pdeathsig KILL "$VENV/bin/spark-submit" \
   --jars "$jars" \
   "${driver_conf[@]}" \
   --py-files "$libzip" \
-  --driver-java-options "$log4j" \
   --conf "spark.executor.extraJavaOptions=$log4j" \
   "${submit_opts[@]+"${submit_opts[@]}"}" \
   "$job" "$@" &

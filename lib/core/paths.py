@@ -13,6 +13,9 @@ PROJECT_ROOT = Path(os.environ.get("STREAMREC_HOME") or Path(__file__).resolve()
 JARS_DIR = Path(os.environ.get("STREAMREC_JARS_DIR", PROJECT_ROOT / ".cache" / "jars"))
 # streamrec's own jar, built from jvm/src by setup (scripts/build_jvm.py).
 JVM_JAR = PROJECT_ROOT / ".cache" / "jvm" / "streamrec.jar"
+# The local driver's class-data-sharing archive of the classes a job loads, dumped by setup
+# (scripts/build_class_archive.py).
+CLASS_ARCHIVE = PROJECT_ROOT / ".cache" / "jvm" / "spark-classes.jsa"
 
 
 def maven_jar(folder: Path, coordinate: str) -> Path:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from pyspark.sql import SparkSession
 
 from lib.core import metastore
-from lib.core.paths import JARS_DIR, JVM_JAR, PROJECT_ROOT, fetched_jars, maven_jar
+from lib.core.paths import CLASS_ARCHIVE, JARS_DIR, JVM_JAR, PROJECT_ROOT, fetched_jars, maven_jar
 from lib.ingest.kafka import connector_jar_paths
 
 if TYPE_CHECKING:
@@ -76,6 +76,11 @@ def is_local(master: str) -> bool:
 
 
 FAIR_POOLS = PROJECT_ROOT / "conf" / "fairscheduler.xml"
+# A local driver maps the classes setup archived (``CLASS_ARCHIVE``) instead of loading and
+# verifying them from the jars: a cold driver's session, first Delta write and first query took
+# 23.6 to 24.0 s instead of 30.5 to 32.2 s here. The JVM ignores, silently, an archive that does
+# not match its JDK or class path.
+CLASS_ARCHIVE_OPTION = "-XX:SharedArchiveFile={archive} -Xlog:cds=off -Xlog:cds+dynamic=off"
 
 
 def driver_settings(master: str) -> dict[str, str]:
@@ -85,10 +90,17 @@ def driver_settings(master: str) -> dict[str, str]:
     (``FORKLESS_LOCAL_FS``)."""
     class_path = [metastore.client_jar()]
     settings = {"spark.scheduler.allocation.file": f"file:{FAIR_POOLS}"}
+    java_options = [f"-Dlog4j2.configurationFile=file:{LOG4J_CONF}"]
     if is_local(master):
         class_path.append(jvm_jar())
         settings.update(FORKLESS_LOCAL_FS)
-    return {"spark.driver.extraClassPath": os.pathsep.join(map(str, class_path)), **settings}
+        if CLASS_ARCHIVE.is_file():
+            java_options.append(CLASS_ARCHIVE_OPTION.format(archive=CLASS_ARCHIVE))
+    return {
+        "spark.driver.extraClassPath": os.pathsep.join(map(str, class_path)),
+        "spark.driver.extraJavaOptions": " ".join(java_options),
+        **settings,
+    }
 
 
 def read_spark_defaults(path: Path = SPARK_DEFAULTS) -> dict[str, str]:
@@ -135,7 +147,6 @@ def get_spark(
             "spark.master": master,
             "spark.jars": ",".join(str(p) for p in engine_jar_paths()),
             **driver_settings(master),
-            "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{LOG4J_CONF}",
         }
         for key, value in settings.items():
             builder = builder.config(key, value)

@@ -1,14 +1,17 @@
 """streamrec's local Hadoop file system (jvm/src, ``lib.core.spark.FORKLESS_LOCAL_FS``) against
-Hadoop's own, on the same real files: the session uses it, and it answers as Hadoop does."""
+Hadoop's own, on the same real files: the session uses it, and it answers as Hadoop does. A
+local driver's other settings: the class archive setup dumped, mapped by the session's JVM."""
 
 from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 from py4j.protocol import Py4JJavaError
 
+from lib.core.paths import CLASS_ARCHIVE
 from lib.core.spark import FORKLESS_LOCAL_FS, driver_settings, is_local
 
 
@@ -113,3 +116,11 @@ def test_only_a_local_master_gets_it(master, local):
     assert ("streamrec.jar" in settings["spark.driver.extraClassPath"]) is local
     assert all((key in settings) is local for key in FORKLESS_LOCAL_FS)
     assert "derbyclient" in settings["spark.driver.extraClassPath"]
+    assert "log4j2.configurationFile" in settings["spark.driver.extraJavaOptions"]
+    assert ("SharedArchiveFile" in settings["spark.driver.extraJavaOptions"]) is local
+
+
+def test_a_local_driver_maps_the_class_archive_setup_dumped(spark):
+    assert CLASS_ARCHIVE.is_file(), "run `make setup` (scripts/build_class_archive.py dumps it)"
+    jvm = spark.sparkContext._gateway.proc.pid
+    assert str(CLASS_ARCHIVE) in Path(f"/proc/{jvm}/maps").read_text()
