@@ -31,7 +31,10 @@ $(STAMP): requirements.txt pyproject.toml
 # The local driver's class-data-sharing archive (scripts/build_class_archive.py, about a minute):
 # a cold driver starts about 7 s sooner. Dumped again when the jars change.
 .cache/jvm/.class-archive: .cache/jars/.fetched .cache/jvm/streamrec.jar scripts/build_class_archive.py
-	$(PY) scripts/build_class_archive.py
+	@echo "dumping the local driver's class archive (about 2 minutes; log: .cache/jvm/class-archive.log)"
+	@$(PY) scripts/build_class_archive.py > .cache/jvm/class-archive.log 2>&1 \
+		|| { tail -n 30 .cache/jvm/class-archive.log; exit 1; }
+	@grep "build_class_archive:" .cache/jvm/class-archive.log | tail -n 1
 	touch $@
 
 # Every package pinned (a pip freeze of a working install): Airflow's own constraint files are not

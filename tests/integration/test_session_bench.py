@@ -31,9 +31,7 @@ def test_next_items_of_a_fixed_order_are_served_live_and_scored(tmp_path):
     write_split(tmp_path / "tiny_test.txt", TEST, 9001, 1_396_400_000.0 + len(TRAIN) * 3600)
     root = tmp_path / "bench"
     result = subprocess.run(
-        # A fixed EASE penalty: the automatic search adds a minute and nothing this test checks.
-        [sys.executable, "bench/sessions.py", "--data", str(tmp_path), "--prefix", "tiny", "--root", str(root)]
-        + ["--set", "recommend.ease_lambda=50"],
+        [sys.executable, "bench/sessions.py", "--data", str(tmp_path), "--prefix", "tiny", "--root", str(root)],
         cwd=ROOT,
         capture_output=True,
         text=True,
