@@ -78,16 +78,17 @@ def is_local(master: str) -> bool:
 FAIR_POOLS = PROJECT_ROOT / "conf" / "fairscheduler.xml"
 # A local driver maps the classes setup archived (``CLASS_ARCHIVE``) instead of loading and
 # verifying them from the jars: a cold driver's session, first Delta write and first query took
-# 23.6 to 24.0 s instead of 30.5 to 32.2 s here. The JVM ignores, silently, an archive that does
+# 19.4 to 20.5 s instead of 30.5 to 32.2 s here. The JVM ignores, silently, an archive that does
 # not match its JDK or class path.
 CLASS_ARCHIVE_OPTION = "-XX:SharedArchiveFile={archive} -Xlog:cds=off -Xlog:cds+dynamic=off"
 
 
 def driver_settings(master: str) -> dict[str, str]:
     """The driver's class path (the metastore's JDBC driver, which the application class loader must
-    see), the FAIR scheduler's pools (``conf/fairscheduler.xml``: the stream's slow pass weighs
-    less than its micro-batches) and, on a local master, the forkless local file system
-    (``FORKLESS_LOCAL_FS``)."""
+    see), its Java options (log4j2's configuration), the FAIR scheduler's pools
+    (``conf/fairscheduler.xml``: the stream's slow pass weighs less than its micro-batches) and, on
+    a local master, the forkless local file system (``FORKLESS_LOCAL_FS``) and the class archive
+    (``CLASS_ARCHIVE_OPTION``) once setup has dumped it."""
     class_path = [metastore.client_jar()]
     settings = {"spark.scheduler.allocation.file": f"file:{FAIR_POOLS}"}
     java_options = [f"-Dlog4j2.configurationFile=file:{LOG4J_CONF}"]
