@@ -23,7 +23,6 @@ from datetime import date, datetime
 from pathlib import Path
 
 import _bootstrap  # noqa: F401
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lib.core.cli import base_parser, config_from_args, setup_logging
@@ -33,6 +32,7 @@ from lib.ingest.generator import (
     Catalogue,
     KafkaActivityWriter,
     generate_purchases,
+    purchases_table,
     simulate_events,
 )
 from lib.ingest.kafka import KafkaError, create_topic
@@ -87,14 +87,7 @@ def write_purchases(args, path: str) -> None:
     existing = sorted(folder.glob("part-*.parquet"))
     if existing and not args.append:
         sys.exit(f"{folder} already holds purchases; pass --append to add more, or delete it first")
-    table = pa.table(
-        {
-            "user_id": pa.array([r[0] for r in rows], pa.int32()),
-            "item_id": pa.array([r[1] for r in rows], pa.int32()),
-            "purchase_amount": pa.array([r[2] for r in rows], pa.float64()),
-            "purchase_date": pa.array([r[3] for r in rows], pa.date32()),
-        }
-    )
+    table = purchases_table(rows)
     target = folder / f"part-{len(existing):05d}-s{args.seed}.parquet"
     hidden = folder / f".{target.name}.tmp"
     pq.write_table(table, hidden)

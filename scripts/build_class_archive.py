@@ -19,14 +19,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from lib.core import metastore  # noqa: E402
 from lib.core.config import load_config  # noqa: E402
 from lib.core.paths import CLASS_ARCHIVE  # noqa: E402
 from lib.core.spark import DEFAULT_LOCAL_MASTER, driver_settings, get_spark  # noqa: E402
-from lib.ingest.generator import ActivityProfile, ActivityWriter, Catalogue, generate_purchases, simulate_events  # noqa: E402
+from lib.ingest.generator import (  # noqa: E402
+    ActivityProfile,
+    ActivityWriter,
+    Catalogue,
+    generate_purchases,
+    purchases_table,
+    simulate_events,
+)
 from lib.lake.batch import train_and_publish  # noqa: E402
 from lib.stream.query import run_available_now  # noqa: E402
 
@@ -51,10 +57,7 @@ def run_engine(root: Path, dump_to: Path) -> subprocess.Popen:
     catalogue = Catalogue(num_users=40, num_items=80, seed=3)
     purchases = generate_purchases(catalogue, 200)
     (root / "purchases").mkdir(parents=True)
-    columns = ("user_id", "item_id", "purchase_amount", "purchase_date")
-    types = (pa.int32(), pa.int32(), pa.float64(), pa.date32())
-    table = pa.table({c: pa.array([r[i] for r in purchases], t) for i, (c, t) in enumerate(zip(columns, types))})
-    pq.write_table(table, str(root / "purchases" / "part-00000.parquet"))
+    pq.write_table(purchases_table(purchases), str(root / "purchases" / "part-00000.parquet"))
     writer = ActivityWriter(root / "incoming", simulate_events(catalogue, ActivityProfile()), bad_share=0.05, seed=3)
     for _ in range(3):
         writer.write_file(400)

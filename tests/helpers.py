@@ -14,13 +14,19 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.serving import ApiProcess, get
 from lib.core.config import config_toml, load_config
 from lib.core.processes import free_port
-from lib.ingest.generator import ActivityProfile, ActivityWriter, Catalogue, generate_purchases, simulate_events
+from lib.ingest.generator import (
+    ActivityProfile,
+    ActivityWriter,
+    Catalogue,
+    generate_purchases,
+    purchases_table,
+    simulate_events,
+)
 from lib.lake.checkpoint import batches_committed as checkpoint_batches
 from lib.stream.query import STREAM_CHECKPOINT
 
@@ -101,14 +107,7 @@ def wait_for_batches(cfg, job: subprocess.Popen, more_than: int, log: Path, time
 
 def write_purchases(folder: str, rows, name: str = "part-00000.parquet") -> None:
     Path(folder).mkdir(parents=True, exist_ok=True)
-    table = pa.table(
-        {
-            "user_id": pa.array([r[0] for r in rows], pa.int32()),
-            "item_id": pa.array([r[1] for r in rows], pa.int32()),
-            "purchase_amount": pa.array([r[2] for r in rows], pa.float64()),
-            "purchase_date": pa.array([r[3] for r in rows], pa.date32()),
-        }
-    )
+    table = purchases_table(rows)
     pq.write_table(table, str(Path(folder) / name))
 
 

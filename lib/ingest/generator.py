@@ -18,6 +18,8 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Iterator
 
+import pyarrow as pa
+
 from lib.core.schemas import ADD_TO_CART, CLICK, REQUIRED_EVENT_COLUMNS, VIEW
 
 HEADER = ",".join(REQUIRED_EVENT_COLUMNS)
@@ -90,6 +92,19 @@ def generate_purchases(
             )
         )
     return rows
+
+
+def purchases_table(rows) -> pa.Table:
+    """Purchase rows ``(user_id, item_id, purchase_amount, purchase_date)`` (any may be None) as
+    the purchase history's Parquet columns."""
+    return pa.table(
+        {
+            "user_id": pa.array([r[0] for r in rows], pa.int32()),
+            "item_id": pa.array([r[1] for r in rows], pa.int32()),
+            "purchase_amount": pa.array([r[2] for r in rows], pa.float64()),
+            "purchase_date": pa.array([r[3] for r in rows], pa.date32()),
+        }
+    )
 
 
 @dataclass(frozen=True)

@@ -7,20 +7,9 @@ import random
 from datetime import date, datetime, timedelta
 
 import numpy as np
-import pyarrow as pa
 
+from lib.ingest.generator import purchases_table
 from lib.ingest.purchase_index import PurchaseIndex
-
-
-def purchases_table(rows) -> pa.Table:
-    return pa.table(
-        {
-            "user_id": pa.array([r[0] for r in rows], pa.int32()),
-            "item_id": pa.array([r[1] for r in rows], pa.int32()),
-            "purchase_amount": pa.array([r[2] for r in rows], pa.float64()),
-            "purchase_date": pa.array([r[3] for r in rows], pa.date32()),
-        }
-    )
 
 
 def point_in_time(purchases, user: int, moment: datetime) -> tuple[int, float | None]:
